@@ -1,0 +1,108 @@
+"""Command-line flags of ``patentclip-train``: open_clip_train's own flags plus the plugin flags.
+
+The plugin flags are parsed first (``allow_abbrev=False``, so ``--model`` is never taken as a prefix of a
+longer plugin flag), the rest goes unchanged to ``open_clip_train.params.parse_args``, which stays strict.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional, Sequence
+
+from open_clip_train.params import parse_args as openclip_parse_args
+
+DESCRIPTION = """\
+Train a CLIP model on design-patent shards with open_clip's training loop under DeepSpeed.
+
+Every open_clip_train flag keeps its meaning (--train-data, --val-data, --model, --pretrained, --batch-size,
+--epochs, --lr, --warmup, --precision, --logs, --name, --resume latest, --local-loss, --gather-with-grad ...;
+listed below the plugin flags). Logs, tensorboard files and checkpoints go where open_clip puts them:
+<logs>/<name>/{out.log, params.txt, tensorboard/, checkpoints/}.
+
+Examples:
+  patentclip-train --train-data 'shards/train/train-{000000..000007}.tar' --val-data 'shards/val/val-000000.tar' \\
+      --model patentclip-tiny --batch-size 32 --epochs 10 --loss class_aware_contrastive --workers 1
+  patentclip-train --nproc-per-node 2 ...       # 2 local processes (torchrun); under srun/torchrun omit it
+"""
+
+
+def build_plugin_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="patentclip-train", description=DESCRIPTION, add_help=False,
+                                allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("patentclip plugin flags")
+    g.add_argument("--patent-dataset", default="patent-wds",
+                   help="Dataset plugin that streams the shards (registered name; default: %(default)s).")
+    g.add_argument("--sampler", default="natural",
+                   help="Sampler plugin (registered name) deciding how often each class is drawn "
+                        "(default: %(default)s = the data's own distribution).")
+    g.add_argument("--loss", default="clip",
+                   help="Loss terms and weights, e.g. 'clip' or 'class_aware_contrastive=0.1,clip=1' "
+                        "(registered names; default: %(default)s).")
+    g.add_argument("--loss-beta", type=float, default=1.0,
+                   help="beta of the class-aware loss weights w_c ~ f_c^-beta (DesignCLIP; 0 = plain CLIP). "
+                        "Default: %(default)s.")
+    g.add_argument("--classes-json", default=None,
+                   help="classes.json of the training shards (default: the one beside the first train shard).")
+    g.add_argument("--caption-choice", choices=["random", "first"], default="random",
+                   help="Which of a drawing's captions to use each time it is seen: a deterministic draw from "
+                        "(seed, epoch, key), or always the first. Default: %(default)s.")
+    g.add_argument("--zero-stage", type=int, choices=[0, 1, 2], default=1,
+                   help="DeepSpeed ZeRO stage (0: plain data parallel, 1: optimizer states partitioned, "
+                        "2: + gradients). Default: %(default)s.")
+    g.add_argument("--deepspeed-config", default=None,
+                   help="A DeepSpeed JSON config merged over the one patentclip derives from the flags.")
+    g.add_argument("--plugins", default="",
+                   help="Comma-separated Python modules to import before training; they register their own "
+                        "datasets/samplers/losses (see patentclip.plugins.registry).")
+    g.add_argument("--nproc-per-node", type=int, default=1,
+                   help="Start this many local processes with torchrun (CPU: gloo, GPU: NCCL). Leave at 1 "
+                        "when already launched by torchrun or srun.")
+    g.add_argument("--eval-zeroshot-templates", default=None,
+                   help="Zero-shot prompt templates separated by '|', with {} for the class name "
+                        "(default: patentclip.launch.evaluate.DEFAULT_TEMPLATES).")
+    return p
+
+
+def _print_help(plugin_parser: argparse.ArgumentParser) -> None:
+    plugin_parser.print_help()
+    print("\nopen_clip_train flags (all accepted unchanged):\n")
+    sys.stdout.flush()
+    try:
+        openclip_parse_args(["--help"])
+    except SystemExit:
+        pass
+
+
+def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    argv: List[str] = list(sys.argv[1:] if argv is None else argv)
+    plugin_parser = build_plugin_parser()
+    if "-h" in argv or "--help" in argv:
+        _print_help(plugin_parser)
+        raise SystemExit(0)
+    plugin_args, rest = plugin_parser.parse_known_args(argv)
+    precision_given = any(a == "--precision" or a.startswith("--precision=") for a in rest)
+    report_given = any(a == "--report-to" or a.startswith("--report-to=") for a in rest)
+    args = openclip_parse_args(rest)
+    if not report_given:
+        args.report_to = "tensorboard"  # patentclip logs tensorboard scalars unless told otherwise
+    for k, v in vars(plugin_args).items():
+        setattr(args, k, v)
+    args.precision_given = precision_given
+    args.argv = argv
+    return args
+
+
+def strip_flag(argv: Sequence[str], flag: str) -> List[str]:
+    """argv without ``flag VALUE`` / ``flag=VALUE``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == flag:
+            skip = True
+            continue
+        if a.startswith(flag + "="):
+            continue
+        out.append(a)
+    return out

@@ -1,0 +1,475 @@
+"""Retrieval and classification metrics for patentclip (pure torch, no model code).
+
+Used by ``patentclip-eval`` and by the in-training evaluation.  Every function takes torch
+tensors on any device (CPU or CUDA; the work is done on the device of the first feature /
+logit tensor) and returns a ``dict`` of plain Python numbers, ready for JSON / TensorBoard.
+
+Conventions shared by all functions
+-----------------------------------
+* Features are assumed to be **L2-normalised already**; the similarity of a query ``q`` and a
+  database item ``d`` is the dot product ``q @ d`` (i.e. cosine similarity).  Nothing here
+  normalises; half / bfloat16 inputs are up-cast to float32 before the matrix product.
+* Rankings sort by decreasing similarity.  **Ties are broken deterministically by database
+  index**: of two items with exactly the same score, the one with the smaller index ranks
+  first (a stable descending sort).  For classification, of two classes with the same logit
+  the one with the smaller class index ranks first.
+* Ranks are 1-based.
+
+Metrics (definitions)
+---------------------
+:func:`retrieval_metrics` -- image retrieval as in "Large Language Model Informed Patent Image
+Retrieval" (sec. 3.4).  For a query ``q`` let ``C_q`` be its *candidate set* (the database,
+minus items removed by the prior-art time filter, ``exclude`` and the same-patent exclusion),
+ranked by similarity, and ``Rel_q`` the relevant candidates (``db_label == query_label``).  A
+query with ``|Rel_q| = 0`` is *not valid*: it is left out of every average and counted in
+``num_queries_without_relevant``.  For a valid query, with ``rel(i)`` = 1 if the candidate at
+rank ``i`` is relevant:
+
+* ``AP_q  = (1/|Rel_q|) * sum_{i : rel(i)=1} P_q(i)``, ``P_q(i) = (1/i) sum_{j<=i} rel(j)`` --
+  standard non-interpolated average precision over the *full* ranked candidate list (equal
+  to ``sklearn.metrics.average_precision_score`` on the candidates when scores are
+  distinct).  ``mAP`` = mean of ``AP_q`` over valid queries.
+* ``R@K``  = fraction of valid queries with **at least one** relevant item in the top K
+  (the "Recall@K" of the deep-metric-learning / patent-retrieval literature, i.e. a hit rate;
+  it is *not* ``|relevant in top K| / |Rel_q|`` -- that quantity is reported as
+  ``RelRecall@K``).
+* ``P@K``  = mean over valid queries of ``|relevant in top K| / K`` (the divisor is always K,
+  also when fewer than K candidates exist).
+* ``RelRecall@K`` = mean over valid queries of ``|relevant in top K| / |Rel_q|``.
+* ``MRR@K`` = mean over valid queries of ``1 / r_q`` if ``r_q <= K`` else 0, where ``r_q`` is
+  the rank of the first relevant candidate.
+* ``mAP_macro`` = AP averaged first within each query label, then across labels (a
+  "per-class" mAP; equals ``mAP`` when every label has the same number of valid queries).
+
+:func:`image_text_recall` -- DesignCLIP-style image<->text retrieval R@1/5/10, hit-rate
+definition as above (sample ``i``'s image and text are the positive pair by default).
+
+:func:`classification_accuracy` / :func:`zero_shot_accuracy` -- top-k accuracy, per-class
+top-1 accuracy and balanced (class-mean) top-1 accuracy.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterable, Mapping, Optional, Sequence
+
+import torch
+
+__all__ = [
+    "image_text_recall",
+    "retrieval_metrics",
+    "zero_shot_accuracy",
+    "classification_accuracy",
+]
+
+_NAN = float("nan")
+
+
+# ----------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------
+def _as_tensor(x, device=None) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(x)
+    return x.to(device) if device is not None else x
+
+
+def _features(x, name: str, device=None) -> torch.Tensor:
+    x = _as_tensor(x, device)
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (n, dim), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        x = x.float()
+    elif x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    return x
+
+
+def _vector(x, n: int, name: str, device, *, integer: bool = True) -> torch.Tensor:
+    x = _as_tensor(x, device)
+    if x.dim() != 1 or x.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(x.shape)}")
+    if integer and (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool):
+        raise TypeError(f"{name} must be an integer tensor, got {x.dtype}")
+    return x
+
+
+def _ks(ks, name: str = "ks") -> tuple:
+    if isinstance(ks, int):
+        ks = (ks,)
+    ks = tuple(int(k) for k in ks)
+    if any(k < 1 for k in ks):
+        raise ValueError(f"{name} must be positive integers, got {ks}")
+    return ks
+
+
+def _mean(x: torch.Tensor) -> float:
+    return float(x.double().mean()) if x.numel() else _NAN
+
+
+# ----------------------------------------------------------------------------------------
+# retrieval core
+# ----------------------------------------------------------------------------------------
+def _rank_chunk(scores: torch.Tensor, cand: torch.Tensor, rel: torch.Tensor, ks: Sequence[int]):
+    """Rank statistics of one chunk of queries.
+
+    scores (c, N) float; cand (c, N) bool (candidate mask); rel (c, N) bool, subset of cand.
+    Returns per-query tensors: AP (float64, 0 for queries without relevant), rank of the first
+    relevant candidate (int64, 0 = none), #relevant candidates, #candidates, and for every K in
+    ``ks`` the number of relevant items among the top-K candidates.
+    """
+    c = scores.shape[0]
+    dev = scores.device
+    # Stable descending sort: equal scores keep database-index order (tie-break by index).
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    cand_s = cand.gather(1, order)
+    rel_s = rel.gather(1, order)
+    del order
+    # Rank of each position among the *candidates* (non-candidates may sit anywhere in the
+    # sorted row; they do not count, so no score masking is needed).
+    cand_rank = torch.cumsum(cand_s, dim=1, dtype=torch.int32)
+    del cand_s
+    rows, cols = rel_s.nonzero(as_tuple=True)  # row-major => relevant items in rank order
+    del rel_s
+    rank_of_rel = cand_rank[rows, cols].to(torch.int64)  # candidate rank of each relevant item
+    num_cand = cand_rank[:, -1].to(torch.int64) if cand_rank.shape[1] else torch.zeros(c, dtype=torch.int64, device=dev)
+    del cand_rank
+    num_rel = torch.bincount(rows, minlength=c)
+    # j-th relevant item of its query (1-based) = #relevant at or above it.
+    starts = torch.cumsum(num_rel, 0) - num_rel
+    j = torch.arange(rows.numel(), device=dev) - starts[rows] + 1
+    prec = j.double() / rank_of_rel.double()
+    ap = torch.zeros(c, dtype=torch.float64, device=dev).index_add_(0, rows, prec)
+    ap = ap / num_rel.clamp_min(1).double()
+    big = torch.iinfo(torch.int64).max
+    first = torch.full((c,), big, dtype=torch.int64, device=dev)
+    first = first.scatter_reduce(0, rows, rank_of_rel, reduce="amin", include_self=True)
+    first = torch.where(first == big, torch.zeros_like(first), first)
+    hits = {}
+    for k in ks:
+        hits[k] = torch.zeros(c, dtype=torch.int64, device=dev).index_add_(
+            0, rows, (rank_of_rel <= k).to(torch.int64))
+    return ap, first, num_rel, num_cand, hits
+
+
+def _aggregate(pq: Mapping[str, torch.Tensor], mask: Optional[torch.Tensor], ks, mrr_k,
+               labels: torch.Tensor, prefix: str = "") -> Dict[str, float]:
+    n_total = pq["ap"].shape[0]
+    if mask is None:
+        mask = torch.ones(n_total, dtype=torch.bool)
+    valid = mask & (pq["num_relevant"] > 0)
+    out: Dict[str, float] = {}
+    ap = pq["ap"][valid]
+    out[f"{prefix}mAP"] = _mean(ap)
+    # per-label (macro) mAP
+    if ap.numel():
+        lab = labels[valid]
+        uniq, inv = torch.unique(lab, return_inverse=True)
+        sums = torch.zeros(uniq.numel(), dtype=torch.float64).index_add_(0, inv, ap)
+        cnts = torch.bincount(inv, minlength=uniq.numel()).double()
+        out[f"{prefix}mAP_macro"] = float((sums / cnts).mean())
+    else:
+        out[f"{prefix}mAP_macro"] = _NAN
+    for k in ks:
+        h = pq[f"hits@{k}"][valid]
+        out[f"{prefix}R@{k}"] = _mean((h > 0).double())
+    for k in ks:
+        h = pq[f"hits@{k}"][valid]
+        out[f"{prefix}P@{k}"] = _mean(h.double() / k)
+    for k in ks:
+        h = pq[f"hits@{k}"][valid]
+        out[f"{prefix}RelRecall@{k}"] = _mean(h.double() / pq["num_relevant"][valid].double())
+    first = pq["first_relevant_rank"][valid]
+    rr = torch.where(first <= mrr_k, 1.0 / first.double(), torch.zeros_like(first, dtype=torch.float64))
+    out[f"{prefix}MRR@{mrr_k}"] = _mean(rr)
+    n_q = int(mask.sum())
+    n_valid = int(valid.sum())
+    out[f"{prefix}num_queries"] = n_q
+    out[f"{prefix}num_valid_queries"] = n_valid
+    out[f"{prefix}num_queries_without_relevant"] = n_q - n_valid
+    return out
+
+
+@torch.no_grad()
+def retrieval_metrics(
+    query_features: torch.Tensor,
+    db_features: torch.Tensor,
+    query_labels: torch.Tensor,
+    db_labels: torch.Tensor,
+    *,
+    ks: Iterable[int] = (5, 10),
+    mrr_k: int = 10,
+    query_times: Optional[torch.Tensor] = None,
+    db_times: Optional[torch.Tensor] = None,
+    exclude: Optional[torch.Tensor] = None,
+    query_patent_ids: Optional[torch.Tensor] = None,
+    db_patent_ids: Optional[torch.Tensor] = None,
+    chunk_size: int = 1024,
+    label_groups: Optional[Mapping[str, torch.Tensor]] = None,
+    return_per_query: bool = False,
+) -> Dict[str, object]:
+    """Image-retrieval metrics (mAP, R@K, P@K, MRR@K) with the optional prior-art time filter.
+
+    Args:
+        query_features: ``(Q, D)`` L2-normalised query embeddings.
+        db_features: ``(N, D)`` L2-normalised database embeddings.  Similarity = dot product.
+        query_labels, db_labels: ``(Q,)`` / ``(N,)`` integer tensors.  Database item ``d`` is
+            *relevant* to query ``q`` iff ``db_labels[d] == query_labels[q]`` (class ids for
+            class-level retrieval, patent ids for re-identification: the caller decides).
+        ks: cut-offs for ``R@K``, ``P@K`` and ``RelRecall@K`` (default 5 and 10).
+        mrr_k: cut-off of ``MRR@K`` (default 10).
+        query_times, db_times: optional ``(Q,)`` / ``(N,)`` tensors of grant times (e.g. days
+            since epoch); give both or neither.  When given, the **prior-art filter** applies:
+            only database items with ``db_times[d] < query_times[q]`` (strictly earlier) are
+            candidates for query ``q``.
+        exclude: optional ``(Q,)`` integer tensor of one database index to drop per query
+            (e.g. the query itself when query set == database; ``-1`` = drop nothing), or a
+            ``(Q, E)`` tensor of several indices padded with ``-1``.
+        query_patent_ids, db_patent_ids: optional ``(Q,)`` / ``(N,)`` integer tensors; when
+            both are given, database drawings of the query's own patent
+            (``db_patent_ids[d] == query_patent_ids[q]``) are not candidates
+            ("exclude same patent").
+        chunk_size: queries are processed ``chunk_size`` at a time; peak memory is one
+            ``(chunk_size, N)`` score matrix plus its sort (indices) and a few masks of the same
+            shape.  Results do not depend on it.
+        label_groups: optional ``{name: (Q,) bool mask}``; every metric is also reported for
+            the queries of each group under ``"{name}/{metric}"`` (e.g. ``head/mAP``).
+        return_per_query: also return ``per_query``: a dict of CPU tensors ``ap``,
+            ``first_relevant_rank`` (0 = no relevant candidate), ``num_relevant``,
+            ``num_candidates`` and ``hits@K`` (#relevant in the top K).
+
+    Returns:
+        dict with ``mAP``, ``R@K`` and ``P@K`` for each K in ``ks``, ``MRR@{mrr_k}``, plus
+        ``mAP_macro``, ``RelRecall@K``, ``num_queries`` (queries considered),
+        ``num_valid_queries`` and ``num_queries_without_relevant`` (queries with no relevant
+        candidate; they are excluded from every average, so
+        ``num_valid_queries = num_queries - num_queries_without_relevant``).  Metrics are
+        fractions in [0, 1] (NaN when there is no valid query); see the module docstring for
+        the exact definitions.  Ties in score are broken by database index (smaller first).
+    """
+    ks = _ks(ks)
+    mrr_k = int(mrr_k)
+    if mrr_k < 1:
+        raise ValueError("mrr_k must be >= 1")
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be >= 1")
+    q = _features(query_features, "query_features")
+    dev = q.device
+    db = _features(db_features, "db_features", dev).to(q.dtype)
+    if q.shape[1] != db.shape[1]:
+        raise ValueError(f"feature dims differ: {q.shape[1]} vs {db.shape[1]}")
+    n_q, n_db = q.shape[0], db.shape[0]
+    q_lab = _vector(query_labels, n_q, "query_labels", dev)
+    db_lab = _vector(db_labels, n_db, "db_labels", dev)
+
+    if (query_times is None) != (db_times is None):
+        raise ValueError("give both query_times and db_times, or neither")
+    q_t = db_t = None
+    if query_times is not None:
+        q_t = _vector(query_times, n_q, "query_times", dev, integer=False)
+        db_t = _vector(db_times, n_db, "db_times", dev, integer=False)
+
+    if (query_patent_ids is None) != (db_patent_ids is None):
+        raise ValueError("give both query_patent_ids and db_patent_ids, or neither")
+    q_pid = db_pid = None
+    if query_patent_ids is not None:
+        q_pid = _vector(query_patent_ids, n_q, "query_patent_ids", dev)
+        db_pid = _vector(db_patent_ids, n_db, "db_patent_ids", dev)
+
+    ex = None
+    if exclude is not None:
+        ex = _as_tensor(exclude, dev)
+        if ex.is_floating_point() or ex.dtype == torch.bool:
+            raise TypeError("exclude must be an integer tensor")
+        if ex.dim() == 1:
+            ex = ex[:, None]
+        if ex.dim() != 2 or ex.shape[0] != n_q:
+            raise ValueError(f"exclude must have shape ({n_q},) or ({n_q}, E), got {tuple(_as_tensor(exclude).shape)}")
+        ex = ex.to(torch.int64)
+        if ex.numel() and (int(ex.max()) >= n_db or int(ex.min()) < -1):
+            raise ValueError("exclude indices must be in [-1, N)")
+
+    groups = {}
+    if label_groups:
+        for name, m in label_groups.items():
+            m = _as_tensor(m)
+            if m.dtype != torch.bool or m.shape != (n_q,):
+                raise ValueError(f"label_groups[{name!r}] must be a ({n_q},) bool mask")
+            groups[name] = m.cpu()
+
+    ap_l, first_l, nrel_l, ncand_l = [], [], [], []
+    hits_l = {k: [] for k in ks}
+    for s in range(0, n_q, chunk_size):
+        e = min(s + chunk_size, n_q)
+        c = e - s
+        scores = q[s:e] @ db.T  # (c, N)
+        if torch.isnan(scores).any():
+            raise ValueError("NaN similarity scores (NaN in the features?)")
+        cand = torch.ones((c, n_db), dtype=torch.bool, device=dev)
+        if q_t is not None:
+            cand &= db_t[None, :] < q_t[s:e, None]
+        if q_pid is not None:
+            cand &= db_pid[None, :] != q_pid[s:e, None]
+        if ex is not None:
+            exc = ex[s:e]
+            ok = exc >= 0
+            r = torch.arange(c, device=dev)[:, None].expand_as(exc)[ok]
+            cand[r, exc[ok]] = False
+        rel = (db_lab[None, :] == q_lab[s:e, None]) & cand
+        ap, first, nrel, ncand, hits = _rank_chunk(scores, cand, rel, ks)
+        del scores, cand, rel
+        ap_l.append(ap.cpu())
+        first_l.append(first.cpu())
+        nrel_l.append(nrel.cpu())
+        ncand_l.append(ncand.cpu())
+        for k in ks:
+            hits_l[k].append(hits[k].cpu())
+
+    def cat(xs, dtype):
+        return torch.cat(xs) if xs else torch.zeros(0, dtype=dtype)
+
+    pq = {
+        "ap": cat(ap_l, torch.float64),
+        "first_relevant_rank": cat(first_l, torch.int64),
+        "num_relevant": cat(nrel_l, torch.int64),
+        "num_candidates": cat(ncand_l, torch.int64),
+    }
+    for k in ks:
+        pq[f"hits@{k}"] = cat(hits_l[k], torch.int64)
+
+    labels_cpu = q_lab.cpu()
+    out: Dict[str, object] = _aggregate(pq, None, ks, mrr_k, labels_cpu)
+    for name, m in groups.items():
+        out.update(_aggregate(pq, m, ks, mrr_k, labels_cpu, prefix=f"{name}/"))
+    if return_per_query:
+        out["per_query"] = pq
+    return out
+
+
+@torch.no_grad()
+def image_text_recall(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    ks: Iterable[int] = (1, 5, 10),
+    *,
+    image_groups: Optional[torch.Tensor] = None,
+    text_groups: Optional[torch.Tensor] = None,
+    chunk_size: int = 1024,
+) -> Dict[str, float]:
+    """Image<->text retrieval recall (hit rate) at K, as in DesignCLIP / CLIP evaluations.
+
+    Image ``i`` and text ``j`` are a positive pair iff ``image_groups[i] == text_groups[j]``.
+    By default ``image_groups = arange(num_images)`` and ``text_groups = arange(num_texts)``,
+    i.e. sample ``i``'s image and text are the (only) positive pair -- this default needs the
+    same number of images and texts.  To let several texts be positives for an image (e.g. all
+    captions of the same drawing) pass ``text_groups[j]`` = index (or id) of text ``j``'s
+    drawing, leaving ``image_groups`` at its default or giving drawing ids too.
+
+    * ``image_to_text_R@K`` = fraction of images for which at least one positive text is among
+      the K texts most similar to the image.
+    * ``text_to_image_R@K`` = fraction of texts for which at least one positive image is among
+      the K images most similar to the text.
+
+    Similarity = dot product (features assumed L2-normalised); ties broken by index.  An image
+    (text) that has no positive text (image) at all is left out of the fraction.  Same code
+    path as :func:`retrieval_metrics` (``R@K``).
+    """
+    ks = _ks(ks)
+    img = _features(image_features, "image_features")
+    dev = img.device
+    txt = _features(text_features, "text_features", dev).to(img.dtype)
+    n_i, n_t = img.shape[0], txt.shape[0]
+    ig = torch.arange(n_i, device=dev) if image_groups is None else _vector(image_groups, n_i, "image_groups", dev)
+    tg = torch.arange(n_t, device=dev) if text_groups is None else _vector(text_groups, n_t, "text_groups", dev)
+    if image_groups is None and text_groups is None and n_i != n_t:
+        raise ValueError(f"{n_i} images vs {n_t} texts: pass image_groups/text_groups to pair them")
+    out: Dict[str, float] = {}
+    i2t = retrieval_metrics(img, txt, ig, tg, ks=ks, mrr_k=1, chunk_size=chunk_size)
+    t2i = retrieval_metrics(txt, img, tg, ig, ks=ks, mrr_k=1, chunk_size=chunk_size)
+    for k in ks:
+        out[f"image_to_text_R@{k}"] = i2t[f"R@{k}"]
+    for k in ks:
+        out[f"text_to_image_R@{k}"] = t2i[f"R@{k}"]
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# classification
+# ----------------------------------------------------------------------------------------
+@torch.no_grad()
+def classification_accuracy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    topk: Iterable[int] = (1, 5),
+    *,
+    num_classes: Optional[int] = None,
+) -> Dict[str, object]:
+    """Top-k, per-class and balanced accuracy of ``(N, C)`` logits against ``(N,)`` labels.
+
+    Sample ``n`` is top-k correct iff the rank of its true class ``y`` is ``<= k``, where
+    ``rank = 1 + #{c : logit_c > logit_y} + #{c < y : logit_c == logit_y}`` (ties broken by
+    class index, smaller first -- deterministic, unlike ``torch.topk``).
+
+    Returns:
+        ``top{k}`` = fraction of samples top-k correct, for each k in ``topk`` with k <= C
+        (larger k are skipped); ``per_class_top1`` = list of length C with the top-1 accuracy
+        over the samples of each class (``None`` for classes without samples, so the dict stays
+        JSON-serialisable); ``balanced_top1`` = mean of ``per_class_top1`` over the classes that
+        have samples; ``num_samples``.
+    """
+    logits = _as_tensor(logits)
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be (N, C), got {tuple(logits.shape)}")
+    if not logits.is_floating_point() or logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    n, n_cls = logits.shape
+    if num_classes is not None and int(num_classes) != n_cls:
+        raise ValueError(f"num_classes={num_classes} but logits have {n_cls} columns")
+    labels = _vector(labels, n, "labels", logits.device).to(torch.int64)
+    if n and (int(labels.min()) < 0 or int(labels.max()) >= n_cls):
+        raise ValueError(f"labels must be in [0, {n_cls})")
+    topk = _ks(topk, "topk")
+    if torch.isnan(logits).any():
+        raise ValueError("NaN logits")
+    true = logits.gather(1, labels[:, None])  # (N, 1)
+    idx = torch.arange(n_cls, device=logits.device)[None, :]
+    beats = (logits > true) | ((logits == true) & (idx < labels[:, None]))
+    rank = 1 + beats.sum(1)  # (N,)
+    out: Dict[str, object] = {}
+    for k in topk:
+        if k <= n_cls:
+            out[f"top{k}"] = _mean((rank <= k).double())
+    correct1 = (rank == 1).to(torch.int64).cpu()
+    lab = labels.cpu()
+    tot = torch.bincount(lab, minlength=n_cls)
+    hit = torch.bincount(lab, weights=correct1.double(), minlength=n_cls)
+    per_class = [float(hit[c] / tot[c]) if tot[c] > 0 else None for c in range(n_cls)]
+    present = [a for a in per_class if a is not None]
+    out["per_class_top1"] = per_class
+    out["balanced_top1"] = (math.fsum(present) / len(present)) if present else _NAN
+    out["num_samples"] = n
+    return out
+
+
+@torch.no_grad()
+def zero_shot_accuracy(
+    image_features: torch.Tensor,
+    classifier: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    topk: Iterable[int] = (1, 5),
+    num_classes: Optional[int] = None,
+) -> Dict[str, object]:
+    """Zero-shot classification accuracy.
+
+    ``classifier`` is the ``(D, C)`` matrix of L2-normalised class text embeddings returned by
+    ``open_clip.build_zero_shot_classifier``; logits = ``image_features @ classifier`` and the
+    result is exactly :func:`classification_accuracy` of those logits (``top1``, ``top5`` for
+    k <= C, ``per_class_top1``, ``balanced_top1``, ``num_samples``).
+    """
+    img = _features(image_features, "image_features")
+    cls = _as_tensor(classifier, img.device)
+    if cls.dim() != 2 or cls.shape[0] != img.shape[1]:
+        raise ValueError(f"classifier must be (D={img.shape[1]}, C), got {tuple(cls.shape)}")
+    cls = cls.float() if (not cls.is_floating_point() or cls.dtype in (torch.float16, torch.bfloat16)) else cls
+    logits = img @ cls.to(img.dtype)
+    return classification_accuracy(logits, labels, topk=topk, num_classes=num_classes)
