@@ -78,21 +78,6 @@ def deepspeed_config(args) -> dict:
     return cfg
 
 
-def clamp_logit_scale(engine, args) -> None:
-    """open_clip clamps logit_scale to [0, ln 100] after every step. Under ZeRO or bf16 the optimizer's fp32
-    master copy is the truth, so clamp that one (an in-place clamp of the module parameter would be lost)."""
-    from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
-
-    p = engine.module.clip.logit_scale
-    if args.zero_stage == 0 and not (engine.bfloat16_enabled() or engine.fp16_enabled()):
-        with torch.no_grad():
-            p.clamp_(0, math.log(100))
-        return
-    full = safe_get_full_fp32_param(p)
-    if full is not None:
-        safe_set_full_fp32_param(p, full.clamp(0, math.log(100)))
-
-
 def quiet_library_loggers() -> None:
     """open_clip's setup_logging lowers every existing logger to INFO; keep torch's and DeepSpeed's internals at
     WARNING so the log shows the training, as open_clip does for torch.compile."""
@@ -168,7 +153,6 @@ def init_deepspeed(args, device):
 
 
 def train(args) -> int:
-    import open_clip
     from open_clip import create_model_and_transforms, get_input_dtype, get_tokenizer
     from open_clip_train.main import random_seed
     from open_clip_train.scheduler import const_lr, const_lr_cooldown, cosine_lr
@@ -176,6 +160,7 @@ def train(args) -> int:
 
     from patentclip.launch import checkpoint as ckpt
     from patentclip.launch.evaluate import evaluate_during_training
+    from patentclip.launch.step import train_step
     from patentclip.launch.model import PatentTrainModule, make_logit_scale_nonscalar, optimizer_param_groups
     from patentclip.plugins.classes import load_class_table
     from patentclip.plugins.losses import LossSet
@@ -283,15 +268,8 @@ def train(args) -> int:
             step = steps_per_epoch * epoch + i
             if not args.skip_scheduler:
                 scheduler(step)
-            images = batch["image"].to(device=device, dtype=input_dtype, non_blocking=True)
-            texts = batch["text"].to(device=device, non_blocking=True)
-            batch["class_id"] = batch["class_id"].to(device=device, non_blocking=True)
             data_time_m.update(time.time() - end)
-
-            total_loss, terms, features = engine(images, texts, batch)
-            engine.backward(total_loss)
-            engine.step()
-            clamp_logit_scale(engine, args)
+            total_loss, terms, features = train_step(engine, batch, args, device, input_dtype)
 
             batch_time_m.update(time.time() - end)
             end = time.time()
@@ -301,7 +279,7 @@ def train(args) -> int:
             if step_log is not None:
                 step_log.write(json.dumps({"step": step, "epoch": epoch, **values}) + "\n")
             if is_master and (i % args.log_every_n_steps == 0 or batch_count == steps_per_epoch):
-                n = len(images)
+                n = len(batch["key"])
                 num_samples = batch_count * args.batch_size * args.world_size
                 percent_complete = 100.0 * batch_count / steps_per_epoch
                 for k, v in values.items():

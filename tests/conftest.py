@@ -1,0 +1,49 @@
+"""Shared fixtures: one small synthetic patent set and its shards per test session (built, never downloaded)."""
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def shard_pattern(split_dir: Path) -> str:
+    from patentclip.launch.demo import shard_pattern as pattern
+
+    return pattern(split_dir)
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(tmp_path_factory):
+    """~70 patents x 4 views of 5 classes at 64 px, split 80/20 by patent, 40 drawings per shard."""
+    from patentclip.shards.build import build_shards
+    from patentclip.shards.synth import generate_synthetic_patents
+
+    root = tmp_path_factory.mktemp("synthetic")
+    manifest = generate_synthetic_patents(root / "patents", num_patents=70, num_classes=5, image_size=64, seed=0)
+    report = build_shards(manifest, root / "shards", samples_per_shard=40, seed=0, progress=False)
+    return {
+        "root": root,
+        "manifest": manifest,
+        "report": report,
+        "train": shard_pattern(root / "shards" / "train"),
+        "val": shard_pattern(root / "shards" / "val"),
+        "train_dir": root / "shards" / "train",
+        "val_dir": root / "shards" / "val",
+    }
+
+
+def run_cli(module: str, *argv, timeout=600, env=None):
+    """Run ``python -m module argv`` in a fresh process; returns CompletedProcess (text)."""
+    import subprocess
+
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *map(str, argv)], capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
