@@ -11,6 +11,8 @@ from typing import List, Optional, Sequence
 
 from open_clip_train.params import parse_args as openclip_parse_args
 
+from patentclip.plugins.recipes import add_recipe_args, apply_recipe
+
 DESCRIPTION = """\
 Train a CLIP model on design-patent shards with open_clip's training loop under DeepSpeed.
 
@@ -35,6 +37,21 @@ def build_plugin_parser() -> argparse.ArgumentParser:
     g.add_argument("--sampler", default="natural",
                    help="Sampler plugin (registered name) deciding how often each class is drawn "
                         "(default: %(default)s = the data's own distribution).")
+    g.add_argument("--sampler-beta", type=float, default=1.0,
+                   help="beta of the class_aware sampler: each sample of class c is drawn with weight f_c^-beta "
+                        "(0 = natural distribution, 1 = class-balanced; DesignCLIP uses 1.2). Default: %(default)s.")
+    g.add_argument("--shuffle-group-shards", type=int, default=4,
+                   help="Shards per shuffle group: examples are shuffled within groups of this many shards per "
+                        "data-loader worker (the unit of exact resume). Default: %(default)s.")
+    g.add_argument("--multiview", action="store_true",
+                   help="Pair every drawing with another view of the same patent (batch keys image2/view2/"
+                        "has_view2). Switched on automatically when a selected loss needs it.")
+    g.add_argument("--aug-hflip", type=float, default=0.0, help="Horizontal flip probability (default 0).")
+    g.add_argument("--aug-rrc-scale", type=float, default=None,
+                   help="Random resized crop scale range (S, 1) for open_clip's train transform (open_clip's "
+                        "default is (0.9, 1)).")
+    g.add_argument("--aug-random-erasing", type=float, default=0.0, help="Random erasing probability (default 0).")
+    g.add_argument("--aug-gridmask", type=float, default=0.0, help="GridMask probability (default 0).")
     g.add_argument("--loss", default="clip",
                    help="Loss terms and weights, e.g. 'clip' or 'class_aware_contrastive=0.1,clip=1' "
                         "(registered names; default: %(default)s).")
@@ -49,6 +66,16 @@ def build_plugin_parser() -> argparse.ArgumentParser:
     g.add_argument("--zero-stage", type=int, choices=[0, 1, 2], default=1,
                    help="DeepSpeed ZeRO stage (0: plain data parallel, 1: optimizer states partitioned, "
                         "2: + gradients). Default: %(default)s.")
+    g.add_argument("--save-every-n-steps", type=int, default=0,
+                   help="Also checkpoint every N optimizer steps mid-epoch (DeepSpeed state + data-loader position, "
+                        "for exact resume). 0 = only at epoch ends (open_clip's --save-frequency). Default: 0.")
+    g.add_argument("--checkpoint-dir", default=None,
+                   help="Where checkpoints go: a local folder or any fsspec URL (s3://bucket/run ...; endpoint, "
+                        "credentials and region from the standard AWS environment variables). Remote checkpoints "
+                        "are staged in <logs>/<name>/checkpoints, uploaded by every rank, verified, and only then "
+                        "named by 'latest'. Default: <logs>/<name>/checkpoints.")
+    g.add_argument("--keep-checkpoints", type=int, default=0,
+                   help="Keep only the newest K DeepSpeed checkpoints (0 = keep all). Default: 0.")
     g.add_argument("--deepspeed-config", default=None,
                    help="A DeepSpeed JSON config merged over the one patentclip derives from the flags.")
     g.add_argument("--plugins", default="",
@@ -60,6 +87,7 @@ def build_plugin_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-zeroshot-templates", default=None,
                    help="Zero-shot prompt templates separated by '|', with {} for the class name "
                         "(default: patentclip.launch.evaluate.DEFAULT_TEMPLATES).")
+    add_recipe_args(p)  # --recipe, --loss-weighting, classification-head flags (patentclip.plugins.recipes)
     return p
 
 
@@ -89,6 +117,7 @@ def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace
         setattr(args, k, v)
     args.precision_given = precision_given
     args.argv = argv
+    apply_recipe(args, argv)  # --recipe NAME: its settings, except for flags given on the command line
     return args
 
 

@@ -1,87 +1,369 @@
-"""Checkpoints of a patentclip run.
+"""Checkpoints of a patentclip run: local or in object storage, complete or not at all.
 
-Layout under ``<logs>/<name>/checkpoints/`` (open_clip's place for them):
+Layout (``--checkpoint-dir``, default ``<logs>/<name>/checkpoints``, open_clip's place; any fsspec URL such as
+``s3://bucket/run`` works; a remote run stages its files in ``<logs>/<name>/checkpoints`` first):
 
-    epoch_<N>.pt           open_clip format {epoch, name, state_dict}: vanilla open_clip loads it
-                           (``--pretrained epoch_N.pt``; logit_scale stored 0-dim as open_clip has it)
-    deepspeed/<tag>/       the DeepSpeed engine state (model, optimizer and ZeRO partitions, one file per rank)
-    deepspeed/latest       the tag of the newest complete DeepSpeed checkpoint
+    epoch_<N>.pt            open_clip format {epoch, name, state_dict}: vanilla open_clip loads it
+                            (``--pretrained epoch_N.pt``; logit_scale stored 0-dim as open_clip has it)
+    deepspeed/<tag>/        DeepSpeed engine state: model, optimizer, ZeRO partitions (one file per rank),
+                            plus ``meta.json`` (epoch, step, the size of every file) written last
+    deepspeed/latest        the tag of the newest COMPLETE checkpoint
 
-``--resume latest`` restores the newest DeepSpeed checkpoint (model, optimizer, epoch, step);
-``--resume <dir>`` restores a DeepSpeed checkpoint folder (its ``latest`` or a tag folder), and
-``--resume <file.pt>`` loads the weights of an open_clip checkpoint and starts at its epoch with a fresh
-optimizer (as open_clip does for a bare checkpoint).
+A checkpoint holds the DeepSpeed engine state (model with the loss plugins' parameters, optimizer, ZeRO
+partitions), and as client state the epoch and step to resume at, every rank's data-loader position and RNG
+states, the run's arguments and the class table. Tags are ``epoch_N`` (end of epoch N) and ``step_S``
+(mid-epoch, ``--save-every-n-steps`` or a stop signal).
+
+Saving is a commit protocol: every rank writes its files locally; for a remote directory every rank uploads
+the files it wrote (retried with backoff) and rank 0 checks that every file of the tag is there with its size;
+only then is ``meta.json`` and finally ``latest`` written. A crash or an outage at any point before that leaves
+``latest`` on the previous complete checkpoint; a failed upload raises after its retries. Only the newest
+``--keep-checkpoints`` DeepSpeed checkpoints are kept (never the one ``latest`` names).
+
+``--resume latest`` takes the newest complete checkpoint found locally or remotely (downloading it if it is
+only remote); ``--resume <dir or url>`` a DeepSpeed checkpoint folder (its ``latest`` or a tag folder) and
+``--resume <file.pt>`` the weights of an open_clip checkpoint, starting at its epoch with a fresh optimizer
+(as open_clip does for a bare checkpoint).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import posixpath
+import random
+import re
 import shutil
-from typing import Dict, Optional, Tuple
+import time
+from typing import Dict, List, Optional, Tuple
 
+import fsspec
+import numpy as np
 import torch
+import torch.distributed as dist
 
 from patentclip.launch.model import load_open_clip_state_dict, open_clip_state_dict
 
 DS_SUBDIR = "deepspeed"
+META = "meta.json"
+UPLOAD_RETRIES_ENV = "PATENTCLIP_UPLOAD_RETRIES"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written completely; ``latest`` still names the previous complete one."""
+
+
+def is_remote(path: Optional[str]) -> bool:
+    return bool(path) and "://" in path and not path.startswith("file://")
 
 
 def deepspeed_dir(checkpoint_path: str) -> str:
     return os.path.join(checkpoint_path, DS_SUBDIR)
 
 
+def _fs(url: str):
+    return fsspec.core.url_to_fs(url)
+
+
+def _rank_files(names: List[str], rank: int) -> List[str]:
+    """The files of a DeepSpeed tag folder written by ``rank`` (rank 0 also owns the model states and meta)."""
+    pat = re.compile(r"^(bf16_)?zero_pp_rank_(\d+)_")
+    mine = []
+    for n in names:
+        m = pat.match(n)
+        if m:
+            if int(m.group(2)) == rank:
+                mine.append(n)
+        elif rank == 0:
+            mine.append(n)
+    return sorted(mine)
+
+
 def latest_tag(ds_dir: str) -> Optional[str]:
-    latest = os.path.join(ds_dir, "latest")
-    if not os.path.isfile(latest):
+    """The tag named by ``latest`` in a local or remote DeepSpeed folder, if that tag is complete."""
+    fs, path = _fs(ds_dir)
+    try:
+        tag = fs.cat_file(posixpath.join(path, "latest")).decode().strip()
+    except (FileNotFoundError, OSError):
         return None
-    with open(latest) as f:
-        tag = f.read().strip()
-    return tag if tag and os.path.isdir(os.path.join(ds_dir, tag)) else None
+    return tag if tag and tag_complete(ds_dir, tag) else None
 
 
-def save(engine, args, *, epoch: int, step: int, class_table, extra: Optional[Dict] = None) -> None:
-    """Save after ``epoch`` completed epochs (``step`` optimizer steps). Must be called on every rank."""
-    ds_dir = deepspeed_dir(args.checkpoint_path)
-    os.makedirs(ds_dir, exist_ok=True)
-    tag = f"epoch_{epoch}"
-    client_state = {"epoch": epoch, "step": step, "name": args.name, "model": args.model,
-                    "classes": [c.__dict__ for c in class_table.classes], **(extra or {})}
-    engine.save_checkpoint(ds_dir, tag=tag, client_state=client_state)
-    if args.rank == 0:
-        model = engine.module.clip
-        oc = {"epoch": epoch, "name": args.name, "state_dict": open_clip_state_dict(model),
-              "model": args.model, "classes": client_state["classes"]}
-        tmp = os.path.join(args.checkpoint_path, f"epoch_{epoch}.pt.tmp")
-        torch.save(oc, tmp)
-        os.replace(tmp, os.path.join(args.checkpoint_path, f"epoch_{epoch}.pt"))
-        if args.delete_previous_checkpoint:
-            prev = epoch - 1
-            for p in (os.path.join(args.checkpoint_path, f"epoch_{prev}.pt"), os.path.join(ds_dir, f"epoch_{prev}")):
-                if os.path.isdir(p):
-                    shutil.rmtree(p, ignore_errors=True)
-                elif os.path.exists(p):
-                    os.remove(p)
-        logging.info("Saved checkpoint epoch %d (step %d) to %s", epoch, step, args.checkpoint_path)
+def read_meta(ds_dir: str, tag: str) -> Optional[Dict]:
+    fs, path = _fs(ds_dir)
+    try:
+        return json.loads(fs.cat_file(posixpath.join(path, tag, META)).decode())
+    except (FileNotFoundError, OSError, ValueError):
+        return None
 
 
-def resolve_resume(args) -> Optional[Tuple[str, str, Optional[str]]]:
-    """What ``--resume`` points at: ("deepspeed", dir, tag) or ("open_clip", file, None) or None."""
+def tag_complete(ds_dir: str, tag: str) -> bool:
+    """Every file listed in the tag's meta.json exists with its size. Tags written by DeepSpeed alone (no
+    meta.json, e.g. older runs) count as complete when they hold model states."""
+    fs, path = _fs(ds_dir)
+    meta = read_meta(ds_dir, tag)
+    try:
+        sizes = {posixpath.basename(p["name"]): int(p["size"]) for p in fs.ls(posixpath.join(path, tag), detail=True)}
+    except (FileNotFoundError, OSError):
+        return False
+    if meta is None:
+        return any(n.endswith("model_states.pt") for n in sizes)
+    return all(sizes.get(n) == s for n, s in meta["files"].items())
+
+
+def _with_retries(fn, what: str, retries: int):
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt == retries:
+                raise CheckpointError(f"{what} failed after {retries} retries: {type(exc).__name__}: {exc}") from exc
+            delay = min(20.0, 0.5 * 2 ** attempt)
+            logging.warning("%s failed (%s: %s); retry %d/%d in %.1f s", what, type(exc).__name__, exc,
+                            attempt + 1, retries, delay)
+            time.sleep(delay)
+
+
+def _upload(local_file: str, url: str, retries: int) -> None:
+    size = os.path.getsize(local_file)
+
+    def put():
+        fs, path = _fs(url)
+        fs.put_file(local_file, path)
+        got = fs.info(path)["size"]
+        if got != size:
+            raise IOError(f"{url}: uploaded size {got} != local size {size}")
+
+    _with_retries(put, f"upload of {url}", retries)
+
+
+def rng_state() -> Dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: Optional[Dict]) -> None:
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def _gather(obj, world_size: int) -> list:
+    if world_size > 1:
+        out = [None] * world_size
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+def _json_args(args) -> Dict:
+    out = {}
+    for k, v in sorted(vars(args).items()):
+        try:
+            json.dumps(v)
+            out[k] = v
+        except TypeError:
+            out[k] = repr(v)
+    return out
+
+
+class CheckpointStore:
+    """Where a run's checkpoints live (local staging + optional remote folder) and how they are committed."""
+
+    def __init__(self, args):
+        self.args = args
+        self.local = args.checkpoint_path
+        self.remote = args.checkpoint_dir if is_remote(getattr(args, "checkpoint_dir", None)) else None
+        self.keep = int(getattr(args, "keep_checkpoints", 0) or 0)
+        self.retries = int(os.environ.get(UPLOAD_RETRIES_ENV, "5"))
+
+    @property
+    def local_ds(self) -> str:
+        return deepspeed_dir(self.local)
+
+    @property
+    def remote_ds(self) -> Optional[str]:
+        return posixpath.join(self.remote, DS_SUBDIR) if self.remote else None
+
+    # -- save ------------------------------------------------------------------------------------------
+    def save(self, engine, *, epoch: int, step: int, class_table, loader_states: list,
+             tag: Optional[str] = None, head_state: Optional[Dict] = None) -> str:
+        """Save the state to resume at (``epoch``, ``step``). Collective: call it on every rank."""
+        args = self.args
+        mid_epoch = tag is not None
+        tag = tag or f"epoch_{epoch}"
+        os.makedirs(self.local_ds, exist_ok=True)
+        client_state = {"epoch": epoch, "step": step, "name": args.name, "model": args.model,
+                        "classes": [c.__dict__ for c in class_table.classes], "loader": loader_states,
+                        "rng": _gather(rng_state(), args.world_size), "args": _json_args(args)}
+        engine.save_checkpoint(self.local_ds, tag=tag, client_state=client_state, save_latest=False)
+        if args.rank == 0 and not mid_epoch:
+            oc = {"epoch": epoch, "name": args.name, "state_dict": open_clip_state_dict(engine.module.clip),
+                  "model": args.model, "classes": client_state["classes"]}
+            if head_state:
+                oc["patentclip_head"] = head_state
+            tmp = os.path.join(self.local, f"epoch_{epoch}.pt.tmp")
+            torch.save(oc, tmp)
+            os.replace(tmp, os.path.join(self.local, f"epoch_{epoch}.pt"))
+        if dist.is_initialized():
+            dist.barrier()
+        ok, error = True, None
+        local_tag = os.path.join(self.local_ds, tag)
+        try:
+            if self.remote:
+                mine = _rank_files(sorted(os.listdir(local_tag)), args.rank)
+                for name in mine:
+                    _upload(os.path.join(local_tag, name), posixpath.join(self.remote_ds, tag, name), self.retries)
+                if args.rank == 0 and not mid_epoch:
+                    _upload(os.path.join(self.local, f"epoch_{epoch}.pt"),
+                            posixpath.join(self.remote, f"epoch_{epoch}.pt"), self.retries)
+        except CheckpointError as exc:
+            ok, error = False, str(exc)
+        oks = _gather((ok, error), args.world_size)
+        if not all(o for o, _ in oks):
+            errors = "; ".join(e for o, e in oks if not o)
+            raise CheckpointError(f"checkpoint {tag} (epoch {epoch}, step {step}) was not committed: {errors}. "
+                                  f"'latest' still names the previous complete checkpoint.")
+        committed = True
+        if args.rank == 0:
+            try:
+                self._commit(tag, epoch, step)
+            except CheckpointError as exc:
+                committed, error = False, str(exc)
+        committed_all = _gather((committed, error), args.world_size)[0] if args.world_size > 1 else (committed, error)
+        if not committed_all[0]:
+            raise CheckpointError(f"checkpoint {tag} was uploaded but not committed: {committed_all[1]}. "
+                                  f"'latest' still names the previous complete checkpoint.")
+        if args.rank == 0:
+            logging.info("Saved checkpoint %s (epoch %d, step %d) to %s", tag, epoch, step,
+                         self.remote or self.local)
+            self._prune(tag, epoch)
+        if dist.is_initialized():
+            dist.barrier()
+        return tag
+
+    def _commit(self, tag: str, epoch: int, step: int) -> None:
+        local_tag = os.path.join(self.local_ds, tag)
+        files = {n: os.path.getsize(os.path.join(local_tag, n)) for n in sorted(os.listdir(local_tag)) if n != META}
+        meta = json.dumps({"tag": tag, "epoch": epoch, "step": step, "files": files,
+                           "world_size": self.args.world_size, "zero_stage": self.args.zero_stage}, indent=1)
+        with open(os.path.join(local_tag, META), "w") as f:
+            f.write(meta)
+        with open(os.path.join(self.local_ds, "latest.tmp"), "w") as f:
+            f.write(tag)
+        os.replace(os.path.join(self.local_ds, "latest.tmp"), os.path.join(self.local_ds, "latest"))
+        if self.remote:
+            fs, path = _fs(self.remote_ds)
+
+            def verify_and_commit():
+                listed = {posixpath.basename(p["name"]): int(p["size"])
+                          for p in fs.ls(posixpath.join(path, tag), detail=True, refresh=True)}
+                missing = {n: s for n, s in files.items() if listed.get(n) != s}
+                if missing:
+                    raise IOError(f"{self.remote_ds}/{tag}: files missing or of the wrong size: {sorted(missing)}")
+                fs.pipe_file(posixpath.join(path, tag, META), meta.encode())
+                fs.pipe_file(posixpath.join(path, "latest"), tag.encode())
+
+            _with_retries(verify_and_commit, f"commit of {self.remote_ds}/{tag}", self.retries)
+
+    def _prune(self, newest: str, epoch: int) -> None:
+        if self.args.delete_previous_checkpoint:
+            prev = os.path.join(self.local, f"epoch_{epoch - 1}.pt")
+            if os.path.exists(prev):
+                os.remove(prev)
+        if self.keep <= 0:
+            return
+        for ds_dir in filter(None, (self.local_ds, self.remote_ds)):
+            try:
+                tags = self.list_tags(ds_dir)
+            except (OSError, FileNotFoundError):
+                continue
+            for tag, _ in tags[:-self.keep]:
+                if tag == newest:
+                    continue
+                fs, path = _fs(ds_dir)
+                try:
+                    fs.rm(posixpath.join(path, tag), recursive=True)
+                except (OSError, FileNotFoundError) as exc:
+                    logging.warning("could not delete old checkpoint %s/%s: %s", ds_dir, tag, exc)
+
+    @staticmethod
+    def list_tags(ds_dir: str) -> List[Tuple[str, int]]:
+        """Complete tags of a DeepSpeed folder, oldest first, as (tag, step)."""
+        fs, path = _fs(ds_dir)
+        out = []
+        for p in fs.ls(path, detail=False):
+            tag = posixpath.basename(p.rstrip("/"))
+            meta = read_meta(ds_dir, tag)
+            if meta is not None and tag_complete(ds_dir, tag):
+                out.append((tag, int(meta["step"])))
+        return sorted(out, key=lambda t: t[1])
+
+    # -- resume ----------------------------------------------------------------------------------------
+    def find_latest(self) -> Optional[Tuple[str, str]]:
+        """(DeepSpeed folder, tag) of the newest complete checkpoint, local or remote."""
+        best = None
+        for ds_dir in filter(None, (self.local_ds, self.remote_ds)):
+            tag = latest_tag(ds_dir)
+            if tag is None:
+                continue
+            meta = read_meta(ds_dir, tag) or {}
+            step = int(meta.get("step", -1))
+            if best is None or step > best[2]:
+                best = (ds_dir, tag, step)
+        return (best[0], best[1]) if best else None
+
+    def fetch(self, ds_dir: str, tag: str) -> str:
+        """A local DeepSpeed folder holding ``tag`` (downloads a remote tag into the local staging folder)."""
+        if not is_remote(ds_dir):
+            return ds_dir
+        local_tag = os.path.join(self.local_ds, tag)
+        if os.path.isdir(local_tag) and tag_complete(self.local_ds, tag):
+            return self.local_ds
+        tmp = local_tag + f".download-{self.args.rank}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        fs, path = _fs(ds_dir)
+
+        def get():
+            fs.get(posixpath.join(path, tag) + "/", tmp + "/", recursive=True)
+
+        _with_retries(get, f"download of {ds_dir}/{tag}", self.retries)
+        if dist.is_initialized():
+            dist.barrier()
+        if self.args.rank == 0 or not os.path.isdir(local_tag):
+            try:
+                os.replace(tmp, local_tag) if not os.path.isdir(local_tag) else shutil.rmtree(tmp, True)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if dist.is_initialized():
+            dist.barrier()
+        logging.info("Downloaded checkpoint %s/%s to %s", ds_dir, tag, local_tag)
+        return self.local_ds
+
+
+def resolve_resume(args, store: Optional[CheckpointStore] = None) -> Optional[Tuple[str, str, Optional[str]]]:
+    """What ``--resume`` points at: ("deepspeed", folder, tag) or ("open_clip", file, None) or None."""
     if not args.resume:
         return None
+    store = store or CheckpointStore(args)
     if args.resume == "latest":
-        ds_dir = deepspeed_dir(args.checkpoint_path)
-        tag = latest_tag(ds_dir)
-        return ("deepspeed", ds_dir, tag) if tag else None
+        found = store.find_latest()
+        return ("deepspeed", found[0], found[1]) if found else None
     path = args.resume
-    if os.path.isfile(path):
+    fs, p = _fs(path)
+    if fs.isfile(p):
         return ("open_clip", path, None)
-    if os.path.isdir(path):
-        if latest_tag(path):
-            return ("deepspeed", path, latest_tag(path))
-        if os.path.isdir(os.path.join(path, DS_SUBDIR)) and latest_tag(os.path.join(path, DS_SUBDIR)):
-            return ("deepspeed", os.path.join(path, DS_SUBDIR), latest_tag(os.path.join(path, DS_SUBDIR)))
-        if any(f.startswith("mp_rank_") for f in os.listdir(path)):
-            return ("deepspeed", os.path.dirname(os.path.abspath(path)), os.path.basename(os.path.abspath(path)))
+    if fs.isdir(p):
+        for ds_dir in (path, posixpath.join(path, DS_SUBDIR)):
+            tag = latest_tag(ds_dir)
+            if tag:
+                return ("deepspeed", ds_dir, tag)
+        names = [posixpath.basename(n) for n in fs.ls(p, detail=False)]
+        if any(n.startswith("mp_rank_") for n in names):
+            return ("deepspeed", posixpath.dirname(path.rstrip("/")), posixpath.basename(path.rstrip("/")))
     raise FileNotFoundError(
         f"--resume {path}: not a checkpoint (expected 'latest', an open_clip epoch_N.pt file, or a DeepSpeed "
         f"checkpoint folder with a 'latest' file or mp_rank_* files)")
@@ -91,7 +373,8 @@ def load_weights_before_engine(model, target) -> int:
     """For ``--resume <file.pt>``: load open_clip weights into the model BEFORE the DeepSpeed engine is built
     (the engine copies parameters into its fp32/bf16 partitions at init). Returns the checkpoint's epoch."""
     _, path, _ = target
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    with fsspec.open(path, "rb") as f:
+        ckpt = torch.load(f, map_location="cpu", weights_only=False)
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
     load_open_clip_state_dict(model, sd)
     epoch = int(ckpt.get("epoch", 0)) if isinstance(ckpt, dict) else 0
@@ -99,13 +382,17 @@ def load_weights_before_engine(model, target) -> int:
     return epoch
 
 
-def restore_engine(engine, target) -> Tuple[int, int]:
-    """For a DeepSpeed checkpoint: restore model, optimizer and ZeRO partitions; returns (epoch, step).
-    Call on every rank."""
+def restore_engine(engine, target, store: CheckpointStore) -> Tuple[int, int, Dict]:
+    """For a DeepSpeed checkpoint: restore model, optimizer and ZeRO partitions and this rank's RNG states;
+    returns (epoch, step, client_state). Collective: call it on every rank."""
     _, path, tag = target
-    load_path, client_state = engine.load_checkpoint(path, tag=tag)
+    local = store.fetch(path, tag)
+    load_path, client_state = engine.load_checkpoint(local, tag=tag)
     if load_path is None:
-        raise RuntimeError(f"DeepSpeed could not load checkpoint {os.path.join(path, tag)}")
+        raise RuntimeError(f"DeepSpeed could not load checkpoint {os.path.join(local, tag)}")
+    rngs = client_state.get("rng") or []
+    if len(rngs) == store.args.world_size:
+        set_rng_state(rngs[store.args.rank])
     epoch, step = int(client_state.get("epoch", 0)), int(client_state.get("step", 0))
-    logging.info("Resumed DeepSpeed checkpoint %s (epoch %d, step %d)", os.path.join(path, tag), epoch, step)
-    return epoch, step
+    logging.info("Resumed DeepSpeed checkpoint %s (epoch %d, step %d)", posixpath.join(path, tag), epoch, step)
+    return epoch, step, client_state

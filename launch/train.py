@@ -20,6 +20,8 @@ from datetime import datetime
 import torch
 
 from patentclip.launch.args import parse_train_args, strip_flag
+from patentclip.launch.checkpoint import is_remote
+from patentclip.launch.signals import EXIT_REQUEUE, StopSignal
 
 
 def _free_port() -> int:
@@ -78,6 +80,16 @@ def deepspeed_config(args) -> dict:
     return cfg
 
 
+def gather_loader_states(dataloader, args) -> list:
+    """Every rank's data-loader position, as a list indexed by rank (saved by rank 0 with the checkpoint)."""
+    state = dataloader.state_dict() if hasattr(dataloader, "state_dict") else None
+    if args.world_size > 1:
+        states = [None] * args.world_size
+        torch.distributed.all_gather_object(states, state)
+        return states
+    return [state]
+
+
 def quiet_library_loggers() -> None:
     """open_clip's setup_logging lowers every existing logger to INFO; keep torch's and DeepSpeed's internals at
     WARNING so the log shows the training, as open_clip does for torch.compile."""
@@ -126,6 +138,8 @@ def setup_run(args) -> torch.device:
     quiet_library_loggers()
     args.tensorboard = "tensorboard" in args.report_to or "all" in args.report_to
     args.checkpoint_path = os.path.join(log_base_path, "checkpoints")
+    if args.checkpoint_dir and not is_remote(args.checkpoint_dir):
+        args.checkpoint_path = args.checkpoint_dir
     args.tensorboard_path = os.path.join(log_base_path, "tensorboard") if args.tensorboard and args.rank == 0 else ""
     os.makedirs(args.checkpoint_path, exist_ok=True)
     if args.tensorboard_path:
@@ -161,7 +175,9 @@ def train(args) -> int:
     from patentclip.launch import checkpoint as ckpt
     from patentclip.launch.evaluate import evaluate_during_training
     from patentclip.launch.step import train_step
-    from patentclip.launch.model import PatentTrainModule, make_logit_scale_nonscalar, optimizer_param_groups
+    from patentclip.launch.model import (PatentTrainModule, head_state, make_logit_scale_nonscalar,
+                                         optimizer_param_groups)
+    from patentclip.plugins.augment import rrc_aug_cfg, with_patent_augmentations
     from patentclip.plugins.classes import load_class_table
     from patentclip.plugins.losses import LossSet
     from patentclip.plugins.models import register_model_configs
@@ -179,6 +195,7 @@ def train(args) -> int:
 
     if isinstance(args.force_image_size, (tuple, list)) and len(args.force_image_size) == 1:
         args.force_image_size = args.force_image_size[0]
+    rrc_aug_cfg(args)
     random_seed(args.seed, 0)
     model, preprocess_train, preprocess_val = create_model_and_transforms(
         args.model, args.pretrained, precision="fp32", device=device,
@@ -188,7 +205,9 @@ def train(args) -> int:
         image_interpolation=args.image_interpolation, image_resize_mode=args.image_resize_mode,
         aug_cfg=args.aug_cfg, pretrained_image=args.pretrained_image, output_dict=True, cache_dir=args.cache_dir)
     make_logit_scale_nonscalar(model)
-    resume_target = ckpt.resolve_resume(args)
+    preprocess_train = with_patent_augmentations(preprocess_train, args)
+    store = ckpt.CheckpointStore(args)
+    resume_target = ckpt.resolve_resume(args, store)
     start_epoch, start_step = 0, 0
     if resume_target and resume_target[0] == "open_clip":
         start_epoch = ckpt.load_weights_before_engine(model, resume_target)
@@ -202,7 +221,11 @@ def train(args) -> int:
     if args.grad_checkpointing:
         model.set_grad_checkpointing()
 
-    module = PatentTrainModule(model, LossSet(args.loss, args, class_table)).to(device)
+    criterion = LossSet(args.loss, args, class_table)
+    if getattr(criterion, "needs_second_view", False) and not args.multiview:
+        logging.info("a selected loss needs a second view: multi-view pairs switched on")
+        args.multiview = True
+    module = PatentTrainModule(model, criterion).to(device)
     if is_master:
         logging.info("Model:\n%s", model)
         with open(os.path.join(args.logs, args.name, "params.txt"), "w") as f:
@@ -217,8 +240,13 @@ def train(args) -> int:
     logging.info("DeepSpeed engine: ZeRO stage %d, %s, world size %d", args.zero_stage,
                  "bf16" if engine.bfloat16_enabled() else ("fp16" if engine.fp16_enabled() else "fp32"),
                  args.world_size)
+    loader_state = None
     if resume_target and resume_target[0] == "deepspeed":
-        start_epoch, start_step = ckpt.restore_engine(engine, resume_target)
+        start_epoch, start_step, client_state = ckpt.restore_engine(engine, resume_target, store)
+        states = client_state.get("loader") or []
+        loader_state = states[args.rank] if args.rank < len(states) else (states[0] if states else None)
+        if states and len(states) != args.world_size:
+            loader_state = {**(states[0] or {}), "world_size": len(states)}
     elif args.resume == "latest":
         logging.info("--resume latest: no checkpoint in %s yet, starting from scratch", args.checkpoint_path)
 
@@ -255,16 +283,24 @@ def train(args) -> int:
         torch.float16 if engine.fp16_enabled() else get_input_dtype("fp32"))
     metrics = {}
     step = start_step
+    exit_code = 0
+    stop = False
+    stopper = StopSignal().install()
     for epoch in range(start_epoch, args.epochs):
         if is_master:
             logging.info(f"Start epoch {epoch}")
         engine.train()
         data["train"].set_epoch(epoch)
         dataloader = data["train"].dataloader
+        first_batch = max(0, start_step - steps_per_epoch * epoch) if epoch == start_epoch else 0
+        if first_batch and loader_state is not None and int(loader_state.get("epoch", -1)) == epoch:
+            dataloader.load_state_dict(loader_state)
+            logging.info("Resuming epoch %d at batch %d of %d", epoch, first_batch, steps_per_epoch)
         sample_digits = math.ceil(math.log(dataloader.num_samples + 1, 10))
         losses_m, batch_time_m, data_time_m = {}, AverageMeter(), AverageMeter()
+        batch_count = first_batch
         end = time.time()
-        for i, batch in enumerate(dataloader):
+        for i, batch in enumerate(dataloader, start=first_batch):
             step = steps_per_epoch * epoch + i
             if not args.skip_scheduler:
                 scheduler(step)
@@ -278,6 +314,7 @@ def train(args) -> int:
             values = {k: v.detach().float().item() for k, v in terms.items()}
             if step_log is not None:
                 step_log.write(json.dumps({"step": step, "epoch": epoch, **values}) + "\n")
+                step_log.flush()
             if is_master and (i % args.log_every_n_steps == 0 or batch_count == steps_per_epoch):
                 n = len(batch["key"])
                 num_samples = batch_count * args.batch_size * args.world_size
@@ -298,8 +335,22 @@ def train(args) -> int:
                                 "lr": engine.optimizer.param_groups[0]["lr"], **values}
                     for name, val in log_data.items():
                         writer.add_scalar("train/" + name, val, step)
+                    writer.add_scalar("data/skipped_samples", dataloader.skipped, step)
                 batch_time_m.reset()
                 data_time_m.reset()
+            stop = stopper.should_stop(device)
+            if batch_count < steps_per_epoch and (stop or (args.save_every_n_steps and
+                                                           (step + 1) % args.save_every_n_steps == 0)):
+                store.save(engine, epoch=epoch, step=step + 1, class_table=class_table,
+                           loader_states=gather_loader_states(dataloader, args), tag=f"step_{step + 1}",
+                           head_state=head_state(engine.module))
+            if stop:
+                break
+        if stop and batch_count < steps_per_epoch:
+            logging.info("Stopped by %s after step %d; checkpoint written, exiting with code %d (requeue)",
+                         stopper.received or "a signal on another rank", step, EXIT_REQUEUE)
+            exit_code = EXIT_REQUEUE
+            break
         completed_epoch = epoch + 1
         step = steps_per_epoch * completed_epoch
 
@@ -309,8 +360,15 @@ def train(args) -> int:
                                                device, input_dtype, writer)
         if args.distributed:
             torch.distributed.barrier()
-        if completed_epoch == args.epochs or (args.save_frequency > 0 and completed_epoch % args.save_frequency == 0):
-            ckpt.save(engine, args, epoch=completed_epoch, step=step, class_table=class_table)
+        if stop or completed_epoch == args.epochs or (args.save_frequency > 0 and
+                                                      completed_epoch % args.save_frequency == 0):
+            store.save(engine, epoch=completed_epoch, step=step, class_table=class_table,
+                       loader_states=gather_loader_states(dataloader, args), head_state=head_state(engine.module))
+        if stop and completed_epoch < args.epochs:
+            logging.info("Stopped by %s at the end of epoch %d; checkpoint written, exiting with code %d (requeue)",
+                         stopper.received or "a signal on another rank", completed_epoch, EXIT_REQUEUE)
+            exit_code = EXIT_REQUEUE
+            break
         if args.distributed:
             torch.distributed.barrier()
 
@@ -324,10 +382,11 @@ def train(args) -> int:
         with open(os.path.join(args.logs, args.name, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         logging.info("Done: logs, checkpoints and tensorboard files in %s", os.path.join(args.logs, args.name))
+    stopper.uninstall()
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    return 0
+    return exit_code
 
 
 def main(argv=None) -> int:

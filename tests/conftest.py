@@ -47,3 +47,13 @@ def run_cli(module: str, *argv, timeout=600, env=None):
 def read_jsonl(path):
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real SeaweedFS S3 server on 127.0.0.1 for the whole session (tests/s3_server.py)."""
+    from s3_server import S3Server
+
+    server = S3Server(str(tmp_path_factory.mktemp("s3"))).start()
+    yield server
+    server.stop()

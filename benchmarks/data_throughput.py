@@ -1,0 +1,153 @@
+#!/usr/bin/env python
+"""Data pipeline throughput: patentclip's ``patent-wds`` pipeline vs open_clip's own ``get_wds_dataset`` on the
+same shards, workers and image size, in one run, plus the raw read + decode rate of the same shards as the
+ceiling; and the cost of multi-view pairs (one extra view per example).
+
+    python benchmarks/data_throughput.py [--patents 600 --image-size 256 --model-size 224 --workers 2]
+
+Prints samples/s of each and the ratios (targets: >= 0.95x open_clip with views off, >= 0.8x the raw decode
+ceiling). Each pipeline is read for ``--epochs`` passes after one warm-up pass; the best pass counts.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def make_shards(root: Path, patents: int, image_size: int) -> str:
+    from patentclip.launch.demo import shard_pattern
+    from patentclip.shards.build import build_shards
+    from patentclip.shards.synth import generate_synthetic_patents
+
+    if not (root / "shards" / "train" / "sizes.json").exists():
+        m = generate_synthetic_patents(root / "patents", num_patents=patents, num_classes=12, image_size=image_size,
+                                       seed=0)
+        build_shards(m, root / "shards", samples_per_shard=250, splits=(("train", 1.0),), seed=0, progress=False)
+    return shard_pattern(root / "shards" / "train")
+
+
+def timed(make_iter, count_fn, passes: int):
+    best, n = None, 0
+    for p in range(passes + 1):
+        t = time.perf_counter()
+        n = 0
+        for item in make_iter(p):
+            n += count_fn(item)
+        dt = time.perf_counter() - t
+        if p > 0:  # pass 0 warms caches
+            best = dt if best is None else min(best, dt)
+    return n / best, n
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--patents", type=int, default=600)
+    ap.add_argument("--image-size", type=int, default=256, help="Stored drawing size (px).")
+    ap.add_argument("--model", default="ViT-B-32", help="open_clip model whose preprocess is used (no weights).")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=2, help="Timed passes per pipeline (after a warm-up pass).")
+    ap.add_argument("--work-dir", default=None)
+    ap.add_argument("--json", default=None, help="Write the figures here as JSON.")
+    a = ap.parse_args(argv)
+
+    import open_clip
+    import torch
+    from open_clip_train.data import get_wds_dataset
+    from PIL import Image
+
+    from patentclip.plugins import openclip_compat
+    from patentclip.plugins.classes import load_class_table
+    from patentclip.plugins.models import register_model_configs
+    from patentclip.plugins.registry import DATASETS, load_builtin_plugins
+
+    torch.set_num_threads(1)
+    register_model_configs()
+    load_builtin_plugins()
+    openclip_compat.apply()
+    work = Path(a.work_dir or tempfile.mkdtemp(prefix="patentclip-bench-data-"))
+    pattern = make_shards(work, a.patents, a.image_size)
+    _, preprocess, _ = open_clip.create_model_and_transforms(a.model, pretrained=None)
+    tokenizer = open_clip.get_tokenizer(a.model)
+    table = load_class_table(pattern)
+    n_total = sum(json.loads((work / "shards" / "train" / "sizes.json").read_text()).values())
+
+    def oc_args(**kw):
+        d = dict(train_data=pattern, val_data=None, train_num_samples=None, val_num_samples=None, seed=0,
+                 batch_size=a.batch_size, workers=a.workers, world_size=1, rank=0, dataset_resampled=False,
+                 train_data_upsampling_factors=None, sampler="class_aware", sampler_beta=1.0,
+                 caption_choice="random", multiview=False, shuffle_group_shards=4)
+        d.update(kw)
+        return argparse.Namespace(**d)
+
+    results = {}
+
+    # ceiling: read every member and decode every image, nothing else, same number of worker processes
+    import webdataset as wds
+    from patentclip.plugins.openclip_compat import group_by_keys_nothrow
+    from webdataset.tariterators import tar_file_iterator
+
+    class Raw(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            info = torch.utils.data.get_worker_info()
+            wid, nw = (info.id, info.num_workers) if info else (0, 1)
+            urls = wds.shardlists.expand_urls(pattern)[wid::nw]
+            for u in urls:
+                with open(u, "rb") as f:
+                    for s in group_by_keys_nothrow({**x, "__url__": u} for x in tar_file_iterator(f)):
+                        Image.open(io.BytesIO(s["png"])).convert("RGB")
+                        yield 1
+
+    raw_loader = torch.utils.data.DataLoader(Raw(), batch_size=None, num_workers=a.workers)
+    results["raw_read_decode"] = timed(lambda p: raw_loader, lambda x: 1, a.epochs)[0]
+
+    oc = get_wds_dataset(oc_args(), preprocess, True, epoch=0, floor=False, tokenizer=tokenizer)
+
+    def oc_iter(p):
+        oc.set_epoch(p)
+        return oc.dataloader
+
+    results["open_clip_get_wds_dataset"] = timed(oc_iter, lambda b: len(b[0]), a.epochs)[0]
+
+    for label, kw in (("patentclip_sampler_on_views_off", {}), ("patentclip_sampler_on_views_on", {"multiview": True})):
+        info = DATASETS.get("patent-wds")(oc_args(**kw), preprocess, True, epoch=0, tokenizer=tokenizer,
+                                          class_table=table)
+
+        def it(p, info=info):
+            info.set_epoch(p)
+            return info.dataloader
+
+        results[label] = timed(it, lambda b: len(b["key"]), a.epochs)[0]
+
+    ratios = {
+        "patentclip / open_clip (views off)": results["patentclip_sampler_on_views_off"] / results["open_clip_get_wds_dataset"],
+        "patentclip / raw decode ceiling (views off)": results["patentclip_sampler_on_views_off"] / results["raw_read_decode"],
+        "open_clip / raw decode ceiling": results["open_clip_get_wds_dataset"] / results["raw_read_decode"],
+        "views on / views off (throughput)": results["patentclip_sampler_on_views_on"] / results["patentclip_sampler_on_views_off"],
+    }
+    cost_per_view = 1 / results["patentclip_sampler_on_views_on"] - 1 / results["patentclip_sampler_on_views_off"]
+    print(f"data throughput: {n_total} drawings of {a.image_size} px, preprocess of {a.model}, "
+          f"{a.workers} workers, batch {a.batch_size}, {os.cpu_count()} CPUs")
+    for k, v in results.items():
+        print(f"  {k:<36} {v:9.1f} samples/s")
+    for k, v in ratios.items():
+        print(f"  {k:<44} {v:6.3f}x")
+    print(f"  extra cost of one more view per example: {1000 * cost_per_view:.2f} ms/sample")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"samples_per_s": results, "ratios": ratios, "ms_per_extra_view": 1000 * cost_per_view,
+                       "workers": a.workers, "image_size": a.image_size, "model": a.model, "samples": n_total}, f,
+                      indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

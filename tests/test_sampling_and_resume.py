@@ -1,0 +1,308 @@
+"""Issue: the streaming patent pipeline. Class-aware sampling statistics, multi-view pairs, augmentation
+determinism, exact mid-epoch resume of the loader, and streaming from a real S3 server (with an outage)."""
+import argparse
+import math
+import random
+
+import pytest
+import torch
+
+from patentclip.plugins.classes import ClassInfo, ClassTable, load_class_table
+from patentclip.plugins.registry import DATASETS, load_builtin_plugins
+from patentclip.plugins.samplers import ClassAwareSampler, uniform01
+
+load_builtin_plugins()
+
+
+def data_args(train, **kw):
+    base = dict(train_data=train, val_data=None, train_num_samples=None, val_num_samples=None, seed=0, batch_size=8,
+                workers=0, world_size=1, rank=0, dataset_resampled=False, train_data_upsampling_factors=None,
+                sampler="natural", sampler_beta=1.0, caption_choice="random", multiview=False,
+                shuffle_group_shards=2)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+@pytest.fixture(scope="module")
+def parts():
+    import open_clip
+
+    from patentclip.plugins.augment import with_patent_augmentations
+    from patentclip.plugins.models import register_model_configs
+
+    register_model_configs()
+    _, preprocess, _ = open_clip.create_model_and_transforms("patentclip-tiny")
+    aug = with_patent_augmentations(preprocess, argparse.Namespace(aug_hflip=0.5, aug_gridmask=0.5,
+                                                                   aug_random_erasing=0.3))
+    return aug, open_clip.get_tokenizer("patentclip-tiny")
+
+
+def loader(args, parts, table, epoch=0):
+    return DATASETS.get("patent-wds")(args, parts[0], True, epoch=epoch, tokenizer=parts[1], class_table=table)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# class-aware sampling
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 1.2])
+def test_sampled_class_frequencies_match_target(beta):
+    """Simulate the stream sampler on a long-tailed population of keys: the sampled class shares match
+    q_c ∝ n_c f_c^-beta within a binomial 4.5-sigma band, and the epoch length is preserved."""
+    counts = torch.tensor([4000.0, 1500.0, 600.0, 250.0, 100.0, 40.0])
+    sampler = ClassAwareSampler(counts, beta)
+    target = (counts * (counts / counts.sum()).pow(-beta))
+    target = target / target.sum()
+    assert torch.allclose(sampler.target_distribution(counts), target, atol=1e-12)
+    got = torch.zeros(len(counts))
+    for c, n in enumerate(counts.int().tolist()):
+        for i in range(n):
+            got[c] += sampler.multiplicity(7, 3, f"k{c}_{i}", c)
+    total = got.sum()
+    assert abs(float(total) - float(counts.sum())) < 5 * math.sqrt(float(counts.sum()))  # epoch length kept
+    share = got / total
+    sigma = torch.sqrt(target * (1 - target) / total)
+    assert torch.all((share - target).abs() < 4.5 * sigma + 1e-3), (share, target)
+    if beta == 1.0:
+        assert torch.allclose(target, torch.full_like(target, 1 / len(counts)), atol=1e-12)
+
+
+def test_sampler_draws_are_pure_functions():
+    s = ClassAwareSampler(torch.tensor([10.0, 1.0]), 1.0)
+    draws = [s.multiplicity(0, 0, f"k{i}", 0) for i in range(200)]
+    assert draws == [s.multiplicity(0, 0, f"k{i}", 0) for i in range(200)]
+    assert draws != [s.multiplicity(0, 1, f"k{i}", 0) for i in range(200)]
+    assert 0.0 <= uniform01("x") < 1.0
+
+
+def test_class_aware_sampler_in_the_pipeline_balances_classes(synthetic_shards, parts):
+    table = load_class_table(synthetic_shards["train"])
+    counts = table.counts()
+
+    def shares(**kw):
+        info = loader(data_args(synthetic_shards["train"], train_num_samples=4000, dataset_resampled=True, **kw),
+                      parts, table)
+        got = torch.zeros(len(table))
+        for b in info.dataloader:
+            got += torch.bincount(b["class_id"], minlength=len(table)).float()
+        return got / got.sum()
+
+    natural, balanced = shares(), shares(sampler="class_aware", sampler_beta=1.0)
+    freq = counts / counts.sum()
+    present = counts > 0
+    # natural keeps the long tail; beta = 1 flattens it towards uniform over the present classes
+    assert float(natural[present].max() / natural[present].min()) > 2.5
+    assert float((balanced[present] - 1 / int(present.sum())).abs().max()) < 0.06
+    assert float((natural[present] - freq[present].float()).abs().max()) < 0.06
+
+
+# ---------------------------------------------------------------------------------------------------------
+# multi-view pairs and augmentation
+
+def test_multiview_pairs_are_other_views_of_the_same_patent(synthetic_shards, parts):
+    table = load_class_table(synthetic_shards["train"])
+    info = loader(data_args(synthetic_shards["train"], multiview=True), parts, table)
+    n = 0
+    for b in info.dataloader:
+        assert b["image2"].shape == b["image"].shape
+        for v, v2, has in zip(b["view"], b["view2"], b["has_view2"].tolist()):
+            assert has == 1 and v != v2  # synthetic patents have 4 distinct views
+        n += len(b["key"])
+    assert n > 0
+
+
+def test_single_drawing_patent_is_flagged_not_a_crash(tmp_path, parts):
+    """A patent with one drawing: image2 is a second augmentation of the same drawing, has_view2 = 0."""
+    from patentclip.shards.build import build_shards
+    from patentclip.shards.synth import generate_synthetic_patents
+
+    m = generate_synthetic_patents(tmp_path / "p", num_patents=12, num_classes=3, image_size=48, seed=1,
+                                   views=("front",))
+    build_shards(m, tmp_path / "s", samples_per_shard=100, splits=(("train", 1.0),), progress=False)
+    from conftest import shard_pattern
+    pattern = shard_pattern(tmp_path / "s" / "train")
+    table = load_class_table(pattern)
+    info = loader(data_args(pattern, multiview=True, batch_size=4), parts, table)
+    batches = list(info.dataloader)
+    assert batches and all(int(b["has_view2"].sum()) == 0 for b in batches)
+    assert all(v == v2 for b in batches for v, v2 in zip(b["view"], b["view2"]))
+
+
+def test_augmentations_are_deterministic_per_seed_epoch_key(synthetic_shards, parts):
+    table = load_class_table(synthetic_shards["train"])
+    first = lambda epoch, seed=0: next(iter(loader(data_args(synthetic_shards["train"], seed=seed), parts, table,  # noqa: E731
+                                                     epoch=epoch).dataloader))
+    a, b = first(0), first(0)
+    assert a["key"] == b["key"] and torch.equal(a["image"], b["image"])
+    c = first(0, seed=5)
+    assert not torch.equal(a["image"], c["image"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# exact resume
+
+@pytest.mark.parametrize("workers,k,kw", [(0, 3, {}), (2, 5, {"multiview": True, "sampler": "class_aware"}),
+                                          (2, 0, {}), (1, 7, {"dataset_resampled": True,
+                                                              "train_num_samples": 200})])
+def test_loader_resume_continues_exactly(synthetic_shards, parts, workers, k, kw):
+    """Take k batches, checkpoint the loader, build a fresh loader from the state: the following batches have
+    the same sample keys and identical tensors as an uninterrupted loader."""
+    table = load_class_table(synthetic_shards["train"])
+    args = data_args(synthetic_shards["train"], workers=workers, **kw)
+    full = list(loader(args, parts, table, epoch=1).dataloader)
+    assert len(full) > k
+    partial = loader(args, parts, table, epoch=1).dataloader
+    it = iter(partial)
+    for _ in range(k):
+        next(it)
+    state = partial.state_dict()
+    assert state["batches"] == k and state["epoch"] == 1
+    fresh = loader(args, parts, table, epoch=1).dataloader
+    fresh.load_state_dict(state)
+    rest = list(fresh)
+    assert len(rest) == len(full) - k
+    for x, y in zip(full[k:], rest):
+        assert x["key"] == y["key"]
+        for name in ("image", "text", "class_id") + (("image2",) if kw.get("multiview") else ()):
+            assert torch.equal(x[name], y[name]), name
+
+
+def test_resume_does_not_reread_consumed_shard_groups(synthetic_shards, parts, monkeypatch):
+    """After resuming late in the epoch, only the current shard group (and later ones) are read."""
+    from patentclip.plugins import patent_data
+
+    table = load_class_table(synthetic_shards["train"])
+    args = data_args(synthetic_shards["train"], shuffle_group_shards=1)
+    full_loader = loader(args, parts, table).dataloader
+    it = iter(full_loader)
+    full = list(it)
+    k = len(full) - 2
+    part = loader(args, parts, table).dataloader
+    it = iter(part)
+    for _ in range(k):
+        next(it)
+    state = part.state_dict()
+    opened = []
+    real = patent_data._tar_samples
+    monkeypatch.setattr(patent_data, "_tar_samples", lambda url, skips: (opened.append(url), real(url, skips))[1])
+    fresh = loader(args, parts, table).dataloader
+    fresh.load_state_dict(state)
+    rest = list(fresh)
+    n_shards = len(list(synthetic_shards["train_dir"].glob("*.tar")))
+    assert [b["key"] for b in rest] == [b["key"] for b in full[k:]]
+    assert len(opened) < n_shards and len(opened) <= 2
+
+
+def test_resume_with_other_worker_count_is_fraction_based_and_says_so(synthetic_shards, parts, caplog):
+    table = load_class_table(synthetic_shards["train"])
+    a = loader(data_args(synthetic_shards["train"], workers=0), parts, table).dataloader
+    it = iter(a)
+    n = len(a)
+    for _ in range(n // 2):
+        next(it)
+    b = loader(data_args(synthetic_shards["train"], workers=2), parts, table).dataloader
+    with caplog.at_level("WARNING"):
+        b.load_state_dict(a.state_dict())
+    assert "not sample-exact" in caplog.text
+    assert 0 < len(list(b)) < n
+
+
+def test_corrupt_member_is_skipped_and_counted(synthetic_shards, parts, tmp_path):
+    """A drawing whose PNG bytes are garbage is skipped, counted in loader.skipped, the rest is read."""
+    import io
+    import json
+    import tarfile
+
+    src = sorted(synthetic_shards["train_dir"].glob("*.tar"))
+    out = tmp_path / "shards"
+    out.mkdir()
+    sizes = {}
+    for j, path in enumerate(src[:2]):
+        dst = out / f"train-{j:06d}.tar"
+        n = 0
+        with tarfile.open(path) as tin, tarfile.open(dst, "w") as tout:
+            for m in tin.getmembers():
+                data = tin.extractfile(m).read()
+                if j == 0 and m.name.endswith(".png") and n == 0:
+                    data = b"\x89PNG garbage" + bytes(random.Random(0).randbytes(64))
+                if m.name.endswith(".png"):
+                    n += 1
+                info = tarfile.TarInfo(m.name)
+                info.size = len(data)
+                tout.addfile(info, io.BytesIO(data))
+        sizes[dst.name] = n
+    (out / "sizes.json").write_text(json.dumps(sizes))
+    (out / "classes.json").write_text((synthetic_shards["train_dir"] / "classes.json").read_text())
+    pattern = str(out / "train-{000000..000001}.tar")
+    table = load_class_table(pattern)
+    ld = loader(data_args(pattern, batch_size=1, train_num_samples=sum(sizes.values()) - 1), parts, table).dataloader
+    keys = [k for b in ld for k in b["key"]]
+    assert ld.skipped == 1
+    assert len(keys) == sum(sizes.values()) - 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# S3
+
+@pytest.fixture()
+def s3_shards(s3_server, synthetic_shards):
+    fs = s3_server.filesystem()
+    s3_server.make_bucket("patents")
+    fs.put(str(synthetic_shards["train_dir"]), "patents/train", recursive=True)
+    names = sorted(p.name for p in synthetic_shards["train_dir"].glob("*.tar"))
+    last = names[-1].split("-")[1].split(".")[0]
+    return f"s3://patents/train/train-{{000000..{last}}}.tar"
+
+
+def test_streaming_from_s3_equals_local(s3_server, s3_shards, synthetic_shards, parts, monkeypatch):
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    table = load_class_table(s3_shards)
+    assert len(table) == len(load_class_table(synthetic_shards["train"]))
+    local = [b["key"] for b in loader(data_args(synthetic_shards["train"]), parts, table).dataloader]
+    remote = [b["key"] for b in loader(data_args(s3_shards), parts, table).dataloader]
+    assert local == remote
+
+
+def test_s3_outage_mid_epoch_is_retried_and_the_stream_continues(s3_server, s3_shards, synthetic_shards, parts,
+                                                                  monkeypatch):
+    """Stop the S3 server mid-epoch, restart it 2 s later: the stream continues where it was, same batches."""
+    import threading
+    import time
+
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PATENTCLIP_IO_BACKOFF", "0.5")
+    table = load_class_table(s3_shards)
+    args = data_args(s3_shards, shuffle_group_shards=1)
+    expected = [b["key"] for b in loader(data_args(synthetic_shards["train"], shuffle_group_shards=1), parts,
+                                         table).dataloader]
+    got = []
+    ld = loader(args, parts, table).dataloader
+    for i, b in enumerate(ld):
+        got.append(b["key"])
+        if i == 1:
+            s3_server.stop()
+            t = threading.Timer(2.0, s3_server.start)
+            t.start()
+    t.join()
+    assert got == expected
+
+
+def test_s3_outage_beyond_retry_budget_fails_with_the_shard_url(s3_server, s3_shards, parts, monkeypatch):
+    from patentclip.plugins.remote_io import ShardReadError
+
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PATENTCLIP_IO_RETRIES", "2")
+    monkeypatch.setenv("PATENTCLIP_IO_BACKOFF", "0.1")
+    table = load_class_table(s3_shards)
+    ld = loader(data_args(s3_shards, shuffle_group_shards=1), parts, table).dataloader
+    it = iter(ld)
+    next(it)
+    s3_server.stop()
+    try:
+        with pytest.raises(ShardReadError, match=r"s3://patents/train/train-\d+\.tar: .* after 2 retries"):
+            for _ in it:
+                pass
+    finally:
+        s3_server.start()
