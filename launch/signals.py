@@ -44,9 +44,31 @@ class StopSignal:
 
     def should_stop(self, device=None) -> bool:
         """True on every rank once any rank got a stop signal (collective: call it on all ranks)."""
-        flag = 1 if self.received else 0
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            t = torch.tensor([flag], dtype=torch.int32, device=device if device is not None else "cpu")
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag = int(t.item())
-        return bool(flag)
+        return agree(bool(self.received), device)
+
+
+def agree(flag: bool, device=None) -> bool:
+    """True on every rank if ``flag`` is true on any rank (collective: call it on all ranks)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device if device is not None else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(int(t.item()))
+    return bool(flag)
+
+
+def synchronized(batches, device=None):
+    """Yield the batches of an iterator while EVERY rank still has one: when one rank's data runs out
+    (a short or truncated shard), all ranks end the epoch at the same step instead of hanging in a collective."""
+    it = iter(batches)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            batch = None
+        if agree(batch is None, device):
+            if batch is not None:
+                import logging
+
+                logging.warning("another rank ran out of data: ending the epoch here on every rank")
+            return
+        yield batch

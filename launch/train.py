@@ -21,7 +21,7 @@ import torch
 
 from patentclip.launch.args import parse_train_args, strip_flag
 from patentclip.launch.checkpoint import is_remote
-from patentclip.launch.signals import EXIT_REQUEUE, StopSignal
+from patentclip.launch.signals import EXIT_REQUEUE, StopSignal, synchronized
 
 
 def _free_port() -> int:
@@ -300,7 +300,7 @@ def train(args) -> int:
         losses_m, batch_time_m, data_time_m = {}, AverageMeter(), AverageMeter()
         batch_count = first_batch
         end = time.time()
-        for i, batch in enumerate(dataloader, start=first_batch):
+        for i, batch in enumerate(synchronized(dataloader, device), start=first_batch):
             step = steps_per_epoch * epoch + i
             if not args.skip_scheduler:
                 scheduler(step)

@@ -193,7 +193,12 @@ class PatentStream(IterableDataset):
 
     # -- shard assignment ------------------------------------------------------------------------------
     def worker_groups(self, epoch: int, worker: int, num_workers: int) -> Iterator[List[str]]:
-        """This rank's and worker's shard groups for the epoch, in order."""
+        """This rank's and worker's shard groups for the epoch, in order.
+
+        Training workers that have a batch quota (every rank must take the same number of steps) go on with
+        another pass over their shards, reshuffled with (seed, epoch, pass), when the first pass runs out
+        before the quota: open_clip's "roll over and repeat a few samples". The caller stops at the quota.
+        """
         if self.resampled:
             rng = random.Random(stable_int("resample", self.seed, epoch, self.rank, worker))
             while True:
@@ -206,13 +211,26 @@ class PatentStream(IterableDataset):
             random.Random(stable_int("shards", self.seed, epoch)).shuffle(urls)
             urls = urls[self.rank::self.world_size]
         mine = urls[worker::num_workers]
-        for i in range(0, len(mine), self.group_shards):
-            yield mine[i:i + self.group_shards]
+        repeat = self.is_train and self.num_worker_batches is not None
+        p = 0
+        while mine:
+            order = list(mine)
+            if p > 0:
+                random.Random(stable_int("pass", self.seed, epoch, self.rank, worker, p)).shuffle(order)
+            for i in range(0, len(order), self.group_shards):
+                yield order[i:i + self.group_shards]
+            if not repeat:
+                return
+            p += 1
 
     def groups_of_worker(self, epoch: int, worker: int, num_workers: int) -> Optional[int]:
+        """Number of shard groups in this worker's first pass (None when resampling)."""
         if self.resampled:
             return None
-        return sum(1 for _ in self.worker_groups(epoch, worker, num_workers))
+        urls = list(self.urls)
+        if self.is_train:
+            urls = urls[self.rank::self.world_size]
+        return math.ceil(len(urls[worker::num_workers]) / self.group_shards)
 
     # -- examples ---------------------------------------------------------------------------------------
     def group_examples(self, group: List[str], epoch: int, gidx: int, skips: SkipCounter) -> List[Dict]:
@@ -255,7 +273,9 @@ class PatentStream(IterableDataset):
                 expanded.extend({**ex, "copy": c} for c in range(m))
             examples = expanded
             perm = list(range(len(examples)))
-            random.Random(stable_int("group", self.seed, epoch, gidx, group[0] if group else "")).shuffle(perm)
+            # seeded by the shard's file name, not its URL: the same shards on local disk or in S3 give the same run
+            first = posixpath.basename(group[0]) if group else ""
+            random.Random(stable_int("group", self.seed, epoch, gidx, first)).shuffle(perm)
             examples = [examples[i] for i in perm]
         return examples
 

@@ -48,12 +48,12 @@ def loader(args, parts, table, epoch=0):
 def test_sampled_class_frequencies_match_target(beta):
     """Simulate the stream sampler on a long-tailed population of keys: the sampled class shares match
     q_c ∝ n_c f_c^-beta within a binomial 4.5-sigma band, and the epoch length is preserved."""
-    counts = torch.tensor([4000.0, 1500.0, 600.0, 250.0, 100.0, 40.0])
+    counts = torch.tensor([4000.0, 1500.0, 600.0, 250.0, 100.0, 40.0], dtype=torch.float64)
     sampler = ClassAwareSampler(counts, beta)
     target = (counts * (counts / counts.sum()).pow(-beta))
     target = target / target.sum()
     assert torch.allclose(sampler.target_distribution(counts), target, atol=1e-12)
-    got = torch.zeros(len(counts))
+    got = torch.zeros(len(counts), dtype=torch.float64)
     for c, n in enumerate(counts.int().tolist()):
         for i in range(n):
             got[c] += sampler.multiplicity(7, 3, f"k{c}_{i}", c)

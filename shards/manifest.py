@@ -1,0 +1,376 @@
+"""Reading, validating and writing patentclip manifests.
+
+A manifest is a JSON Lines file with one design patent per line::
+
+    {"patent_id": "USD0836880", "grant_date": "2019-01-01", "class": "07-01",
+     "class_name": "cups and mugs", "title": "Ornamental design for a cup",
+     "drawings": [{"path": "USD0836880/D00001.png", "view": "perspective",
+                   "captions": ["A perspective view of ..."]}, ...]}
+
+Drawing paths are relative to the folder containing the manifest.  The full format,
+including every validation rule, is documented in ``docs/manifest.md``; the JSON Schema
+(draft 2020-12) ships as ``manifest.schema.json`` next to this module.
+
+:func:`read_manifest` never raises on bad data: every bad line or drawing is reported as
+a :class:`Problem` (1-based line number, patent id when known, clear reason) and skipped,
+and the good records are returned.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+__all__ = [
+    "MANIFEST_FILENAME",
+    "SCHEMA_PATH",
+    "Drawing",
+    "PatentRecord",
+    "Problem",
+    "load_schema",
+    "validate_record",
+    "read_manifest",
+    "write_manifest",
+    "RECORD_PROBLEM_KINDS",
+    "DRAWING_PROBLEM_KINDS",
+]
+
+#: Default file name of a manifest inside its data folder.
+MANIFEST_FILENAME = "manifest.jsonl"
+#: The JSON Schema (draft 2020-12) of one manifest line.
+SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
+
+#: Problem kinds that cause a whole record (line) to be skipped.
+RECORD_PROBLEM_KINDS = (
+    "encoding",  # the line is not valid UTF-8
+    "invalid_json",  # the line is not parseable JSON
+    "schema",  # JSON Schema violation (missing field, wrong type, bad pattern, ...)
+    "duplicate_id",  # patent_id already used by an earlier accepted line
+    "bad_date",  # grant_date is not a real calendar date
+    "class_name_conflict",  # same class code, different class name than an earlier line
+    "no_drawings",  # every drawing of the record was skipped
+)
+#: Problem kinds that cause a single drawing to be skipped (the record is kept).
+DRAWING_PROBLEM_KINDS = (
+    "duplicate_drawing",  # the same path listed twice in one record
+    "missing_file",  # the image file does not exist
+    "unreadable_image",  # the file exists but cannot be decoded (found by the shard builder)
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One issue found in a manifest (or while reading an image during a build).
+
+    Attributes:
+        line: 1-based line number in the manifest.
+        patent_id: the record's patent id, or ``None`` when it could not be determined.
+        reason: complete human-readable description, starting with ``"line N: "``, e.g.
+            ``"line 17: drawing 2 'USD0001/D00002.png': file not found"``.
+        kind: machine-readable category, one of :data:`RECORD_PROBLEM_KINDS` or
+            :data:`DRAWING_PROBLEM_KINDS`.
+        scope: ``"record"`` (the whole line was skipped) or ``"drawing"`` (one drawing was
+            skipped, the rest of the record is kept).
+        drawing: 1-based drawing number within the record for drawing problems.
+        path: the drawing's path as written in the manifest, for drawing problems.
+    """
+
+    line: int
+    patent_id: str | None
+    reason: str
+    kind: str
+    scope: str = "record"
+    drawing: int | None = None
+    path: str | None = None
+
+    def __str__(self) -> str:
+        return self.reason
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"line": self.line, "patent_id": self.patent_id, "kind": self.kind,
+                             "scope": self.scope}
+        if self.drawing is not None:
+            d["drawing"] = self.drawing
+        if self.path is not None:
+            d["path"] = self.path
+        d["reason"] = self.reason
+        return d
+
+
+@dataclass(frozen=True)
+class Drawing:
+    """One drawing of a patent.
+
+    Attributes:
+        index: 0-based position in the record's ``drawings`` list as written in the
+            manifest (kept even when earlier drawings were skipped).
+        path: path relative to the manifest folder, as written in the manifest.
+        view: view name, ``"unspecified"`` when the manifest has none.
+        captions: one or more captions; the first is the default training text.
+        extra: any other fields of the drawing object.
+    """
+
+    index: int
+    path: str
+    view: str
+    captions: tuple[str, ...]
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def number(self) -> int:
+        """1-based drawing number (as used in problem messages)."""
+        return self.index + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "view": self.view, "captions": list(self.captions), **self.extra}
+
+
+@dataclass
+class PatentRecord:
+    """A validated manifest record.
+
+    ``class`` is a Python keyword, hence ``class_code``.  ``extra`` holds the optional
+    fields not defined by the format (e.g. ``"object"``), in manifest order.
+    """
+
+    line: int
+    patent_id: str
+    grant_date: str
+    class_code: str
+    class_name: str
+    title: str
+    drawings: list[Drawing]
+    root: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def object(self) -> str | None:
+        """The optional object noun (``"object"`` field), if present."""
+        value = self.extra.get("object")
+        return value if isinstance(value, str) else None
+
+    def image_path(self, drawing: Drawing) -> Path:
+        """Absolute location of ``drawing``'s image file."""
+        return self.root / drawing.path
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a manifest line object (only the drawings that were kept)."""
+        d: dict[str, Any] = {
+            "patent_id": self.patent_id,
+            "grant_date": self.grant_date,
+            "class": self.class_code,
+            "class_name": self.class_name,
+            "title": self.title,
+        }
+        d.update(self.extra)
+        d["drawings"] = [dr.to_dict() for dr in self.drawings]
+        return d
+
+
+# --------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _schema_text() -> str:
+    return SCHEMA_PATH.read_text(encoding="utf-8")
+
+
+def load_schema() -> dict[str, Any]:
+    """Return (a fresh copy of) the manifest-line JSON Schema."""
+    return json.loads(_schema_text())
+
+
+@lru_cache(maxsize=1)
+def _validator():
+    import jsonschema
+
+    schema = load_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    # No format checker: grant_date is checked explicitly (clearer "bad_date" problems).
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _where(path: Iterable[Any]) -> str:
+    parts = list(path)
+    if not parts:
+        return "record"
+    if parts[0] == "drawings" and len(parts) >= 2 and isinstance(parts[1], int):
+        s = f"drawing {parts[1] + 1}"
+        rest = parts[2:]
+        if rest[:1] == ["captions"] and len(rest) >= 2 and isinstance(rest[1], int):
+            return f"{s} caption {rest[1] + 1}"
+        return s + (" " + ".".join(str(p) for p in rest) if rest else "")
+    return "field " + ".".join(f"'{p}'" if isinstance(p, str) else f"[{p}]" for p in parts)
+
+
+def _describe(err) -> str:
+    """Turn a jsonschema ValidationError into a short, readable sentence."""
+    where = _where(err.absolute_path)
+    if err.validator == "pattern":
+        if err.validator_value == "\\S":
+            msg = "must not be blank"
+        else:
+            desc = err.schema.get("description")
+            msg = f"{err.instance!r} is not valid" + (f" ({desc})" if desc else f" (must match {err.validator_value})")
+    elif err.validator == "type" and not list(err.absolute_path):
+        msg = f"a manifest line must be a JSON object, got {type(err.instance).__name__}"
+    elif err.validator == "minItems" and list(err.absolute_path)[-1:] == ["drawings"]:
+        msg = "at least one drawing is required"
+    elif err.validator == "minItems" and list(err.absolute_path)[-1:] == ["captions"]:
+        msg = "at least one caption is required"
+    else:
+        msg = err.message
+    return f"{where}: {msg}"
+
+
+def validate_record(obj: Any) -> list[str]:
+    """Schema-check one parsed manifest line; return readable messages (empty if valid)."""
+    errors = sorted(_validator().iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path])
+    return [_describe(e) for e in errors]
+
+
+# --------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------
+
+
+def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> tuple[list[PatentRecord], list[Problem]]:
+    """Read and validate a manifest; bad records are skipped and reported, never raised.
+
+    Each non-blank line is checked in this order (the first failing record-level check
+    skips the line with one :class:`Problem` of scope ``"record"``):
+
+    1. UTF-8 decoding and JSON parsing (``encoding`` / ``invalid_json``),
+    2. the JSON Schema ``manifest.schema.json`` (``schema``; all violations of the line
+       are listed in one reason),
+    3. ``patent_id`` not used by an earlier accepted line (``duplicate_id``),
+    4. ``grant_date`` is a real calendar date (``bad_date``),
+    5. the class code has the same ``class_name`` as on earlier lines
+       (``class_name_conflict``).
+
+    Then every drawing is checked: a path listed twice in the record
+    (``duplicate_drawing``) and, with ``check_files``, an image file that does not exist
+    (``missing_file``) skip just that drawing (scope ``"drawing"``).  A record left
+    without drawings is skipped as well (``no_drawings``).  Blank lines are ignored.
+
+    Args:
+        path: the manifest file; drawing paths are resolved against its folder.
+        check_files: check that every drawing's file exists.
+
+    Returns:
+        ``(records, problems)``: the accepted records in file order, and every problem
+        found, in file order.
+
+    Raises:
+        FileNotFoundError / OSError: only if the manifest itself cannot be opened.
+    """
+    path = Path(path)
+    root = path.parent
+    records: list[PatentRecord] = []
+    problems: list[Problem] = []
+    seen_ids: dict[str, int] = {}
+    class_names: dict[str, tuple[str, int]] = {}
+
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                problems.append(Problem(lineno, None, f"line {lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start})",
+                                        "encoding"))
+                continue
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                problems.append(Problem(lineno, None, f"line {lineno}: invalid JSON: {exc.msg} at column {exc.colno}",
+                                        "invalid_json"))
+                continue
+            pid = obj.get("patent_id") if isinstance(obj, dict) else None
+            pid = pid if isinstance(pid, str) else None
+
+            messages = validate_record(obj)
+            if messages:
+                shown = "; ".join(messages[:5]) + (f"; ... ({len(messages) - 5} more)" if len(messages) > 5 else "")
+                problems.append(Problem(lineno, pid, f"line {lineno}: schema violation: {shown}", "schema"))
+                continue
+            if pid in seen_ids:
+                problems.append(Problem(lineno, pid, f"line {lineno}: duplicate patent_id '{pid}' "
+                                        f"(first seen on line {seen_ids[pid]})", "duplicate_id"))
+                continue
+            try:
+                _dt.date.fromisoformat(obj["grant_date"])
+            except ValueError:
+                problems.append(Problem(lineno, pid, f"line {lineno}: grant_date '{obj['grant_date']}' is not a valid "
+                                        "calendar date", "bad_date"))
+                continue
+            code, name = obj["class"], obj["class_name"]
+            if code in class_names and class_names[code][0] != name:
+                first_name, first_line = class_names[code]
+                problems.append(Problem(lineno, pid, f"line {lineno}: class '{code}' is named '{name}' here but "
+                                        f"'{first_name}' on line {first_line}", "class_name_conflict"))
+                continue
+            seen_ids[pid] = lineno
+            class_names.setdefault(code, (name, lineno))
+
+            drawings: list[Drawing] = []
+            seen_paths: set[str] = set()
+            for idx, d in enumerate(obj["drawings"]):
+                rel = d["path"]
+                if rel in seen_paths:
+                    problems.append(Problem(lineno, pid, f"line {lineno}: drawing {idx + 1} '{rel}': listed twice "
+                                            "in this record", "duplicate_drawing", "drawing", idx + 1, rel))
+                    continue
+                seen_paths.add(rel)
+                if check_files:
+                    full = root / rel
+                    if not full.exists():
+                        problems.append(Problem(lineno, pid, f"line {lineno}: drawing {idx + 1} '{rel}': file not found",
+                                                "missing_file", "drawing", idx + 1, rel))
+                        continue
+                    if not full.is_file():
+                        problems.append(Problem(lineno, pid, f"line {lineno}: drawing {idx + 1} '{rel}': not a regular "
+                                                "file", "missing_file", "drawing", idx + 1, rel))
+                        continue
+                extra = {k: v for k, v in d.items() if k not in ("path", "view", "captions")}
+                drawings.append(Drawing(idx, rel, d.get("view", "unspecified"), tuple(d["captions"]), extra))
+            if not drawings:
+                n = len(obj["drawings"])
+                problems.append(Problem(lineno, pid, f"line {lineno}: no usable drawings (all {n} drawing"
+                                        f"{'s' if n != 1 else ''} skipped)", "no_drawings"))
+                continue
+            extra = {k: v for k, v in obj.items()
+                     if k not in ("patent_id", "grant_date", "class", "class_name", "title", "drawings")}
+            records.append(PatentRecord(lineno, pid, obj["grant_date"], code, name, obj["title"], drawings, root, extra))
+    return records, problems
+
+
+# --------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------
+
+
+def write_manifest(path: str | os.PathLike, records: Iterable[Mapping[str, Any] | PatentRecord]) -> Path:
+    """Write records (dicts in manifest form, or :class:`PatentRecord`) as JSON Lines.
+
+    The output is deterministic: keys keep their insertion order, UTF-8 without ASCII
+    escaping, ``\\n`` line endings.  The file is written to a temporary name and renamed
+    into place.  Returns the path.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+        for rec in records:
+            obj = rec.to_dict() if isinstance(rec, PatentRecord) else rec
+            fh.write(json.dumps(obj, ensure_ascii=False))
+            fh.write("\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,1414 @@
+"""Synthetic design-patent drawings for tests, demos and smoke-training runs.
+
+Real design patents (USPTO ``USD...`` grants) consist of a handful of black-and-white
+line drawings of one object -- front, side, top and perspective views -- plus a title
+("Ornamental design for a cup") and a Locarno design class.  This module produces a
+small, fully synthetic stand-in for such a corpus so that the whole patentclip pipeline
+(manifest -> webdataset shards -> open_clip training -> zero-shot evaluation) can be
+exercised without downloading anything:
+
+* every design class has a **parametric 3-D family** (a cup is a body of revolution plus
+  a handle, a chair is a seat, four legs and a back, a car is a body, a cabin and four
+  wheels, ...).  Each synthetic patent draws random parameters from its class ranges,
+  so no two patents are identical but all members of a class share a recognisable
+  structure;
+* the object is modelled as 3-D wire-frame polylines (bodies of revolution additionally
+  get their view-dependent silhouette lines) and projected orthographically (front,
+  side, top, ...) or with a mild perspective, then drawn with PIL as black lines on a
+  white canvas, centred and scaled with a margin;
+* class sizes are long-tailed (Zipf-like), like real design-patent corpora;
+* every drawing gets several captions built from templates that mention the object
+  noun and/or the class name, so that zero-shot classification with class-name prompts
+  is learnable.
+
+Everything is seeded: the same arguments give a byte-identical ``manifest.jsonl`` and
+identical PNG files.  The public entry point is :func:`generate_synthetic_patents`;
+:func:`render_design` renders a single object and :data:`DESIGN_CLASSES` lists the
+available classes (code, name, object noun).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .manifest import MANIFEST_FILENAME, write_manifest
+
+__all__ = [
+    "DesignClass",
+    "DESIGN_CLASSES",
+    "SUPPORTED_VIEWS",
+    "generate_synthetic_patents",
+    "render_design",
+    "class_counts",
+    "make_captions",
+]
+
+# --------------------------------------------------------------------------------------
+# Small 3-D wire-frame toolkit
+# --------------------------------------------------------------------------------------
+
+_X = np.array([1.0, 0.0, 0.0])
+_Y = np.array([0.0, 1.0, 0.0])
+_Z = np.array([0.0, 0.0, 1.0])
+_TAU = 2.0 * math.pi
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, dtype=float)
+    n = float(np.linalg.norm(v))
+    if n == 0.0:
+        raise ValueError("zero-length direction vector")
+    return v / n
+
+
+def _perp_frame(axis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two unit vectors spanning the plane perpendicular to ``axis``.
+
+    For the principal axes the result is the natural one (Y -> X/Z, Z -> X/Y, X -> Y/Z)
+    so that elliptical cross-sections can be specified along world axes.
+    """
+    a = _unit(axis)
+    ref = _X if abs(float(a @ _X)) < 0.9 else _Y
+    e1 = _unit(ref - (ref @ a) * a)
+    e2 = np.cross(a, e1)
+    return e1, e2
+
+
+@dataclass
+class _Lathe:
+    """A body of revolution (optionally with an elliptical cross-section).
+
+    ``profile`` is an ``(m, 2)`` array of ``(h, r)`` pairs along ``axis`` starting at
+    ``base``.  Rings (cross-section ellipses) are drawn at the profile rows listed in
+    ``rings``; the two silhouette curves are computed per view direction.
+    """
+
+    base: np.ndarray
+    axis: np.ndarray
+    e1: np.ndarray
+    e2: np.ndarray
+    profile: np.ndarray
+    rings: tuple[int, ...]
+    s1: float = 1.0
+    s2: float = 1.0
+    n: int = 40
+
+    def polylines(self, view_dir: np.ndarray) -> list[np.ndarray]:
+        h = self.profile[:, 0]
+        r = self.profile[:, 1]
+        out: list[np.ndarray] = []
+        t = np.linspace(0.0, _TAU, self.n + 1)
+        ring_dirs = np.outer(self.s1 * np.cos(t), self.e1) + np.outer(self.s2 * np.sin(t), self.e2)
+        for i in self.rings:
+            if r[i] > 1e-9:
+                out.append(self.base + h[i] * self.axis + r[i] * ring_dirs)
+        a = float(self.e1 @ view_dir)
+        b = float(self.e2 @ view_dir)
+        if math.hypot(a, b) > 1e-3:  # not looking along the axis: draw the silhouettes
+            theta = math.atan2(-a * self.s2, b * self.s1)
+            for th in (theta, theta + math.pi):
+                d = self.s1 * math.cos(th) * self.e1 + self.s2 * math.sin(th) * self.e2
+                out.append(self.base + np.outer(h, self.axis) + np.outer(r, d))
+        return out
+
+
+class _Model:
+    """A collection of 3-D polylines plus view-dependent bodies of revolution."""
+
+    def __init__(self) -> None:
+        self.polys: list[np.ndarray] = []
+        self.lathes: list[_Lathe] = []
+
+    # -- primitives -------------------------------------------------------------------
+    def poly(self, pts, closed: bool = False) -> None:
+        p = np.asarray(pts, dtype=float).reshape(-1, 3)
+        if closed:
+            p = np.vstack([p, p[:1]])
+        self.polys.append(p)
+
+    def line(self, a, b) -> None:
+        self.poly([a, b])
+
+    def obox(self, center, size, axes=(_X, _Y, _Z)) -> None:
+        """Box with edges along the (orthonormal) ``axes``; ``size`` along each axis."""
+        c = np.asarray(center, dtype=float)
+        hx, hy, hz = (0.5 * float(s) for s in size)
+        ax, ay, az = (np.asarray(a, dtype=float) for a in axes)
+
+        def corner(sx, sy, sz):
+            return c + sx * hx * ax + sy * hy * ay + sz * hz * az
+
+        bottom = [corner(-1, -1, -1), corner(1, -1, -1), corner(1, -1, 1), corner(-1, -1, 1)]
+        top = [corner(-1, 1, -1), corner(1, 1, -1), corner(1, 1, 1), corner(-1, 1, 1)]
+        self.poly(bottom, closed=True)
+        self.poly(top, closed=True)
+        for b, t in zip(bottom, top):
+            self.line(b, t)
+
+    def box(self, center, size) -> None:
+        self.obox(center, size)
+
+    def rect(self, center, e1, e2, w, h) -> None:
+        c = np.asarray(center, dtype=float)
+        e1 = np.asarray(e1, dtype=float) * (w / 2)
+        e2 = np.asarray(e2, dtype=float) * (h / 2)
+        self.poly([c - e1 - e2, c + e1 - e2, c + e1 + e2, c - e1 + e2], closed=True)
+
+    def grid(self, center, e1, e2, w, h, rows: int, cols: int) -> None:
+        """Rectangle subdivided into ``rows`` x ``cols`` cells (e.g. a keyboard)."""
+        c = np.asarray(center, dtype=float)
+        e1 = np.asarray(e1, dtype=float)
+        e2 = np.asarray(e2, dtype=float)
+        self.rect(c, e1, e2, w, h)
+        for i in range(1, rows):
+            y = -h / 2 + h * i / rows
+            self.line(c - e1 * w / 2 + e2 * y, c + e1 * w / 2 + e2 * y)
+        for j in range(1, cols):
+            x = -w / 2 + w * j / cols
+            self.line(c + e1 * x - e2 * h / 2, c + e1 * x + e2 * h / 2)
+
+    def keys(self, center, e1, e2, w, h, rows: int, cols: int, fill: float = 0.7) -> None:
+        """``rows`` x ``cols`` separate key caps inside a ``w`` x ``h`` area."""
+        c = np.asarray(center, dtype=float)
+        e1 = np.asarray(e1, dtype=float)
+        e2 = np.asarray(e2, dtype=float)
+        cw, ch = w / cols, h / rows
+        for i in range(rows):
+            for j in range(cols):
+                kc = c + e1 * (-w / 2 + cw * (j + 0.5)) + e2 * (h / 2 - ch * (i + 0.5))
+                self.rect(kc, e1, e2, cw * fill, ch * fill)
+
+    def ellipse(self, center, e1, e2, a, b, n: int = 32, t0: float = 0.0, t1: float = _TAU) -> None:
+        full = abs((t1 - t0) - _TAU) < 1e-9
+        t = np.linspace(t0, t1, n + 1 if full else n)
+        pts = (
+            np.asarray(center, dtype=float)
+            + np.outer(a * np.cos(t), np.asarray(e1, dtype=float))
+            + np.outer(b * np.sin(t), np.asarray(e2, dtype=float))
+        )
+        self.poly(pts)
+
+    def circle(self, center, normal, r, n: int = 32) -> None:
+        e1, e2 = _perp_frame(normal)
+        self.ellipse(center, e1, e2, r, r, n)
+
+    def lathe(self, base, axis, profile, rings: Iterable[int] | None = None, scale=(1.0, 1.0),
+              n: int = 40, e1=None) -> None:
+        axis = _unit(axis)
+        if e1 is None:
+            e1, e2 = _perp_frame(axis)
+        else:
+            e1 = _unit(e1)
+            e2 = np.cross(axis, e1)
+        prof = np.asarray(profile, dtype=float).reshape(-1, 2)
+        ring_idx = tuple(range(len(prof))) if rings is None else tuple(int(i) % len(prof) for i in rings)
+        self.lathes.append(_Lathe(np.asarray(base, dtype=float), axis, e1, e2, prof, ring_idx,
+                                  float(scale[0]), float(scale[1]), n))
+
+    def cylinder(self, base, axis, r, length, scale=(1.0, 1.0), n: int = 28) -> None:
+        self.lathe(base, axis, [(0.0, r), (length, r)], scale=scale, n=n)
+
+    def prism(self, outline, origin, eu, ev, ew, depth, connect: Iterable[int] | None = None) -> None:
+        """Extrude a closed 2-D ``outline`` (in the ``eu``/``ev`` plane) by ``depth`` along ``ew``.
+
+        Both end faces are drawn; side edges join the end faces at ``connect`` vertices
+        (default: every vertex for small polygons, the extreme vertices for curved ones).
+        """
+        o = np.asarray(origin, dtype=float)
+        eu, ev, ew = (np.asarray(e, dtype=float) for e in (eu, ev, ew))
+        uv = np.asarray(outline, dtype=float)
+        face = o + np.outer(uv[:, 0], eu) + np.outer(uv[:, 1], ev)
+        f0 = face - ew * depth / 2
+        f1 = face + ew * depth / 2
+        self.poly(f0, closed=True)
+        self.poly(f1, closed=True)
+        if connect is None:
+            if len(uv) <= 8:
+                connect = range(len(uv))
+            else:
+                connect = {int(np.argmin(uv[:, 0])), int(np.argmax(uv[:, 0])),
+                           int(np.argmin(uv[:, 1])), int(np.argmax(uv[:, 1]))}
+        for i in connect:
+            self.line(f0[i], f1[i])
+
+    def band(self, curve, normal, width, depth) -> None:
+        """Sweep a ``width`` x ``depth`` rectangle along a curve lying in a plane with ``normal``."""
+        c = np.asarray(curve, dtype=float)
+        nrm = _unit(normal)
+        tang = np.gradient(c, axis=0)
+        m = np.cross(nrm, tang)
+        m /= np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+        edges = []
+        for sw in (-0.5, 0.5):
+            for sd in (-0.5, 0.5):
+                e = c + sw * width * m + sd * depth * nrm
+                self.poly(e)
+                edges.append(e)
+        for k in (0, -1):
+            self.poly([edges[0][k], edges[1][k], edges[3][k], edges[2][k]], closed=True)
+
+    def polylines(self, view_dir: np.ndarray) -> list[np.ndarray]:
+        out = list(self.polys)
+        for lathe in self.lathes:
+            out.extend(lathe.polylines(view_dir))
+        return out
+
+
+def _smoothstep(a: float, b: float, x):
+    t = np.clip((np.asarray(x, dtype=float) - a) / (b - a), 0.0, 1.0)
+    return t * t * (3 - 2 * t)
+
+
+def _interp_profile(ctrl: Sequence[tuple[float, float]], n_per_seg: int = 6) -> np.ndarray:
+    """Cosine-interpolate ``(h, r)`` control points into a smooth lathe profile."""
+    pts = [ctrl[0]]
+    for (h0, r0), (h1, r1) in zip(ctrl[:-1], ctrl[1:]):
+        for k in range(1, n_per_seg + 1):
+            t = k / n_per_seg
+            w = (1 - math.cos(math.pi * t)) / 2
+            pts.append((h0 + (h1 - h0) * t, r0 + (r1 - r0) * w))
+    return np.asarray(pts, dtype=float)
+
+
+# --------------------------------------------------------------------------------------
+# Parametric families (one per design class).  Conventions: y is up, the object stands
+# on y = 0, its "front" faces +z (the front view looks along -z), "side" = from +x.
+# --------------------------------------------------------------------------------------
+
+_Builder = Callable[[_Model, np.random.Generator], None]
+
+
+def _u(rng: np.random.Generator, a: float, b: float) -> float:
+    return float(rng.uniform(a, b))
+
+
+def _i(rng: np.random.Generator, a: int, b: int) -> int:
+    """Random integer in the closed range [a, b]."""
+    return int(rng.integers(a, b + 1))
+
+
+def _cup(m: _Model, rng: np.random.Generator) -> None:
+    r0 = _u(rng, 0.30, 0.45)
+    r1 = r0 * _u(rng, 1.0, 1.35)
+    h = _u(rng, 0.75, 1.35)
+    prof = [(0.0, r0 * 0.88), (0.05, r0)] if rng.random() < 0.5 else [(0.0, r0)]
+    if rng.random() < 0.5:  # decorative band
+        y = h * _u(rng, 0.35, 0.6)
+        prof.append((y, r0 + (r1 - r0) * y / h))
+    prof += [(h * 0.94, r0 + (r1 - r0) * 0.94), (h, r1)]
+    m.lathe([0, 0, 0], _Y, prof)
+
+    def wall(y):
+        return r0 + (r1 - r0) * y / h
+
+    y_top, y_bot = h * _u(rng, 0.68, 0.86), h * _u(rng, 0.12, 0.35)
+    out = _u(rng, 0.22, 0.42) * h + 0.08
+    t = np.linspace(-math.pi / 2, math.pi / 2, 24)
+    ymid, b = (y_top + y_bot) / 2, (y_top - y_bot) / 2
+    ys = ymid + b * np.sin(t)
+    if rng.random() < 0.3:  # angular handle
+        xs = np.array([wall(y) for y in ys]) + out * np.clip(1.6 * np.cos(t), 0, 1)
+    else:
+        xs = np.array([wall(y) for y in ys]) + out * np.cos(t)
+    m.band(np.stack([xs - 0.03, ys, np.zeros_like(ys)], 1), _Z, _u(rng, 0.05, 0.09), _u(rng, 0.08, 0.14))
+
+
+def _chair(m: _Model, rng: np.random.Generator) -> None:
+    w, d = _u(rng, 0.8, 1.1), _u(rng, 0.75, 1.0)
+    hs, ts, lt = _u(rng, 0.75, 0.95), _u(rng, 0.05, 0.1), _u(rng, 0.05, 0.09)
+    hb = _u(rng, 0.6, 1.0)
+    m.box([0, hs - ts / 2, 0], [w, ts, d])
+    legs_h = hs - ts
+    for sx in (-1, 1):
+        for sz in (-1, 1):
+            x, z = sx * (w / 2 - lt / 2), sz * (d / 2 - lt / 2)
+            if rng.random() < 0.5:
+                m.box([x, legs_h / 2, z], [lt, legs_h, lt])
+            else:
+                m.cylinder([x, 0, z], _Y, lt / 2, legs_h, n=16)
+    # back: posts, top rail and a panel / slats / rails
+    zb = -d / 2 + lt / 2
+    for sx in (-1, 1):
+        m.box([sx * (w / 2 - lt / 2), hs + hb / 2, zb], [lt, hb, lt])
+    m.box([0, hs + hb - lt, zb], [w, lt * 2, lt])
+    style = _i(rng, 0, 2)
+    inner = w - 2 * lt
+    if style == 0:
+        ph = hb * _u(rng, 0.35, 0.6)
+        m.box([0, hs + hb - 2 * lt - ph / 2, zb], [inner, ph, lt * 0.7])
+    elif style == 1:
+        k = _i(rng, 2, 5)
+        for j in range(k):
+            x = -inner / 2 + inner * (j + 1) / (k + 1)
+            m.box([x, hs + (hb - 2 * lt) / 2, zb], [lt * 0.8, hb - 2 * lt, lt * 0.6])
+    else:
+        k = _i(rng, 2, 4)
+        for j in range(k):
+            y = hs + (hb - 2 * lt) * (j + 1) / (k + 1)
+            m.box([0, y, zb], [inner, lt * 0.8, lt * 0.6])
+    if rng.random() < 0.35:  # armrests
+        ya = hs + _u(rng, 0.2, 0.3)
+        for sx in (-1, 1):
+            m.box([sx * (w / 2 + lt / 2), ya, 0], [lt, lt, d * 0.9])
+            m.box([sx * (w / 2 + lt / 2), (hs + ya) / 2, d * 0.35], [lt * 0.8, ya - hs, lt * 0.8])
+    if rng.random() < 0.4:  # stretchers
+        ys = legs_h * _u(rng, 0.2, 0.35)
+        m.line([-w / 2 + lt / 2, ys, -d / 2 + lt], [-w / 2 + lt / 2, ys, d / 2 - lt])
+        m.line([w / 2 - lt / 2, ys, -d / 2 + lt], [w / 2 - lt / 2, ys, d / 2 - lt])
+
+
+def _lamp(m: _Model, rng: np.random.Generator) -> None:
+    style = ("floor", "arc", "desk")[_i(rng, 0, 2)]
+    pole_h = _u(rng, 1.0, 1.7)
+    pr = _u(rng, 0.02, 0.035)
+    if style == "floor" or rng.random() < 0.4:
+        bw = _u(rng, 0.5, 0.8)
+        bh = _u(rng, 0.05, 0.09)
+        m.box([0, bh / 2, 0], [bw, bh, bw * _u(rng, 0.45, 0.7)])
+    else:
+        bh = _u(rng, 0.04, 0.08)
+        m.lathe([0, 0, 0], _Y, [(0, _u(rng, 0.25, 0.4)), (bh, _u(rng, 0.2, 0.25))])
+    m.cylinder([0, bh, 0], _Y, pr, pole_h, n=12)
+    top = np.array([0.0, bh + pole_h, 0.0])
+    rb, hh = _u(rng, 0.3, 0.5), _u(rng, 0.3, 0.5)
+    rt = rb * _u(rng, 0.4, 0.8)
+    if style == "floor":
+        y0 = top[1] - hh * _u(rng, 0.3, 0.6)
+        m.lathe([0, y0, 0], _Y, [(0, rb), (hh, rt)])
+        m.line([rt * 0.6, y0 + hh * 0.2, 0], [rt * 0.6, y0 - _u(rng, 0.15, 0.3), 0])  # pull cord
+    elif style == "arc":
+        a = _u(rng, 0.4, 0.8)
+        t = np.linspace(0, math.pi / 2, 16)
+        arc = np.stack([a - a * np.cos(t), top[1] + a * np.sin(t), np.zeros_like(t)], 1)
+        m.band(arc, _Z, 0.05, 0.05)
+        m.lathe(arc[-1] + [0, 0.02, 0], -_Y, [(0, rt * 0.5), (0.1, rt), (hh + 0.1, rb)], rings=[0, 2])
+    else:
+        phi = math.radians(_u(rng, 20, 60))
+        a1 = _u(rng, 0.4, 0.7)
+        end = top + a1 * np.array([math.cos(phi), math.sin(phi), 0.0])
+        m.band(np.stack([top, end]), _Z, 0.05, 0.05)
+        axis = _unit([_u(rng, 0.2, 0.8), -1.0, 0.0])
+        m.lathe(end, axis, [(0, rt * 0.6), (0.08, rt), (hh, rb)], rings=[0, 2], e1=_Z)
+
+
+def _bottle(m: _Model, rng: np.random.Generator) -> None:
+    r = _u(rng, 0.3, 0.45)
+    hb = _u(rng, 0.8, 1.5)
+    s2 = _u(rng, 0.5, 0.95)
+    rn = r * _u(rng, 0.22, 0.38)
+    hs, hn = _u(rng, 0.15, 0.45), _u(rng, 0.15, 0.35)
+    prof = [(0.0, r * 0.92), (0.04, r), (hb, r)]
+    for k in range(1, 7):
+        t = k / 6
+        prof.append((hb + hs * t, rn + (r - rn) * (1 + math.cos(math.pi * t)) / 2))
+    prof.append((hb + hs + hn, rn))
+    m.lathe([0, 0, 0], _Y, prof, rings=[0, 1, 2, 8, 9], scale=(1.0, s2))
+    cap_h = _u(rng, 0.1, 0.22)
+    cap_r = rn * _u(rng, 1.05, 1.35)
+    y_cap = hb + hs + hn - cap_h * 0.3
+    m.lathe([0, y_cap, 0], _Y, [(0, cap_r), (cap_h * 0.5, cap_r), (cap_h, cap_r * 0.95)], scale=(1.0, s2))
+    # front label
+    lw, lh = r * _u(rng, 0.9, 1.5), hb * _u(rng, 0.3, 0.55)
+    ly = hb * _u(rng, 0.35, 0.55)
+    if rng.random() < 0.7:
+        m.rect([0, ly, r * s2 + 0.005], _X, _Y, lw, lh)
+    else:
+        m.ellipse([0, ly, r * s2 + 0.005], _X, _Y, lw / 2, lh / 2)
+    if rng.random() < 0.4:  # grip grooves
+        for k in range(_i(rng, 2, 4)):
+            m.ellipse([0, 0.08 + 0.05 * k, 0], _X, _Z, r, r * s2)
+
+
+def _car(m: _Model, rng: np.random.Generator) -> None:
+    length, width = _u(rng, 3.6, 4.8), _u(rng, 1.6, 1.95)
+    rw = _u(rng, 0.3, 0.4)
+    y0 = rw * _u(rng, 0.5, 0.8)
+    hb = _u(rng, 0.45, 0.7)
+    y1 = y0 + hb
+    zr, zf = -length / 2, length / 2
+    nose = _u(rng, 0.3, 0.7)
+    body = [(zr, y0), (zr, y1 - hb * _u(rng, 0.0, 0.2)), (zr + 0.2, y1), (zf - nose, y1),
+            (zf, y1 - hb * _u(rng, 0.25, 0.45)), (zf, y0)]
+    m.prism(body, [0, 0, 0], _Z, _Y, _X, width)
+    zc0 = zr + length * _u(rng, 0.1, 0.3)
+    zc1 = zc0 + length * _u(rng, 0.38, 0.55)
+    hc = _u(rng, 0.4, 0.6)
+    zt0, zt1 = zc0 + _u(rng, 0.15, 0.5), zc1 - _u(rng, 0.4, 0.8)
+    cabin = [(zc0, y1), (zc1, y1), (zt1, y1 + hc), (zt0, y1 + hc)]
+    wc = width * _u(rng, 0.8, 0.92)
+    m.prism(cabin, [0, 0, 0], _Z, _Y, _X, wc)
+    cz = np.mean([p[0] for p in cabin])
+    cy = y1 + hc / 2
+    win = [((z - cz) * 0.8 + cz, (y - cy) * 0.75 + cy) for z, y in cabin]
+    for sx in (-1, 1):
+        m.poly([[sx * wc / 2, y, z] for z, y in win], closed=True)
+    for zw in (zr + rw * _u(rng, 1.3, 1.8), zf - rw * _u(rng, 1.5, 2.1)):
+        for sx in (-1, 1):
+            x0 = sx * (width / 2 - 0.26)
+            m.cylinder([x0, rw, zw], _X * sx, rw, 0.24, n=28)
+            m.circle([x0 + sx * 0.245, rw, zw], _X, rw * 0.55, n=20)
+    for sx in (-1, 1):  # headlights
+        m.ellipse([sx * width * 0.33, y1 - hb * 0.25, zf + 0.005], _X, _Y, width * 0.1, hb * 0.12, n=16)
+
+
+def _telephone(m: _Model, rng: np.random.Generator) -> None:
+    if rng.random() < 0.6:  # handset / mobile slab standing upright, keypad facing +z
+        w, h, t = _u(rng, 0.5, 0.75), _u(rng, 1.1, 1.6), _u(rng, 0.08, 0.16)
+        m.box([0, h / 2, 0], [w, h, t])
+        zf = t / 2 + 0.004
+        sh = h * _u(rng, 0.25, 0.4)
+        m.rect([0, h * 0.93 - sh / 2 - 0.05, zf], _X, _Y, w * 0.8, sh)
+        m.rect([0, h * 0.96, zf], _X, _Y, w * 0.3, h * 0.015)
+        kh = h * _u(rng, 0.35, 0.45)
+        m.keys([0, kh / 2 + h * 0.05, zf], _X, _Y, w * 0.8, kh, 4, 3, fill=_u(rng, 0.55, 0.8))
+        if rng.random() < 0.5:
+            m.cylinder([w * 0.3, h, 0], _Y, 0.025, _u(rng, 0.2, 0.45), n=10)
+    else:  # desk telephone: wedge base, keypad on the sloping face, handset on top
+        w, d = _u(rng, 0.9, 1.2), _u(rng, 0.8, 1.1)
+        hf, hr = _u(rng, 0.15, 0.25), _u(rng, 0.35, 0.5)
+        m.prism([(-d / 2, 0), (d / 2, 0), (d / 2, hf), (-d / 2, hr)], [0, 0, 0], _Z, _Y, _X, w)
+        slope = _unit([0, hr - hf, d])
+        ev = _unit([0, hr - hf, -d])  # up the slope
+        c = np.array([0, (hf + hr) / 2, 0.1]) + slope * 0.005
+        m.keys(c, _X, ev, w * 0.45, d * 0.6, 4, 3)
+        y = hr + 0.08
+        m.box([0, y, -d * 0.25], [w * 1.05, 0.1, 0.16])
+        for sx in (-1, 1):
+            m.box([sx * w * 0.5, y - 0.02, -d * 0.25], [0.2, 0.16, 0.24])
+
+
+def _pot(m: _Model, rng: np.random.Generator) -> None:
+    r = _u(rng, 0.6, 0.9)
+    h = r * _u(rng, 0.55, 1.0)
+    m.lathe([0, 0, 0], _Y, [(0, r * 0.94), (0.05, r), (h * 0.92, r), (h, r * 1.03)])
+    hl = _u(rng, 0.12, 0.25)
+    lid = [(0, r * 1.02), (hl * 0.3, r * 0.92), (hl * 0.7, r * 0.6), (hl, r * 0.25)]
+    m.lathe([0, h, 0], _Y, lid, rings=[0, 3])
+    kr = _u(rng, 0.08, 0.14)
+    m.lathe([0, h + hl, 0], _Y, [(0, kr * 0.5), (0.06, kr * 0.5), (0.1, kr)], rings=[0, 2], n=20)
+    if rng.random() < 0.65:  # stockpot: two ear handles
+        yh = h * _u(rng, 0.7, 0.85)
+        wz, out = _u(rng, 0.15, 0.28), _u(rng, 0.12, 0.22)
+        t = np.linspace(-math.pi / 2, math.pi / 2, 16)
+        for sx in (-1, 1):
+            xs = sx * (r - 0.02 + out * np.cos(t))
+            m.band(np.stack([xs, np.full_like(t, yh), wz * np.sin(t)], 1), _Y, 0.05, 0.06)
+    else:  # saucepan: long straight handle
+        ln = r * _u(rng, 1.0, 1.4)
+        rise = _u(rng, 0.05, 0.3)
+        yh = h * 0.8
+        pts = np.array([[r - 0.02, yh, 0.0], [r + ln, yh + rise, 0.0]])
+        m.band(pts, _Z, 0.09, 0.08)
+        m.ellipse([r + ln * 0.9, yh + rise * 0.9, 0], _X, _Z, 0.05, 0.02, n=12)
+
+
+def _table(m: _Model, rng: np.random.Generator) -> None:
+    w = _u(rng, 1.4, 2.4)
+    d = w * _u(rng, 0.45, 0.7)
+    h, tt = _u(rng, 0.7, 0.95), _u(rng, 0.04, 0.1)
+    style = _i(rng, 0, 2)
+    if style == 1:  # oval pedestal table
+        m.lathe([0, h - tt, 0], _Y, [(0, w / 2), (tt, w / 2)], scale=(1.0, d / w), n=48)
+        pr = _u(rng, 0.05, 0.12)
+        m.cylinder([0, 0.05, 0], _Y, pr, h - tt - 0.05, n=16)
+        fl = _u(rng, 0.3, 0.5)
+        m.box([0, 0.025, 0], [fl * 2, 0.05, 0.1])
+        m.box([0, 0.025, 0], [0.1, 0.05, fl * 1.6])
+        return
+    m.box([0, h - tt / 2, 0], [w, tt, d])
+    lt = _u(rng, 0.05, 0.1)
+    ins = _u(rng, 0.02, 0.15)
+    lh = h - tt
+    if style == 0:
+        for sx in (-1, 1):
+            for sz in (-1, 1):
+                m.box([sx * (w / 2 - ins - lt / 2), lh / 2, sz * (d / 2 - ins - lt / 2)], [lt, lh, lt])
+        if rng.random() < 0.6:  # apron
+            ah = _u(rng, 0.06, 0.14)
+            m.box([0, lh - ah / 2, 0], [w - 2 * ins, ah, d - 2 * ins])
+    else:  # trestle
+        for sx in (-1, 1):
+            x = sx * (w / 2 - ins - lt)
+            m.box([x, lh / 2, 0], [lt, lh, lt * 1.5])
+            m.box([x, 0.03, 0], [lt * 1.2, 0.06, d * 0.85])
+        m.box([0, lh * 0.35, 0], [w - 2 * ins - 2 * lt, lt, lt])
+
+
+def _shoe(m: _Model, rng: np.random.Generator) -> None:
+    length = _u(rng, 2.4, 3.0)
+    wmax = length * _u(rng, 0.33, 0.4)
+    ts = _u(rng, 0.1, 0.25)
+    boot = rng.random() < 0.35
+    height = _u(rng, 1.0, 1.5) if boot else _u(rng, 0.45, 0.7)
+    htoe = _u(rng, 0.2, 0.32)
+    s = np.concatenate([-np.cos(np.linspace(0, math.pi, 33))])  # heel -1 .. toe +1
+    base_hw = wmax / 2 * np.power(np.clip(1 - s ** 2, 0, 1), 0.35) * (0.82 + 0.18 * s)
+    inner = base_hw * (1 - 0.15 * np.exp(-((s + 0.1) / 0.3) ** 2))
+    z = s * length / 2
+    outline = np.concatenate([
+        np.stack([base_hw, z], 1),
+        np.stack([-inner, z], 1)[::-1][1:-1],
+    ])
+    for y in (0.0, ts):
+        m.poly([[x, y, zz] for x, zz in outline], closed=True)
+    for k in (0, 16, 32):
+        m.line([base_hw[k], 0, z[k]], [base_hw[k], ts, z[k]])
+    # upper
+    yup = ts + htoe + (height - htoe) * (1 - _smoothstep(-0.35 if boot else -0.3, 0.75, s))
+    for side, hw in ((1, base_hw), (-1, inner)):
+        m.poly(np.stack([side * hw * 0.92, yup, z], 1))
+    m.line([0, ts, z[0]], [0, yup[0], z[0]])
+    # collar opening
+    c0 = -0.95 if boot else -0.9
+    c1 = -0.5 if boot else -0.25
+    zc, rz = (c0 + c1) / 2 * length / 2, (c1 - c0) / 2 * length / 2
+    m.ellipse([0, height + ts, zc], _X, _Z, wmax * 0.32, rz, n=24)
+    # instep line and laces
+    mask = s > c1
+    m.poly(np.stack([np.zeros(mask.sum()), yup[mask] + 0.04, z[mask]], 1))
+    nl = _i(rng, 3, 6)
+    for k in range(nl):
+        sk = c1 + (0.45 - c1) * (k + 0.5) / nl
+        yk = float(np.interp(sk, s, yup)) + 0.05
+        wk = float(np.interp(sk, s, base_hw)) * 0.35
+        m.line([-wk, yk, sk * length / 2], [wk, yk, sk * length / 2])
+    if rng.random() < 0.5:  # toe cap
+        m.poly(np.stack([base_hw[24:] * 0.95 * np.linspace(1, 0, 9), yup[24:] * 0.8, z[24:]], 1))
+
+
+def _watch(m: _Model, rng: np.random.Generator) -> None:
+    r = _u(rng, 0.4, 0.55)
+    t = _u(rng, 0.1, 0.18)
+    zf = t / 2
+    if rng.random() < 0.7:
+        m.lathe([0, 0, -t / 2], _Z, [(0, r * 0.95), (t * 0.4, r), (t, r * 0.97)], n=48)
+        m.circle([0, 0, zf], _Z, r * 0.84, n=48)
+        face = r * 0.84
+    else:
+        m.box([0, 0, 0], [2 * r, 2 * r * 1.15, t])
+        m.rect([0, 0, zf], _X, _Y, 1.6 * r, 1.8 * r)
+        face = r * 0.8
+    nt = (4, 12)[_i(rng, 0, 1)]
+    for k in range(nt):
+        a = _TAU * k / nt
+        dv = np.array([math.sin(a), math.cos(a), 0.0])
+        inner = 0.72 if k % 3 == 0 else 0.8
+        m.line(dv * face * inner + [0, 0, zf], dv * face * 0.93 + [0, 0, zf])
+    for length, a in ((0.45, rng.uniform(0, _TAU)), (0.7, rng.uniform(0, _TAU))):
+        m.line([0, 0, zf], [face * length * math.sin(a), face * length * math.cos(a), zf])
+    m.cylinder([r, 0, 0], _X, _u(rng, 0.04, 0.06), 0.08, n=12)  # crown
+    sw = min(r * _u(rng, 0.9, 1.3), 1.8 * r)
+    ls = _u(rng, 0.8, 1.3)
+    bend = _u(rng, 0.4, 1.0)
+    for sy in (-1, 1):
+        u = np.linspace(0, 1, 14)
+        ys = sy * (r * 0.85 + ls * np.sin(u * bend * math.pi / 2) / (bend * math.pi / 2))
+        zs = -ls * (1 - np.cos(u * bend * math.pi / 2)) / (bend * math.pi / 2) * 0.8
+        m.band(np.stack([np.zeros_like(u), ys, zs], 1), _X, 0.04, sw)
+    if rng.random() < 0.6:
+        m.rect([0, -(r * 0.85 + ls * 0.55), 0.03], _X, _Y, sw * 1.15, 0.08)  # buckle
+
+
+def _bag(m: _Model, rng: np.random.Generator) -> None:
+    w, h, d = _u(rng, 0.9, 1.4), _u(rng, 0.6, 1.0), _u(rng, 0.25, 0.45)
+    wt = w * _u(rng, 0.7, 1.0)
+    m.prism([(-w / 2, 0), (w / 2, 0), (wt / 2, h), (-wt / 2, h)], [0, 0, 0], _X, _Y, _Z, d)
+    tote = rng.random() < 0.4
+    hh = h * (_u(rng, 0.6, 0.9) if tote else _u(rng, 0.3, 0.55))
+    ha = wt * (_u(rng, 0.25, 0.35) if tote else _u(rng, 0.3, 0.42))
+    t = np.linspace(0, math.pi, 20)
+    for zh in ((-d / 3, d / 3) if tote else (0.0,)):
+        arc = np.stack([ha * np.cos(t), h + hh * np.sin(t), np.full_like(t, zh)], 1)
+        m.band(arc, _Z, 0.05, 0.05)
+    zf = d / 2 + 0.005
+    if rng.random() < 0.6:  # flap with clasp
+        fy = h * _u(rng, 0.35, 0.6)
+        if rng.random() < 0.5:
+            flap = [(-wt / 2, h), (wt / 2, h), (wt / 2 * 0.95, fy + 0.1), (0, fy), (-wt / 2 * 0.95, fy + 0.1)]
+        else:
+            flap = [(-wt / 2, h), (wt / 2, h), (wt / 2 * 0.97, fy), (-wt / 2 * 0.97, fy)]
+        m.poly([[x, y, zf] for x, y in flap], closed=True)
+        m.rect([0, fy, zf], _X, _Y, 0.1, 0.07)
+    else:
+        m.rect([0, h * 0.45, zf], _X, _Y, w * 0.5, h * 0.3)  # front pocket
+
+
+def _hammer(m: _Model, rng: np.random.Generator) -> None:
+    lh = _u(rng, 1.3, 1.9)
+    hr = _u(rng, 0.06, 0.09)
+    grip = lh * _u(rng, 0.3, 0.45)
+    m.lathe([0, 0, 0], _Y, [(0, hr * 1.2), (grip, hr * 1.15), (grip + 0.05, hr), (lh, hr * 0.85)],
+            scale=(1.0, 0.7), n=20)
+    for k in range(_i(rng, 2, 5)):
+        m.ellipse([0, grip * (k + 1) / 6, 0], _X, _Z, hr * 1.18, hr * 0.82, n=16)
+    lx = _u(rng, 0.55, 0.85)
+    hh, hd = _u(rng, 0.14, 0.22), _u(rng, 0.14, 0.2)
+    ff = lx * _u(rng, 0.35, 0.5)  # length of the face side
+    if rng.random() < 0.6:  # claw hammer
+        claw = [(-hr, lh + hh / 2), (-lx + ff * 0.3, lh + hh * 0.1), (-(lx - ff), lh - hh * 0.9),
+                (-(lx - ff) + 0.05, lh - hh * 0.95), (-hr, lh - hh / 2)]
+    else:  # cross peen
+        claw = [(-hr, lh + hh / 2), (-(lx - ff), lh + hh * 0.12), (-(lx - ff), lh - hh * 0.12),
+                (-hr, lh - hh / 2)]
+    outline = [(ff * 0.8, lh + hh / 2), *claw, (ff * 0.8, lh - hh / 2)]
+    m.prism(outline, [0, 0, 0], _X, _Y, _Z, hd)
+    m.lathe([ff * 0.8, lh, 0], _X, [(0, hh * 0.5), (ff * 0.25, hh * 0.55), (ff * 0.35, hh * 0.5)], n=24)
+
+
+def _bicycle(m: _Model, rng: np.random.Generator) -> None:
+    rw = _u(rng, 0.55, 0.7)
+    wb = _u(rng, 2.0, 2.4)
+    zr, zf = -wb / 2, wb / 2
+    ns = _i(rng, 8, 16)
+    for zc in (zr, zf):
+        c = np.array([0.0, rw, zc])
+        m.cylinder(c - [0.03, 0, 0], _X, rw, 0.06, n=40)
+        m.circle(c, _X, rw * 0.9, n=40)
+        for k in range(ns):
+            a = _TAU * k / ns
+            m.line(c, c + rw * 0.9 * np.array([0, math.sin(a), math.cos(a)]))
+    bb = np.array([0.0, rw * _u(rng, 0.45, 0.6), zr + wb * _u(rng, 0.38, 0.45)])
+    seat = bb + [0, rw * _u(rng, 1.2, 1.45), -_u(rng, 0.15, 0.3)]
+    head_top = np.array([0, rw * _u(rng, 1.2, 1.4), zf - rw * _u(rng, 0.35, 0.5)])
+    head_bot = head_top + [0, -0.22, 0.08]
+    rear, front = np.array([0, rw, zr]), np.array([0, rw, zf])
+    step = rng.random() < 0.3
+    top_to = head_bot + [0, -0.25, -0.3] if step else head_top
+    for a, b in ((bb, seat), (seat, top_to), (bb, head_bot), (bb, rear), (seat, rear), (head_bot, front),
+                 (head_top, head_bot)):
+        m.line(a, b)
+    post = seat + [0, 0.15, -0.04]
+    m.line(seat, post)
+    m.prism([(-0.2, 0), (0.15, 0.02), (0.18, 0.06), (-0.2, 0.07)], post, _Z, _Y, _X, 0.14)
+    bar = head_top + [0, 0.15, -0.05]
+    m.line(head_top, bar)
+    bw = _u(rng, 0.25, 0.35)
+    if rng.random() < 0.5:
+        m.line(bar - [bw, 0, 0], bar + [bw, 0, 0])
+    else:  # drop bars
+        t = np.linspace(0, math.pi, 10)
+        for sx in (-1, 1):
+            m.poly(np.stack([np.full_like(t, sx * bw * 0.7), bar[1] - 0.1 + 0.1 * np.cos(t),
+                             bar[2] + 0.12 * np.sin(t)], 1))
+        m.line(bar - [bw * 0.7, 0, 0], bar + [bw * 0.7, 0, 0])
+    m.circle(bb + [0.06, 0, 0], _X, 0.14, n=20)
+    a = rng.uniform(0, _TAU)
+    for sx, sgn in ((1, 1), (-1, -1)):
+        p = bb + sgn * 0.2 * np.array([0, math.sin(a), math.cos(a)])
+        m.line(bb, p + [sx * 0.08, 0, 0])
+        m.box(p + [sx * 0.14, 0, 0], [0.12, 0.03, 0.08])
+
+
+def _storage_box(m: _Model, rng: np.random.Generator) -> None:
+    w = _u(rng, 1.0, 1.6)
+    h, d = w * _u(rng, 0.4, 0.8), w * _u(rng, 0.5, 0.8)
+    lh = h * _u(rng, 0.15, 0.3)
+    m.box([0, (h - lh) / 2, 0], [w, h - lh, d])
+    m.box([0, h - lh / 2, 0], [w + 0.05, lh, d + 0.05])
+    for sx in (-1, 1):  # hand-hold slots
+        c = np.array([sx * (w / 2 + 0.004), (h - lh) * 0.7, 0.0])
+        sl, sh = d * _u(rng, 0.3, 0.5), (h - lh) * _u(rng, 0.1, 0.2)
+        t = np.linspace(-math.pi / 2, math.pi / 2, 8)
+        right = np.stack([np.full_like(t, c[0]), c[1] + sh / 2 * np.sin(t), sl / 2 + sh / 2 * np.cos(t)], 1)
+        left = right.copy()
+        left[:, 2] *= -1
+        m.poly(np.vstack([right, left[::-1]]), closed=True)
+    zf = d / 2 + 0.03
+    nlat = _i(rng, 1, 2)
+    for k in range(nlat):
+        x = 0.0 if nlat == 1 else (-1 + 2 * k) * w * 0.3
+        m.rect([x, h - lh, zf], _X, _Y, 0.1, 0.12)
+    if rng.random() < 0.5:  # ribs on the front
+        nr = _i(rng, 2, 4)
+        for k in range(nr):
+            x = -w / 2 + w * (k + 1) / (nr + 1)
+            m.line([x, 0.05, d / 2 + 0.004], [x, h - lh - 0.05, d / 2 + 0.004])
+
+
+def _vase(m: _Model, rng: np.random.Generator) -> None:
+    h = _u(rng, 1.2, 2.0)
+    rmax = _u(rng, 0.35, 0.6)
+    ctrl = [(0.0, rmax * _u(rng, 0.4, 0.75)), (h * _u(rng, 0.25, 0.5), rmax),
+            (h * _u(rng, 0.7, 0.85), rmax * _u(rng, 0.2, 0.45)), (h, rmax * _u(rng, 0.35, 0.85))]
+    prof = _interp_profile(ctrl, 6)
+    handles = rng.random() < 0.5
+    s2 = 1.0 if handles else _u(rng, 0.5, 0.72)
+    m.lathe([0, 0, 0], _Y, prof, rings=[0, 6, 12, 18], scale=(1.0, s2), n=48)
+    if handles:
+        y0, y1 = ctrl[2][0], (ctrl[1][0] + ctrl[2][0]) / 2
+        r0 = float(np.interp(y0, prof[:, 0], prof[:, 1]))
+        r1 = float(np.interp(y1, prof[:, 0], prof[:, 1]))
+        out = _u(rng, 0.15, 0.3)
+        t = np.linspace(0, 1, 16)
+        for sx in (-1, 1):
+            xs = sx * (r0 + (r1 - r0) * t + out * np.sin(math.pi * t) - 0.02)
+            ys = y0 + (y1 - y0) * t + 0.1 * np.sin(math.pi * t)
+            m.band(np.stack([xs, ys, np.zeros_like(t)], 1), _Z, 0.05, 0.06)
+    else:  # motif on the front
+        yb = ctrl[1][0]
+        z = rmax * s2 + 0.005
+        rr = rmax * _u(rng, 0.25, 0.4)
+        if rng.random() < 0.5:
+            m.poly([[0, yb + rr, z], [rr, yb, z], [0, yb - rr, z], [-rr, yb, z]], closed=True)
+        else:
+            m.ellipse([0, yb, z], _X, _Y, rr, rr, n=20)
+            m.ellipse([0, yb, z], _X, _Y, rr * 0.5, rr * 0.5, n=16)
+
+
+def _laptop(m: _Model, rng: np.random.Generator) -> None:
+    w = _u(rng, 1.3, 1.7)
+    d = w * _u(rng, 0.62, 0.75)
+    t = _u(rng, 0.03, 0.06)
+    m.box([0, t / 2, 0], [w, t, d])
+    rows, cols = _i(rng, 4, 6), _i(rng, 10, 14)
+    m.grid([0, t + 0.003, -d * 0.12], _X, -_Z, w * 0.85, d * 0.42, rows, cols)
+    m.rect([0, t + 0.003, d * 0.3], _X, _Z, w * _u(rng, 0.25, 0.4), d * 0.22)
+    theta = math.radians(_u(rng, 95, 125))
+    v = np.array([0.0, math.sin(theta), math.cos(theta)])
+    n = np.cross(_X, v)
+    ls = d * _u(rng, 0.92, 1.0)
+    st = t * 0.7
+    hinge = np.array([0.0, t, -d / 2 + 0.02])
+    c = hinge + v * ls / 2 + n * st / 2
+    m.obox(c, [w, ls, st], axes=(_X, v, n))
+    m.rect(c + n * (st / 2 + 0.003), _X, v, w * 0.9, ls * 0.82)
+    m.circle(c + n * (st / 2 + 0.003) + v * ls * 0.45, n, 0.012, n=8)
+
+
+def _camera(m: _Model, rng: np.random.Generator) -> None:
+    w = _u(rng, 1.1, 1.5)
+    h, d = w * _u(rng, 0.55, 0.75), w * _u(rng, 0.3, 0.5)
+    m.box([0, h / 2, 0], [w, h, d])
+    rl = h * _u(rng, 0.28, 0.4)
+    ll = w * _u(rng, 0.15, 0.55)
+    lx = w * _u(rng, -0.1, 0.1)
+    ly = h * 0.45
+    m.lathe([lx, ly, d / 2], _Z, [(0, rl), (ll * 0.4, rl), (ll * 0.45, rl * 1.05), (ll, rl * 1.05)], n=40)
+    m.circle([lx, ly, d / 2 + ll], _Z, rl * 0.7, n=32)
+    if rng.random() < 0.6:  # viewfinder hump
+        vw, vh = w * 0.28, h * _u(rng, 0.15, 0.25)
+        m.prism([(-vw / 2, h), (vw / 2, h), (vw / 4, h + vh), (-vw / 4, h + vh)], [lx, 0, 0], _X, _Y, _Z, d * 0.7)
+    else:  # rangefinder windows + flash
+        m.rect([-w * 0.35, h * 0.8, d / 2 + 0.004], _X, _Y, w * 0.15, h * 0.12)
+        m.rect([w * 0.33, h * 0.8, d / 2 + 0.004], _X, _Y, w * 0.18, h * 0.16)
+    m.cylinder([w * 0.35, h, d * 0.1], _Y, 0.05, 0.05, n=12)
+    m.cylinder([-w * 0.3, h, 0], _Y, _u(rng, 0.08, 0.12), 0.06, n=16)
+    if rng.random() < 0.7:  # grip
+        g = _u(rng, 0.06, 0.12)
+        m.box([-w * 0.4, h / 2, d / 2 + g / 2], [w * 0.16, h * 0.9, g])
+
+
+def _fan(m: _Model, rng: np.random.Generator) -> None:
+    pole = _u(rng, 0.8, 1.5)
+    if rng.random() < 0.5:
+        m.lathe([0, 0, 0], _Y, [(0, _u(rng, 0.35, 0.5)), (0.08, _u(rng, 0.25, 0.35))], n=36)
+    else:
+        bw = _u(rng, 0.6, 0.9)
+        m.box([0, 0.04, 0], [bw, 0.08, bw * 0.6])
+    m.cylinder([0, 0.08, 0], _Y, _u(rng, 0.03, 0.05), pole, n=12)
+    c = np.array([0.0, pole + 0.08, 0.0])
+    rg = _u(rng, 0.45, 0.65)
+    gd = _u(rng, 0.08, 0.14)
+    m.lathe(c - [0, 0, gd], _Z, [(0, rg * 0.95), (gd, rg), (2 * gd, rg * 0.95)], n=48)
+    for k in range(1, _i(rng, 2, 4) + 1):
+        m.circle(c + [0, 0, gd], _Z, rg * k / 5, n=32)
+    ns = _i(rng, 8, 16)
+    for k in range(ns):
+        a = _TAU * k / ns
+        m.line(c + [0, 0, gd], c + [rg * math.cos(a), rg * math.sin(a), gd])
+    m.lathe(c - [0, 0, gd], -_Z, [(0, 0.18), (0.3, 0.15), (0.35, 0.08)], rings=[0, 1], n=24)
+    nb = _i(rng, 3, 5)
+    a0 = rng.uniform(0, _TAU)
+    bl, bwid = rg * 0.85, _u(rng, 0.18, 0.3)
+    t = np.linspace(0, math.pi, 10)
+    for k in range(nb):
+        a = a0 + _TAU * k / nb
+        ax = np.array([math.cos(a), math.sin(a), 0.0])
+        ay = np.array([-math.sin(a), math.cos(a), 0.0])
+        rr = 0.08 + (bl - 0.08) * (1 - np.cos(t)) / 2
+        ww = bwid * np.sin(t) * (0.6 + 0.4 * (1 - np.cos(t)) / 2)
+        side1 = c + np.outer(rr, ax) + np.outer(ww / 2, ay)
+        side2 = c + np.outer(rr, ax) - np.outer(ww / 2, ay)
+        m.poly(np.vstack([side1, side2[::-1]]), closed=True)
+    m.circle(c + [0, 0, 0.02], _Z, 0.08, n=16)
+
+
+def _washer(m: _Model, rng: np.random.Generator) -> None:
+    w = _u(rng, 0.8, 1.0)
+    h, d = w * _u(rng, 1.0, 1.3), w * _u(rng, 0.8, 1.0)
+    m.box([0, h / 2 + 0.04, 0], [w, h, d])
+    for sx in (-1, 1):
+        for sz in (-1, 1):
+            m.box([sx * w * 0.4, 0.02, sz * d * 0.4], [0.06, 0.04, 0.06])
+    zf = d / 2 + 0.004
+    ph = h * _u(rng, 0.1, 0.16)
+    if rng.random() < 0.7:  # front loader
+        m.line([-w / 2, h + 0.04 - ph, zf], [w / 2, h + 0.04 - ph, zf])
+        rd = w * _u(rng, 0.28, 0.36)
+        cy = (h - ph) * _u(rng, 0.45, 0.52) + 0.04
+        m.circle([0, cy, zf], _Z, rd, n=40)
+        m.circle([0, cy, zf + 0.02], _Z, rd * 0.75, n=36)
+        m.rect([-rd - 0.02, cy, zf], _X, _Y, 0.04, rd * 0.5)
+        m.rect([-w * 0.3, h + 0.04 - ph / 2, zf], _X, _Y, w * 0.25, ph * 0.5)
+        for k in range(_i(rng, 1, 2)):
+            m.circle([w * (0.3 - 0.18 * k), h + 0.04 - ph / 2, zf], _Z, ph * 0.3, n=16)
+        if rng.random() < 0.5:
+            m.rect([w * 0.02, h + 0.04 - ph / 2, zf], _X, _Y, w * 0.2, ph * 0.45)
+    else:  # top loader with back console
+        yt = h + 0.04
+        m.rect([0, yt + 0.004, d * 0.08], _X, _Z, w * 0.85, d * 0.7)
+        ch = _u(rng, 0.15, 0.25)
+        m.box([0, yt + ch / 2, -d / 2 + 0.06], [w, ch, 0.12])
+        for k in range(_i(rng, 2, 3)):
+            m.circle([w * (-0.3 + 0.3 * k), yt + ch / 2, -d / 2 + 0.125], _Z, ch * 0.25, n=16)
+
+
+def _robot(m: _Model, rng: np.random.Generator) -> None:
+    tw, th, td = _u(rng, 0.6, 0.9), _u(rng, 0.7, 1.0), _u(rng, 0.35, 0.5)
+    lh = _u(rng, 0.5, 0.8)
+    lw = tw * _u(rng, 0.25, 0.35)
+    for sx in (-1, 1):
+        m.box([sx * tw * 0.25, 0.05 + lh / 2, 0], [lw, lh, td * 0.6])
+        m.box([sx * tw * 0.25, 0.05, 0.06], [lw * 1.2, 0.1, td * 0.9])
+    ty = 0.05 + lh + th / 2
+    m.box([0, ty, 0], [tw, th, td])
+    aw, al = _u(rng, 0.12, 0.2), th * _u(rng, 0.8, 1.1)
+    for sx in (-1, 1):
+        raise_arm = sx == 1 and rng.random() < 0.5
+        ang = math.radians(_u(rng, 100, 160)) if raise_arm else math.radians(_u(rng, 0, 20))
+        down = np.array([sx * math.sin(ang), -math.cos(ang), 0.0])
+        side = np.array([math.cos(ang), sx * math.sin(ang), 0.0])
+        shoulder = np.array([sx * (tw / 2 + aw / 2), ty + th / 2 - 0.05, 0.0])
+        m.obox(shoulder + down * al / 2, [aw, al, aw], axes=(side, down, _Z))
+    hw = tw * _u(rng, 0.5, 0.8)
+    hh = _u(rng, 0.3, 0.45)
+    hy = ty + th / 2 + 0.05 + hh / 2
+    if rng.random() < 0.6:
+        m.box([0, hy, 0], [hw, hh, td * 0.9])
+    else:
+        m.cylinder([0, hy - hh / 2, 0], _Y, hw / 2, hh, scale=(1.0, 0.8), n=28)
+    m.line([0, ty + th / 2, 0], [0, ty + th / 2 + 0.05, 0])
+    zf = td * 0.45 + 0.01
+    for sx in (-1, 1):
+        m.circle([sx * hw * 0.22, hy + hh * 0.1, zf], _Z, hh * 0.13, n=16)
+    m.grid([0, hy - hh * 0.25, zf], _X, _Y, hw * 0.5, hh * 0.15, 1, _i(rng, 3, 6))
+    top = hy + hh / 2
+    m.line([0, top, 0], [0, top + _u(rng, 0.15, 0.3), 0])
+    m.circle([0, top + 0.3, 0], _Z, 0.04, n=12)
+    m.rect([0, ty + th * 0.1, td / 2 + 0.005], _X, _Y, tw * 0.5, th * 0.35)
+    for k in range(_i(rng, 2, 4)):
+        m.circle([-tw * 0.15 + 0.1 * k, ty + th * 0.1, td / 2 + 0.006], _Z, 0.03, n=10)
+
+
+def _hat(m: _Model, rng: np.random.Generator) -> None:
+    if rng.random() < 0.6:  # brimmed hat (fedora / bowler / top hat)
+        rb = _u(rng, 0.75, 1.0)
+        rc = rb * _u(rng, 0.5, 0.65)
+        hc = _u(rng, 0.35, 0.8)
+        s1 = _u(rng, 0.8, 0.9)
+        curl = _u(rng, 0.0, 0.12)
+        m.lathe([0, 0, 0], _Y, [(0, rc), (0.02, rb * 0.8), (curl, rb)], rings=[0, 2], scale=(s1, 1.0), n=48)
+        crown = _interp_profile([(0, rc), (hc * 0.75, rc * _u(rng, 0.85, 1.0)), (hc, rc * _u(rng, 0.3, 0.8))], 4)
+        m.lathe([0, 0, 0], _Y, crown, rings=[0, len(crown) - 1], scale=(s1, 1.0), n=40)
+        bh = hc * _u(rng, 0.15, 0.3)
+        m.ellipse([0, bh, 0], _X, _Z, rc * s1 * 1.01, rc * 1.01, n=40)
+        bow = [[rc * s1 + 0.01, bh * 0.5, 0], [rc * s1 + 0.01, bh * 1.3, 0.12], [rc * s1 + 0.01, bh * 1.3, -0.12]]
+        m.poly(bow, closed=True)
+        if rng.random() < 0.6:  # crease
+            t = np.linspace(-0.6, 0.6, 9)
+            m.poly(np.stack([np.zeros_like(t), hc - 0.06 + 0.04 * t ** 2, t * rc], 1))
+    else:  # baseball cap with a visor toward +z
+        rc = _u(rng, 0.5, 0.65)
+        hc = rc * _u(rng, 0.8, 1.0)
+        dome = _interp_profile([(0, rc), (hc * 0.5, rc * 0.92), (hc * 0.85, rc * 0.5), (hc, 0.03)], 4)
+        m.lathe([0, 0, 0], _Y, dome, rings=[0], n=40)
+        for a in np.linspace(0, math.pi, 4)[:-1]:
+            d = np.array([math.cos(a), 0.0, math.sin(a)])
+            m.poly(np.stack([np.outer(dome[:, 1], d)[:, 0], dome[:, 0], np.outer(dome[:, 1], d)[:, 2]], 1))
+            m.poly(np.stack([-np.outer(dome[:, 1], d)[:, 0], dome[:, 0], -np.outer(dome[:, 1], d)[:, 2]], 1))
+        m.circle([0, hc + 0.02, 0], _Y, 0.05, n=10)
+        vl = rc * _u(rng, 0.7, 1.1)
+        t = np.linspace(0, math.pi, 20)
+        outer = np.stack([rc * np.cos(t), -0.08 * np.sin(t), rc * 0.3 + vl * np.sin(t)], 1)
+        inner = np.stack([rc * np.cos(t), np.zeros_like(t), rc * np.sin(t)], 1)
+        m.poly(np.vstack([outer, inner[::-1]]), closed=True)
+
+
+def _spoon(m: _Model, rng: np.random.Generator) -> None:
+    total = _u(rng, 1.8, 2.4)
+    bl = _u(rng, 0.45, 0.65)
+    bw = bl * _u(rng, 0.55, 0.75)
+    he, hn = _u(rng, 0.12, 0.22), _u(rng, 0.05, 0.08)
+    lh = total - bl
+    curv = _u(rng, 0.05, 0.2)
+
+    def zoff(y):
+        return curv * (np.asarray(y) / total - 0.5) ** 2 * 4
+
+    ys = np.linspace(0, lh, 16)
+    hw = he / 2 + (hn / 2 - he / 2) * (ys / lh) ** 0.7
+    t = np.linspace(-math.pi / 2, math.pi / 2, 20)
+    bx, by = bw / 2 * np.cos(t), lh + bl / 2 + bl / 2 * np.sin(t)
+    e = np.linspace(0, math.pi, 10)
+    ex, ey = he / 2 * np.cos(e), -he / 2 * np.sin(e)
+    right = np.concatenate([np.stack([hw, ys], 1), np.stack([bx, by], 1)[1:]])
+    left = right[::-1].copy()
+    left[:, 0] *= -1
+    end = np.stack([ex[::-1] * -1, ey], 1)  # rounded handle end, from -x to +x through y<0
+    outline = np.vstack([right, left[1:], end[::-1] * [1, 1]])
+    m.poly(np.stack([outline[:, 0], outline[:, 1], zoff(outline[:, 1])], 1), closed=True)
+    yc = lh + bl / 2
+    m.ellipse([0, yc, float(zoff(yc))], _X, _Y, bw / 2 * 0.8, bl / 2 * 0.85, n=28)
+    depth = _u(rng, 0.06, 0.12)
+    k = np.linspace(-1, 1, 15)
+    keel_y = yc + bl / 2 * k
+    m.poly(np.stack([np.zeros_like(k), keel_y, zoff(keel_y) - depth * np.sqrt(1 - k ** 2)], 1))
+    if rng.random() < 0.5:  # engraved line on the handle
+        y2 = np.linspace(0.1, lh * 0.6, 8)
+        m.poly(np.stack([np.zeros_like(y2), y2, zoff(y2) + 0.003], 1))
+
+
+def _bookcase(m: _Model, rng: np.random.Generator) -> None:
+    w, h, d = _u(rng, 0.8, 1.6), _u(rng, 1.4, 2.2), _u(rng, 0.3, 0.45)
+    bt = _u(rng, 0.03, 0.06)
+    m.box([0, h / 2, 0], [w, h, d])
+    zf = d / 2 + 0.003
+    plinth = _u(rng, 0.06, 0.12)
+    m.rect([0, (h + plinth) / 2, zf], _X, _Y, w - 2 * bt, h - plinth - bt)
+    ns = _i(rng, 2, 5)
+    doors = rng.random() < 0.5
+    ylow = plinth + (h - plinth) * (_u(rng, 0.3, 0.4) if doors else 0.0)
+    for k in range(ns):
+        y = ylow + (h - bt - ylow) * k / (ns + 1) if not doors else ylow + (h - bt - ylow) * k / ns
+        if k == 0 and not doors:
+            continue
+        m.rect([0, y, 0], _X, _Z, w - 2 * bt, d - bt)
+        m.rect([0, y - bt / 2, zf], _X, _Y, w - 2 * bt, bt)
+    if doors:
+        dh = ylow - plinth - 0.02
+        for sx in (-1, 1):
+            m.rect([sx * (w / 4 - bt / 4), plinth + dh / 2 + 0.01, zf], _X, _Y, w / 2 - bt * 1.5, dh)
+            m.circle([sx * 0.06, plinth + dh * 0.6, zf], _Z, 0.02, n=8)
+    if rng.random() < 0.4:
+        m.line([0, ylow, zf], [0, h - bt, zf])
+
+
+def _guitar(m: _Model, rng: np.random.Generator) -> None:
+    lb = _u(rng, 1.3, 1.7)
+    wl = _u(rng, 0.9, 1.15)
+    wu = wl * _u(rng, 0.7, 0.85)
+    t = _u(rng, 0.25, 0.4)
+    s = (1 - np.cos(np.linspace(0, math.pi, 41))) / 2
+    lower = wl / 2 * np.sqrt(np.clip(1 - ((s - 0.34) / 0.34) ** 2, 0, 1))
+    upper = wu / 2 * np.sqrt(np.clip(1 - ((s - 0.74) / 0.26) ** 2, 0, 1))
+    hw = np.maximum(lower, upper)
+    y = s * lb
+    outline = np.vstack([np.stack([hw, y], 1), np.stack([-hw, y], 1)[::-1][1:-1]])
+    m.prism(outline, [0, 0, 0], _X, _Y, _Z, t)
+    zf = t / 2 + 0.004
+    if rng.random() < 0.6:  # acoustic: sound hole
+        m.circle([0, lb * 0.64, zf], _Z, wu * _u(rng, 0.15, 0.2), n=28)
+    else:  # electric: pickups and knobs
+        for k in range(_i(rng, 1, 3)):
+            m.rect([0, lb * (0.38 + 0.13 * k), zf], _X, _Y, wu * 0.4, 0.08)
+        for k in range(2):
+            m.circle([wl * 0.28, lb * (0.15 + 0.1 * k), zf], _Z, 0.04, n=10)
+    m.rect([0, lb * 0.22, zf], _X, _Y, wu * 0.5, 0.07)
+    ln, nw = _u(rng, 1.2, 1.6), _u(rng, 0.12, 0.16)
+    m.box([0, lb + ln / 2, t / 2 - 0.05], [nw, ln, 0.08])
+    nf = _i(rng, 10, 18)
+    for k in range(1, nf + 1):
+        fy = lb + ln - ln * (1 - 2 ** (-k / 12)) * 1.6
+        if fy > lb:
+            m.line([-nw / 2, fy, t / 2 - 0.005], [nw / 2, fy, t / 2 - 0.005])
+    hl = _u(rng, 0.3, 0.45)
+    top = lb + ln
+    m.prism([(-nw / 2, top), (nw / 2, top), (nw * 0.9, top + hl), (-nw * 0.9, top + hl)],
+            [0, 0, 0], _X, _Y, _Z, 0.06)
+    for k in range(3):
+        yk = top + hl * (0.25 + 0.25 * k)
+        for sx in (-1, 1):
+            m.circle([sx * (nw * 0.75 + 0.06), yk, 0], _X, 0.035, n=8)
+    for k in range(6):
+        x0 = (-2.5 + k) * wu * 0.5 / 6
+        x1 = (-2.5 + k) * nw * 0.8 / 6
+        m.line([x0, lb * 0.22, zf + 0.01], [x1, top, t / 2 - 0.005])
+
+
+# --------------------------------------------------------------------------------------
+# Classes
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DesignClass:
+    """A synthetic design class: Locarno-style code ``CC-SS``, lower-case name, object noun."""
+
+    code: str
+    name: str
+    noun: str
+    builder: _Builder
+
+    @property
+    def label(self) -> str:
+        """``"07-01 cups and mugs"``."""
+        return f"{self.code} {self.name}"
+
+
+#: All available classes, in the order used by ``num_classes`` (the first ``K`` are taken).
+DESIGN_CLASSES: tuple[DesignClass, ...] = (
+    DesignClass("07-01", "cups and mugs", "cup", _cup),
+    DesignClass("06-01", "seats / chairs", "chair", _chair),
+    DesignClass("26-05", "lamps", "lamp", _lamp),
+    DesignClass("09-01", "bottles", "bottle", _bottle),
+    DesignClass("12-08", "cars", "car", _car),
+    DesignClass("14-03", "telephones", "telephone", _telephone),
+    DesignClass("07-02", "cooking pots", "cooking pot", _pot),
+    DesignClass("06-03", "tables", "table", _table),
+    DesignClass("02-04", "footwear", "shoe", _shoe),
+    DesignClass("10-07", "watches", "wristwatch", _watch),
+    DesignClass("03-01", "bags", "handbag", _bag),
+    DesignClass("08-05", "tools", "hammer", _hammer),
+    DesignClass("12-11", "bicycles", "bicycle", _bicycle),
+    DesignClass("09-03", "boxes and cases", "storage box", _storage_box),
+    DesignClass("11-02", "vases", "vase", _vase),
+    DesignClass("14-02", "computers", "laptop computer", _laptop),
+    DesignClass("16-01", "cameras", "camera", _camera),
+    DesignClass("23-04", "fans", "electric fan", _fan),
+    DesignClass("15-05", "washing machines", "washing machine", _washer),
+    DesignClass("21-01", "toys", "toy robot", _robot),
+    DesignClass("02-03", "headwear", "hat", _hat),
+    DesignClass("07-03", "table utensils", "spoon", _spoon),
+    DesignClass("06-04", "storage furniture", "bookcase", _bookcase),
+    DesignClass("17-03", "string instruments", "guitar", _guitar),
+)
+
+# --------------------------------------------------------------------------------------
+# Views and rendering
+# --------------------------------------------------------------------------------------
+
+#: view name -> (direction from the object towards the viewer, or None for oblique views)
+_VIEW_DIRECTIONS: dict[str, np.ndarray | None] = {
+    "front": _Z,
+    "back": -_Z,
+    "side": _X,
+    "right": _X,
+    "left": -_X,
+    "top": _Y,
+    "bottom": -_Y,
+    "perspective": None,
+    "isometric": None,
+}
+SUPPORTED_VIEWS: tuple[str, ...] = tuple(_VIEW_DIRECTIONS)
+
+_VIEW_PHRASES = {
+    "front": "front view",
+    "back": "rear view",
+    "side": "side view",
+    "right": "right side view",
+    "left": "left side view",
+    "top": "top plan view",
+    "bottom": "bottom view",
+    "perspective": "perspective view",
+    "isometric": "isometric view",
+}
+
+_MARGIN = 0.08
+
+
+def _camera_basis(direction: np.ndarray) -> np.ndarray:
+    """Rows: camera right, camera up, towards the viewer (world y stays up when possible)."""
+    zc = _unit(direction)
+    if abs(float(zc @ _Y)) > 0.999:
+        xc = _X.copy()
+    else:
+        xc = _unit(np.cross(_Y, zc))
+    yc = np.cross(zc, xc)
+    return np.stack([xc, yc, zc])
+
+
+def _render(model: _Model, view: str, size: int, *, yaw: float = 35.0, pitch: float = 25.0,
+            line_width: int = 1) -> Image.Image:
+    """Project ``model`` for ``view`` and draw it black-on-white on a ``size`` x ``size`` canvas."""
+    direction = _VIEW_DIRECTIONS[view]
+    perspective = view == "perspective"
+    if direction is None:
+        if view == "isometric":
+            yaw, pitch = 45.0, math.degrees(math.atan(1 / math.sqrt(2)))
+        ya, pa = math.radians(yaw), math.radians(pitch)
+        direction = np.array([math.sin(ya) * math.cos(pa), math.sin(pa), math.cos(ya) * math.cos(pa)])
+    basis = _camera_basis(direction)
+    polys = model.polylines(basis[2])
+    lengths = [len(p) for p in polys]
+    pts = np.concatenate(polys, axis=0)
+    center = (pts.min(0) + pts.max(0)) / 2
+    cam = (pts - center) @ basis.T
+    if perspective:
+        radius = float(np.linalg.norm(pts - center, axis=1).max())
+        dist = 3.2 * max(radius, 1e-6)
+        xy = cam[:, :2] * (dist / (dist - cam[:, 2]))[:, None]
+    else:
+        xy = cam[:, :2]
+    lo, hi = xy.min(0), xy.max(0)
+    extent = float(max(hi[0] - lo[0], hi[1] - lo[1], 1e-9))
+    scale = size * (1 - 2 * _MARGIN) / extent
+    px = (xy - (lo + hi) / 2) * scale
+    px[:, 1] *= -1
+    px += size / 2
+    img = Image.new("L", (size, size), 255)
+    draw = ImageDraw.Draw(img)
+    start = 0
+    for n in lengths:
+        seg = px[start:start + n]
+        start += n
+        draw.line([(float(x), float(y)) for x, y in seg], fill=0, width=line_width,
+                  joint="curve" if line_width > 1 else None)
+    return img
+
+
+def _line_width(image_size: int) -> int:
+    return 1 if image_size < 96 else 2
+
+
+def _camera_jitter(rng: np.random.Generator) -> tuple[float, float]:
+    return _u(rng, 28.0, 45.0), _u(rng, 18.0, 30.0)
+
+
+def _class_by_code(code: str) -> DesignClass:
+    for c in DESIGN_CLASSES:
+        if c.code == code or c.label == code or c.noun == code:
+            return c
+    raise KeyError(f"unknown design class {code!r}; known: {', '.join(c.code for c in DESIGN_CLASSES)}")
+
+
+def render_design(design_class: str | DesignClass, seed: int = 0,
+                  views: Sequence[str] = ("front", "side", "top", "perspective"),
+                  image_size: int = 128) -> list[Image.Image]:
+    """Render one random object of ``design_class`` (code, label or noun) in the given views.
+
+    Handy for demos and notebooks; :func:`generate_synthetic_patents` uses the same
+    machinery.  Returns one mode ``"L"`` image per view.
+    """
+    dc = design_class if isinstance(design_class, DesignClass) else _class_by_code(design_class)
+    _check_views(views)
+    rng = np.random.default_rng([int(seed), 0x5EED])
+    model = _Model()
+    dc.builder(model, rng)
+    yaw, pitch = _camera_jitter(rng)
+    return [_render(model, v, image_size, yaw=yaw, pitch=pitch, line_width=_line_width(image_size))
+            for v in views]
+
+
+# --------------------------------------------------------------------------------------
+# Captions
+# --------------------------------------------------------------------------------------
+
+
+def _article(noun: str) -> str:
+    return "an" if noun[:1].lower() in "aeiou" else "a"
+
+
+_CAPTION_TEMPLATES: tuple[str, ...] = (
+    "A {view} of the ornamental design for {a_noun}, Locarno class {code} {class_name}.",
+    "Patent drawing showing the {view} of {a_noun}.",
+    "Line drawing of {a_noun} ({class_name}), {view}.",
+    "{title}, {view}.",
+    "Black and white design patent figure of {a_noun}, {view}.",
+    "{View} of {a_noun} from a design patent in class {code} ({class_name}).",
+    "Technical line drawing, {view}: {a_noun}.",
+    "{A_noun} shown in {view}; industrial design class: {class_name}.",
+    "Design patent drawing of {a_noun} in the class {class_name}, {view}.",
+)
+
+
+def make_captions(noun: str, class_code: str, class_name: str, title: str, view: str,
+                  rng: np.random.Generator, k: int | None = None) -> list[str]:
+    """Build ``k`` (default 3-5) distinct captions for one drawing from the templates.
+
+    Every template mentions the object noun (directly or through the title); about
+    half of them also mention the class name.
+    """
+    view_phrase = _VIEW_PHRASES.get(view, f"{view} view")
+    a_noun = f"{_article(noun)} {noun}"
+    fields = {
+        "view": view_phrase,
+        "View": view_phrase[:1].upper() + view_phrase[1:],
+        "a_noun": a_noun,
+        "A_noun": a_noun[:1].upper() + a_noun[1:],
+        "code": class_code,
+        "class_name": class_name,
+        "title": title,
+    }
+    if k is None:
+        k = _i(rng, 3, 5)
+    order = rng.permutation(len(_CAPTION_TEMPLATES))[:k]
+    return [_CAPTION_TEMPLATES[i].format(**fields) for i in order]
+
+
+# --------------------------------------------------------------------------------------
+# Corpus generation
+# --------------------------------------------------------------------------------------
+
+
+def class_counts(num_patents: int, num_classes: int, zipf_exponent: float = 1.1,
+                 min_patents_per_class: int = 4) -> list[int]:
+    """Long-tailed patent counts per class.
+
+    Every class gets ``min_patents_per_class``; the remaining patents are shared out in
+    proportion to ``1 / (k + 1) ** zipf_exponent`` (largest-remainder rounding), so the
+    counts are non-increasing in ``k`` and sum to ``num_patents``.
+    """
+    if num_classes < 1:
+        raise ValueError("num_classes must be >= 1")
+    if min_patents_per_class < 0:
+        raise ValueError("min_patents_per_class must be >= 0")
+    if zipf_exponent < 0:
+        raise ValueError("zipf_exponent must be >= 0")
+    rest = num_patents - num_classes * min_patents_per_class
+    if rest < 0:
+        raise ValueError(
+            f"num_patents={num_patents} is too small for {num_classes} classes with at least "
+            f"{min_patents_per_class} patents each (need >= {num_classes * min_patents_per_class})")
+    w = 1.0 / np.power(np.arange(1, num_classes + 1, dtype=float), zipf_exponent)
+    ideal = rest * w / w.sum()
+    base = np.floor(ideal).astype(int)
+    short = rest - int(base.sum())
+    # largest remainders first; ties broken towards the head class (keeps counts monotone)
+    order = sorted(range(num_classes), key=lambda k: (-(ideal[k] - base[k]), k))
+    for k in order[:short]:
+        base[k] += 1
+    counts = [int(c) + min_patents_per_class for c in base]
+    for k in range(1, num_classes):  # rounding can only break monotonicity by one
+        if counts[k] > counts[k - 1]:
+            counts[k - 1], counts[k] = counts[k], counts[k - 1]
+    return counts
+
+
+def _check_views(views: Sequence[str]) -> None:
+    if isinstance(views, str):
+        raise TypeError("views must be a sequence of view names, not a string")
+    if not views:
+        raise ValueError("at least one view is required")
+    unknown = [v for v in views if v not in _VIEW_DIRECTIONS]
+    if unknown:
+        raise ValueError(f"unknown view(s) {unknown}; supported: {', '.join(SUPPORTED_VIEWS)}")
+    if len(set(views)) != len(views):
+        raise ValueError(f"duplicate views in {list(views)}")
+
+
+def _parse_date(value: str | _dt.date, what: str) -> _dt.date:
+    if isinstance(value, _dt.date):
+        return value
+    try:
+        return _dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise ValueError(f"{what} must be an ISO date YYYY-MM-DD, got {value!r}") from None
+
+
+def generate_synthetic_patents(
+    out_dir: str | Path,
+    *,
+    num_patents: int = 400,
+    num_classes: int = 12,
+    views: Sequence[str] = ("front", "side", "top", "perspective"),
+    image_size: int = 128,
+    seed: int = 0,
+    zipf_exponent: float = 1.1,
+    min_patents_per_class: int = 4,
+    start_date: str = "2012-01-01",
+    end_date: str = "2022-12-31",
+    progress: bool = False,
+) -> Path:
+    """Write a synthetic design-patent corpus to ``out_dir`` and return the manifest path.
+
+    Layout::
+
+        out_dir/manifest.jsonl              one JSON record per patent (docs/manifest.md)
+        out_dir/USD0712345/D00001.png       one drawing per view, in ``views`` order
+        out_dir/USD0712345/D00002.png
+        ...
+
+    Args:
+        out_dir: output folder (created if needed; existing files with the same names are
+            overwritten).
+        num_patents: number of patents (>= ``num_classes * min_patents_per_class``).
+        num_classes: number of design classes, 1..``len(DESIGN_CLASSES)``; the first
+            ``num_classes`` of :data:`DESIGN_CLASSES` are used.
+        views: view names, any of :data:`SUPPORTED_VIEWS`, one drawing per view.
+        image_size: square canvas size in pixels (>= 32).
+        seed: master seed; same arguments give a byte-identical manifest and images.
+        zipf_exponent: tail exponent of the class-size distribution (0 = balanced).
+        min_patents_per_class: floor of the per-class patent count.
+        start_date, end_date: grant dates are drawn uniformly from this inclusive range.
+        progress: show a tqdm progress bar on stderr.
+
+    Returns:
+        ``out_dir / "manifest.jsonl"``.
+    """
+    if not 1 <= num_classes <= len(DESIGN_CLASSES):
+        raise ValueError(f"num_classes must be between 1 and {len(DESIGN_CLASSES)}, got {num_classes}")
+    if num_patents < 1:
+        raise ValueError("num_patents must be >= 1")
+    if image_size < 32:
+        raise ValueError(f"image_size must be >= 32 pixels, got {image_size}")
+    views = tuple(views) if not isinstance(views, str) else views
+    _check_views(views)
+    d0, d1 = _parse_date(start_date, "start_date"), _parse_date(end_date, "end_date")
+    if d1 < d0:
+        raise ValueError(f"end_date {d1} is before start_date {d0}")
+    counts = class_counts(num_patents, num_classes, zipf_exponent, min_patents_per_class)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(int(seed))
+    classes = np.repeat(np.arange(num_classes), counts)
+    rng.shuffle(classes)
+    day_offsets = np.sort(rng.integers(0, (d1 - d0).days + 1, size=num_patents))
+    numbers = 650_000 + int(rng.integers(0, 50_000)) + np.cumsum(rng.integers(1, 120, size=num_patents))
+    width = _line_width(image_size)
+
+    iterator: Iterable[int] = range(num_patents)
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, total=num_patents, desc="synth", unit="patent")
+    records = []
+    for i in iterator:
+        dc = DESIGN_CLASSES[int(classes[i])]
+        prng = np.random.default_rng([int(seed), i, 0xD35])
+        model = _Model()
+        dc.builder(model, prng)
+        yaw, pitch = _camera_jitter(prng)
+        patent_id = f"USD{int(numbers[i]):07d}"
+        title = f"Ornamental design for {_article(dc.noun)} {dc.noun}"
+        pdir = out / patent_id
+        pdir.mkdir(exist_ok=True)
+        drawings = []
+        for k, view in enumerate(views, start=1):
+            img = _render(model, view, image_size, yaw=yaw, pitch=pitch, line_width=width)
+            rel = f"{patent_id}/D{k:05d}.png"
+            img.save(out / rel, format="PNG")
+            drawings.append({
+                "path": rel,
+                "view": view,
+                "captions": make_captions(dc.noun, dc.code, dc.name, title, view, prng),
+            })
+        records.append({
+            "patent_id": patent_id,
+            "grant_date": (d0 + _dt.timedelta(days=int(day_offsets[i]))).isoformat(),
+            "class": dc.code,
+            "class_name": dc.name,
+            "title": title,
+            "object": dc.noun,
+            "drawings": drawings,
+        })
+    manifest = out / MANIFEST_FILENAME
+    write_manifest(manifest, records)
+    return manifest
