@@ -19,8 +19,11 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/patentclip-demo
 
+# system packages the tests use: Debian's chromium (report test); slurm-wlm + munge are installed by the
+# SLURM fixture itself (tests/slurm_cluster.py); SeaweedFS comes from PyPI (dev extra)
 test: $(STAMP)
-	$(PY) -m pytest -q
+	sh tests/install_chromium.sh
+	$(PY) -m pytest -q --durations=15
 
 clean:
 	rm -rf demo-run .pytest_cache

@@ -23,7 +23,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def make_shards(root: Path, patents: int, image_size: int) -> str:
-    from patentclip.launch.demo import shard_pattern
+    from patentclip.shards.build import shard_pattern
     from patentclip.shards.build import build_shards
     from patentclip.shards.synth import generate_synthetic_patents
 

@@ -47,6 +47,8 @@ from patentclip.launch.model import load_open_clip_state_dict, open_clip_state_d
 DS_SUBDIR = "deepspeed"
 META = "meta.json"
 UPLOAD_RETRIES_ENV = "PATENTCLIP_UPLOAD_RETRIES"
+# fault injection for the crash and outage tests: seconds to wait after each uploaded file (default 0)
+UPLOAD_DELAY_ENV = "PATENTCLIP_FAULT_UPLOAD_DELAY"
 
 
 class CheckpointError(RuntimeError):
@@ -135,6 +137,10 @@ def _upload(local_file: str, url: str, retries: int) -> None:
             raise IOError(f"{url}: uploaded size {got} != local size {size}")
 
     _with_retries(put, f"upload of {url}", retries)
+    delay = float(os.environ.get(UPLOAD_DELAY_ENV, "0") or 0)
+    if delay:
+        logging.info("uploaded %s; waiting %.1f s (%s)", url, delay, UPLOAD_DELAY_ENV)
+        time.sleep(delay)
 
 
 def rng_state() -> Dict:
@@ -197,6 +203,8 @@ class CheckpointStore:
         client_state = {"epoch": epoch, "step": step, "name": args.name, "model": args.model,
                         "classes": [c.__dict__ for c in class_table.classes], "loader": loader_states,
                         "rng": _gather(rng_state(), args.world_size), "args": _json_args(args)}
+        if head_state:
+            client_state["patentclip_head"] = {"config": head_state["config"]}
         engine.save_checkpoint(self.local_ds, tag=tag, client_state=client_state, save_latest=False)
         if args.rank == 0 and not mid_epoch:
             oc = {"epoch": epoch, "name": args.name, "state_dict": open_clip_state_dict(engine.module.clip),

@@ -15,24 +15,11 @@ from pathlib import Path
 SPLITS = (("train", 0.8), ("val", 0.2))
 
 
-def shard_pattern(split_dir: Path) -> str:
-    """Brace pattern covering the shards listed in a split's sizes.json."""
-    with open(split_dir / "sizes.json") as f:
-        names = sorted(json.load(f))
-    if not names:
-        raise RuntimeError(f"no shards in {split_dir}")
-    if len(names) == 1:
-        return str(split_dir / names[0])
-    prefix = names[0].rsplit("-", 1)[0]
-    first, last = names[0].rsplit("-", 1)[1].split(".")[0], names[-1].rsplit("-", 1)[1].split(".")[0]
-    return str(split_dir / f"{prefix}-{{{first}..{last}}}.tar")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="patentclip-demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--out", default="demo-run", help="Working folder (default: %(default)s).")
-    p.add_argument("--num-patents", type=int, default=700, help="Synthetic patents (default: %(default)s).")
+    p.add_argument("--num-patents", type=int, default=600, help="Synthetic patents (default: %(default)s).")
     p.add_argument("--num-classes", type=int, default=10, help="Design classes (default: %(default)s).")
     p.add_argument("--image-size", type=int, default=96, help="Drawing size in pixels (default: %(default)s).")
     p.add_argument("--samples-per-shard", type=int, default=200, help="Drawings per shard (default: %(default)s).")
@@ -54,7 +41,7 @@ def main(argv=None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    from patentclip.shards.build import build_shards
+    from patentclip.shards.build import build_shards, shard_pattern
     from patentclip.shards.synth import generate_synthetic_patents
 
     print(f"[1/4] synthetic design patents -> {out / 'patents'}", flush=True)
@@ -77,7 +64,8 @@ def main(argv=None) -> int:
                   "--lr", str(args.lr), "--warmup", "20", "--wd", "0.1", "--workers", str(args.workers),
                   "--loss", args.loss, "--zero-stage", str(args.zero_stage), "--seed", str(args.seed),
                   "--logs", str(logs), "--name", name, "--val-frequency", str(args.epochs),
-                  "--log-every-n-steps", "10", "--resume", "latest"]
+                  "--log-every-n-steps", "10", "--resume", "latest", "--save-frequency", "4",
+                  "--keep-checkpoints", "1"]
     rc = train_main(train_argv)
     if rc != 0:
         print(f"training failed (exit {rc}); see {logs / name / 'out.log'}", file=sys.stderr)
@@ -89,9 +77,11 @@ def main(argv=None) -> int:
 
     from patentclip.launch.evaluate import evaluate_model, format_table, load_model_for_eval
     from patentclip.plugins.classes import load_class_table
+    from patentclip.plugins.models import register_model_configs
     from patentclip.plugins.registry import DATASETS, load_builtin_plugins
 
     load_builtin_plugins()
+    register_model_configs()
     device = torch.device("cpu")
     class_table = load_class_table(val_data)
     tokenizer = get_tokenizer("patentclip-tiny")

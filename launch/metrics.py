@@ -29,20 +29,37 @@ rank ``i`` is relevant:
   standard non-interpolated average precision over the *full* ranked candidate list (equal
   to ``sklearn.metrics.average_precision_score`` on the candidates when scores are
   distinct).  ``mAP`` = mean of ``AP_q`` over valid queries.
-* ``R@K``  = fraction of valid queries with **at least one** relevant item in the top K
-  (the "Recall@K" of the deep-metric-learning / patent-retrieval literature, i.e. a hit rate;
-  it is *not* ``|relevant in top K| / |Rel_q|`` -- that quantity is reported as
-  ``RelRecall@K``).
+* ``R@K``  = mean over valid queries of ``|relevant in top K| / |Rel_q|`` -- **the paper's
+  Recall@K**.  Table 1 of the paper reports MRR@10 above R@10 for every model (e.g. ViT-B-32,
+  all classes: M@10 = 81.3 > R@10 = 58.6), which is impossible for a hit rate (``1/r_q <= 1``
+  only for queries that have a hit in the top 10, so MRR@10 <= hit rate@10) and also fits
+  neither P@K (its R@5 < R@10 for every model, and R@10 is about 2 x R@5 for the weak
+  baselines, as a fraction of all relevant items grows).  This is what every patentclip report
+  calls "R@K".
+* ``HitRate@K`` = fraction of valid queries with **at least one** relevant item in the top K
+  (the "Recall@K" of the deep-metric-learning literature and of image<->text retrieval, see
+  :func:`image_text_recall`).  With exactly one relevant item per query both definitions agree.
 * ``P@K``  = mean over valid queries of ``|relevant in top K| / K`` (the divisor is always K,
   also when fewer than K candidates exist).
-* ``RelRecall@K`` = mean over valid queries of ``|relevant in top K| / |Rel_q|``.
 * ``MRR@K`` = mean over valid queries of ``1 / r_q`` if ``r_q <= K`` else 0, where ``r_q`` is
   the rank of the first relevant candidate.
 * ``mAP_macro`` = AP averaged first within each query label, then across labels (a
   "per-class" mAP; equals ``mAP`` when every label has the same number of valid queries).
 
-:func:`image_text_recall` -- DesignCLIP-style image<->text retrieval R@1/5/10, hit-rate
-definition as above (sample ``i``'s image and text are the positive pair by default).
+:func:`image_text_recall` -- DesignCLIP-style image<->text retrieval R@1/5/10, the hit-rate
+definition (``HitRate@K`` above; sample ``i``'s image and text are the positive pair by default).
+
+:func:`head_class_mask` -- the head/tail rule (the only place it is defined).
+
+Memory and cost
+---------------
+:func:`retrieval_metrics` works on ``chunk_size`` queries at a time against the whole database:
+one ``(chunk_size, N)`` score matrix, its stable sort and a few masks of the same shape, about
+:data:`BYTES_PER_SCORE` bytes per (query, database item) pair of the chunk.  Without an explicit
+``chunk_size`` the chunk is sized from ``max_chunk_bytes`` (default 1 GiB), so peak memory is
+bounded whatever the number of queries; work is one dot product and one sort per pair, i.e.
+``O(Q * N * D + Q * N log N)``, linear in ``Q x N`` up to the log factor of the sort
+(``benchmarks/eval_scaling.py`` measures it).
 
 :func:`classification_accuracy` / :func:`zero_shot_accuracy` -- top-k accuracy, per-class
 top-1 accuracy and balanced (class-mean) top-1 accuracy.
@@ -57,11 +74,23 @@ import torch
 __all__ = [
     "image_text_recall",
     "retrieval_metrics",
+    "head_class_mask",
+    "auto_chunk_size",
     "zero_shot_accuracy",
     "classification_accuracy",
 ]
 
 _NAN = float("nan")
+
+#: Bytes of working memory per (query, database item) pair of a chunk in :func:`retrieval_metrics`
+#: (an upper estimate): at the sort, fp32 scores (4) + sorted values and int64 indices (12) + the
+#: sort's own scratch (up to 12) + candidate / relevance masks (2); afterwards int64 order (8) +
+#: masks in rank order (2) + int32 candidate ranks (4) + about 40 bytes per *relevant* pair for
+#: the AP bookkeeping.  48 covers a relevant fraction up to ~0.8.
+BYTES_PER_SCORE = 48
+
+#: The LLM-informed paper's split (Figure 1): the 40% most frequent classes are "head".
+HEAD_FRACTION = 0.4
 
 
 # ----------------------------------------------------------------------------------------
@@ -109,36 +138,41 @@ def _mean(x: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------------------
 # retrieval core
 # ----------------------------------------------------------------------------------------
-def _rank_chunk(scores: torch.Tensor, cand: torch.Tensor, rel: torch.Tensor, ks: Sequence[int]):
+def _rank_chunk(order: torch.Tensor, cand_s: torch.Tensor, rel_s: torch.Tensor, ks: Sequence[int], top_k: int = 0):
     """Rank statistics of one chunk of queries.
 
-    scores (c, N) float; cand (c, N) bool (candidate mask); rel (c, N) bool, subset of cand.
-    Returns per-query tensors: AP (float64, 0 for queries without relevant), rank of the first
-    relevant candidate (int64, 0 = none), #relevant candidates, #candidates, and for every K in
-    ``ks`` the number of relevant items among the top-K candidates.
+    order (c, N) int64: database indices by decreasing score (stable sort, ties by index);
+    cand_s / rel_s (c, N) bool: the candidate / relevant masks in that order (rel_s within
+    cand_s).  Returns per-query tensors: AP (float64, 0 for queries without relevant), rank of
+    the first relevant candidate (int64, 0 = none), #relevant candidates, #candidates, for
+    every K in ``ks`` the number of relevant items among the top-K candidates, and
+    (``top_k`` > 0) the database indices of the ``top_k`` best candidates, ``(c, top_k)``
+    int64 padded with -1.
     """
-    c = scores.shape[0]
-    dev = scores.device
-    # Stable descending sort: equal scores keep database-index order (tie-break by index).
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    cand_s = cand.gather(1, order)
-    rel_s = rel.gather(1, order)
-    del order
+    c, n = order.shape
+    dev = order.device
     # Rank of each position among the *candidates* (non-candidates may sit anywhere in the
     # sorted row; they do not count, so no score masking is needed).
     cand_rank = torch.cumsum(cand_s, dim=1, dtype=torch.int32)
-    del cand_s
+    top = None
+    if top_k > 0:
+        top = torch.full((c, top_k), -1, dtype=torch.int64, device=dev)
+        tr, tc = (cand_s & (cand_rank <= top_k)).nonzero(as_tuple=True)
+        top[tr, cand_rank[tr, tc].to(torch.int64) - 1] = order[tr, tc]
+        del tr, tc
     rows, cols = rel_s.nonzero(as_tuple=True)  # row-major => relevant items in rank order
-    del rel_s
     rank_of_rel = cand_rank[rows, cols].to(torch.int64)  # candidate rank of each relevant item
-    num_cand = cand_rank[:, -1].to(torch.int64) if cand_rank.shape[1] else torch.zeros(c, dtype=torch.int64, device=dev)
+    del cols
+    num_cand = cand_rank[:, -1].to(torch.int64) if n else torch.zeros(c, dtype=torch.int64, device=dev)
     del cand_rank
     num_rel = torch.bincount(rows, minlength=c)
     # j-th relevant item of its query (1-based) = #relevant at or above it.
     starts = torch.cumsum(num_rel, 0) - num_rel
     j = torch.arange(rows.numel(), device=dev) - starts[rows] + 1
     prec = j.double() / rank_of_rel.double()
+    del j
     ap = torch.zeros(c, dtype=torch.float64, device=dev).index_add_(0, rows, prec)
+    del prec
     ap = ap / num_rel.clamp_min(1).double()
     big = torch.iinfo(torch.int64).max
     first = torch.full((c,), big, dtype=torch.int64, device=dev)
@@ -148,7 +182,7 @@ def _rank_chunk(scores: torch.Tensor, cand: torch.Tensor, rel: torch.Tensor, ks:
     for k in ks:
         hits[k] = torch.zeros(c, dtype=torch.int64, device=dev).index_add_(
             0, rows, (rank_of_rel <= k).to(torch.int64))
-    return ap, first, num_rel, num_cand, hits
+    return ap, first, num_rel, num_cand, hits, top
 
 
 def _aggregate(pq: Mapping[str, torch.Tensor], mask: Optional[torch.Tensor], ks, mrr_k,
@@ -171,13 +205,13 @@ def _aggregate(pq: Mapping[str, torch.Tensor], mask: Optional[torch.Tensor], ks,
         out[f"{prefix}mAP_macro"] = _NAN
     for k in ks:
         h = pq[f"hits@{k}"][valid]
-        out[f"{prefix}R@{k}"] = _mean((h > 0).double())
+        out[f"{prefix}R@{k}"] = _mean(h.double() / pq["num_relevant"][valid].double())
+    for k in ks:
+        h = pq[f"hits@{k}"][valid]
+        out[f"{prefix}HitRate@{k}"] = _mean((h > 0).double())
     for k in ks:
         h = pq[f"hits@{k}"][valid]
         out[f"{prefix}P@{k}"] = _mean(h.double() / k)
-    for k in ks:
-        h = pq[f"hits@{k}"][valid]
-        out[f"{prefix}RelRecall@{k}"] = _mean(h.double() / pq["num_relevant"][valid].double())
     first = pq["first_relevant_rank"][valid]
     rr = torch.where(first <= mrr_k, 1.0 / first.double(), torch.zeros_like(first, dtype=torch.float64))
     out[f"{prefix}MRR@{mrr_k}"] = _mean(rr)
@@ -187,6 +221,57 @@ def _aggregate(pq: Mapping[str, torch.Tensor], mask: Optional[torch.Tensor], ks,
     out[f"{prefix}num_valid_queries"] = n_valid
     out[f"{prefix}num_queries_without_relevant"] = n_q - n_valid
     return out
+
+
+def auto_chunk_size(num_db: int, max_chunk_bytes: int = 1 << 30) -> int:
+    """Queries per chunk so that one chunk's working memory (:data:`BYTES_PER_SCORE` bytes per
+    (query, database item) pair) stays within ``max_chunk_bytes``; at least 1."""
+    return max(1, int(max_chunk_bytes) // (BYTES_PER_SCORE * max(1, int(num_db))))
+
+
+def head_class_mask(counts, categories: Optional[Sequence[Optional[str]]] = None,
+                    head_fraction: float = HEAD_FRACTION) -> torch.Tensor:
+    """Which classes are *head* classes: a ``(C,)`` bool tensor (``False`` = tail).
+
+    The rule (used by every head/tail figure in patentclip; the loss plugins' category split in
+    ``plugins/losses.py`` follows the same rule, tests/test_evaluate.py checks that they agree):
+
+    1. If ``categories`` gives every class a category ``"head"`` or ``"tail"`` (the ``category``
+       field of ``classes.json``), those categories decide.  Some classes with a category and
+       others without, or another value, is an error.
+    2. Otherwise the LLM-informed paper's rule (its Figure 1): sort the classes by training
+       frequency ``counts`` (descending; equal counts: smaller class id first); the first
+       ``ceil(head_fraction * C)`` classes (``head_fraction`` = 0.4: the top 40%) are head, the
+       rest tail.  Classes with count 0 are always tail.
+
+    ``counts`` must be *training* frequencies (the training split's ``classes.json`` counts,
+    which checkpoints carry) for the split to mean what the paper means.
+    """
+    counts = torch.as_tensor(counts, dtype=torch.float64).flatten()
+    n = counts.numel()
+    if categories is not None:
+        cats = [str(c or "").strip().lower() for c in categories]
+        if len(cats) != n:
+            raise ValueError(f"{len(cats)} categories for {n} classes")
+        given = [bool(c) for c in cats]
+        if cats and all(given):
+            bad = sorted({c for c in cats if c not in ("head", "tail")})
+            if bad:
+                raise ValueError(f"class category must be 'head' or 'tail', got {bad}")
+            return torch.tensor([c == "head" for c in cats], dtype=torch.bool)
+        if any(given):
+            missing = [i for i, g in enumerate(given) if not g][:10]
+            raise ValueError(f"some classes have a 'category' and some do not (e.g. ids {missing}); give it for "
+                             f"all classes or for none")
+    if not 0.0 <= head_fraction <= 1.0:
+        raise ValueError("head_fraction must be in [0, 1]")
+    n_head = min(n, math.ceil(head_fraction * n - 1e-9))
+    # stable sort on -count keeps class-id order among equal counts
+    order = torch.sort(-counts, stable=True).indices
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[order[:n_head]] = True
+    mask &= counts > 0
+    return mask
 
 
 @torch.no_grad()
@@ -203,11 +288,13 @@ def retrieval_metrics(
     exclude: Optional[torch.Tensor] = None,
     query_patent_ids: Optional[torch.Tensor] = None,
     db_patent_ids: Optional[torch.Tensor] = None,
-    chunk_size: int = 1024,
+    chunk_size: Optional[int] = None,
+    max_chunk_bytes: int = 1 << 30,
     label_groups: Optional[Mapping[str, torch.Tensor]] = None,
     return_per_query: bool = False,
+    return_top_k: int = 0,
 ) -> Dict[str, object]:
-    """Image-retrieval metrics (mAP, R@K, P@K, MRR@K) with the optional prior-art time filter.
+    """Image-retrieval metrics (mAP, R@K, HitRate@K, P@K, MRR@K) with the optional prior-art time filter.
 
     Args:
         query_features: ``(Q, D)`` L2-normalised query embeddings.
@@ -215,7 +302,7 @@ def retrieval_metrics(
         query_labels, db_labels: ``(Q,)`` / ``(N,)`` integer tensors.  Database item ``d`` is
             *relevant* to query ``q`` iff ``db_labels[d] == query_labels[q]`` (class ids for
             class-level retrieval, patent ids for re-identification: the caller decides).
-        ks: cut-offs for ``R@K``, ``P@K`` and ``RelRecall@K`` (default 5 and 10).
+        ks: cut-offs for ``R@K``, ``HitRate@K`` and ``P@K`` (default 5 and 10).
         mrr_k: cut-off of ``MRR@K`` (default 10).
         query_times, db_times: optional ``(Q,)`` / ``(N,)`` tensors of grant times (e.g. days
             since epoch); give both or neither.  When given, the **prior-art filter** applies:
@@ -228,18 +315,22 @@ def retrieval_metrics(
             both are given, database drawings of the query's own patent
             (``db_patent_ids[d] == query_patent_ids[q]``) are not candidates
             ("exclude same patent").
-        chunk_size: queries are processed ``chunk_size`` at a time; peak memory is one
-            ``(chunk_size, N)`` score matrix plus its sort (indices) and a few masks of the same
-            shape.  Results do not depend on it.
+        chunk_size: queries processed at a time; peak memory is about
+            ``chunk_size * N * BYTES_PER_SCORE`` bytes.  Default: :func:`auto_chunk_size` of
+            ``max_chunk_bytes``.  Results do not depend on it.
+        max_chunk_bytes: memory budget of one chunk when ``chunk_size`` is not given (1 GiB).
         label_groups: optional ``{name: (Q,) bool mask}``; every metric is also reported for
             the queries of each group under ``"{name}/{metric}"`` (e.g. ``head/mAP``).
         return_per_query: also return ``per_query``: a dict of CPU tensors ``ap``,
             ``first_relevant_rank`` (0 = no relevant candidate), ``num_relevant``,
             ``num_candidates`` and ``hits@K`` (#relevant in the top K).
+        return_top_k: also return ``top_indices``: a ``(Q, return_top_k)`` CPU int64 tensor of
+            the database indices of each query's best candidates in rank order (``-1`` where a
+            query has fewer candidates).
 
     Returns:
-        dict with ``mAP``, ``R@K`` and ``P@K`` for each K in ``ks``, ``MRR@{mrr_k}``, plus
-        ``mAP_macro``, ``RelRecall@K``, ``num_queries`` (queries considered),
+        dict with ``mAP``, ``R@K``, ``HitRate@K`` and ``P@K`` for each K in ``ks``,
+        ``MRR@{mrr_k}``, plus ``mAP_macro``, ``num_queries`` (queries considered),
         ``num_valid_queries`` and ``num_queries_without_relevant`` (queries with no relevant
         candidate; they are excluded from every average, so
         ``num_valid_queries = num_queries - num_queries_without_relevant``).  Metrics are
@@ -250,14 +341,19 @@ def retrieval_metrics(
     mrr_k = int(mrr_k)
     if mrr_k < 1:
         raise ValueError("mrr_k must be >= 1")
-    if chunk_size < 1:
-        raise ValueError("chunk_size must be >= 1")
+    return_top_k = int(return_top_k)
+    if return_top_k < 0:
+        raise ValueError("return_top_k must be >= 0")
     q = _features(query_features, "query_features")
     dev = q.device
     db = _features(db_features, "db_features", dev).to(q.dtype)
     if q.shape[1] != db.shape[1]:
         raise ValueError(f"feature dims differ: {q.shape[1]} vs {db.shape[1]}")
     n_q, n_db = q.shape[0], db.shape[0]
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(n_db, max_chunk_bytes)
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be >= 1")
     q_lab = _vector(query_labels, n_q, "query_labels", dev)
     db_lab = _vector(db_labels, n_db, "db_labels", dev)
 
@@ -296,7 +392,7 @@ def retrieval_metrics(
                 raise ValueError(f"label_groups[{name!r}] must be a ({n_q},) bool mask")
             groups[name] = m.cpu()
 
-    ap_l, first_l, nrel_l, ncand_l = [], [], [], []
+    ap_l, first_l, nrel_l, ncand_l, top_l = [], [], [], [], []
     hits_l = {k: [] for k in ks}
     for s in range(0, n_q, chunk_size):
         e = min(s + chunk_size, n_q)
@@ -314,15 +410,24 @@ def retrieval_metrics(
             ok = exc >= 0
             r = torch.arange(c, device=dev)[:, None].expand_as(exc)[ok]
             cand[r, exc[ok]] = False
+        # Stable descending sort: equal scores keep database-index order (tie-break by index).
+        order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+        del scores
         rel = (db_lab[None, :] == q_lab[s:e, None]) & cand
-        ap, first, nrel, ncand, hits = _rank_chunk(scores, cand, rel, ks)
-        del scores, cand, rel
+        rel_s = rel.gather(1, order)
+        del rel
+        cand_s = cand.gather(1, order)
+        del cand
+        ap, first, nrel, ncand, hits, top = _rank_chunk(order, cand_s, rel_s, ks, return_top_k)
+        del order, cand_s, rel_s
         ap_l.append(ap.cpu())
         first_l.append(first.cpu())
         nrel_l.append(nrel.cpu())
         ncand_l.append(ncand.cpu())
         for k in ks:
             hits_l[k].append(hits[k].cpu())
+        if top is not None:
+            top_l.append(top.cpu())
 
     def cat(xs, dtype):
         return torch.cat(xs) if xs else torch.zeros(0, dtype=dtype)
@@ -342,6 +447,8 @@ def retrieval_metrics(
         out.update(_aggregate(pq, m, ks, mrr_k, labels_cpu, prefix=f"{name}/"))
     if return_per_query:
         out["per_query"] = pq
+    if return_top_k:
+        out["top_indices"] = torch.cat(top_l) if top_l else torch.zeros((0, return_top_k), dtype=torch.int64)
     return out
 
 
@@ -353,7 +460,8 @@ def image_text_recall(
     *,
     image_groups: Optional[torch.Tensor] = None,
     text_groups: Optional[torch.Tensor] = None,
-    chunk_size: int = 1024,
+    chunk_size: Optional[int] = None,
+    max_chunk_bytes: int = 1 << 30,
 ) -> Dict[str, float]:
     """Image<->text retrieval recall (hit rate) at K, as in DesignCLIP / CLIP evaluations.
 
@@ -371,7 +479,7 @@ def image_text_recall(
 
     Similarity = dot product (features assumed L2-normalised); ties broken by index.  An image
     (text) that has no positive text (image) at all is left out of the fraction.  Same code
-    path as :func:`retrieval_metrics` (``R@K``).
+    path as :func:`retrieval_metrics` (its ``HitRate@K``), chunked the same way.
     """
     ks = _ks(ks)
     img = _features(image_features, "image_features")
@@ -383,12 +491,12 @@ def image_text_recall(
     if image_groups is None and text_groups is None and n_i != n_t:
         raise ValueError(f"{n_i} images vs {n_t} texts: pass image_groups/text_groups to pair them")
     out: Dict[str, float] = {}
-    i2t = retrieval_metrics(img, txt, ig, tg, ks=ks, mrr_k=1, chunk_size=chunk_size)
-    t2i = retrieval_metrics(txt, img, tg, ig, ks=ks, mrr_k=1, chunk_size=chunk_size)
+    i2t = retrieval_metrics(img, txt, ig, tg, ks=ks, mrr_k=1, chunk_size=chunk_size, max_chunk_bytes=max_chunk_bytes)
+    t2i = retrieval_metrics(txt, img, tg, ig, ks=ks, mrr_k=1, chunk_size=chunk_size, max_chunk_bytes=max_chunk_bytes)
     for k in ks:
-        out[f"image_to_text_R@{k}"] = i2t[f"R@{k}"]
+        out[f"image_to_text_R@{k}"] = i2t[f"HitRate@{k}"]
     for k in ks:
-        out[f"text_to_image_R@{k}"] = t2i[f"R@{k}"]
+        out[f"text_to_image_R@{k}"] = t2i[f"HitRate@{k}"]
     return out
 
 

@@ -1,7 +1,8 @@
 """The class table (``classes.json``) that the shard builder writes beside the shards.
 
-``classes.json`` is a JSON list ``[{"id": 0, "code": "07-01", "name": "cups and mugs", "count": 812}, ...]``
-sorted by id; ``count`` is the number of drawings of that class in that split. Losses use the counts for
+``classes.json`` is a JSON list ``[{"id": 0, "code": "07-01", "name": "cups and mugs", "count": 812,
+"category": "head"}, ...]`` sorted by id; ``count`` is the number of drawings of that class in that split,
+``category`` head/tail (optional). Losses use the counts for
 class-aware weighting, evaluation uses the names for zero-shot prompts.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ class ClassInfo:
     code: str
     name: str
     count: int
+    category: Optional[str] = None  # "head" / "tail" (shards/build.py's rule), when classes.json has it
 
 
 class ClassTable:
@@ -71,7 +73,8 @@ class ClassTable:
         if isinstance(data, dict) and "classes" in data:
             data = data["classes"]
         try:
-            classes = [ClassInfo(int(c["id"]), str(c["code"]), str(c["name"]), int(c.get("count", 0))) for c in data]
+            classes = [ClassInfo(int(c["id"]), str(c["code"]), str(c["name"]), int(c.get("count", 0)),
+                                 c.get("category")) for c in data]
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: not a classes.json list of {{id, code, name, count}} objects ({exc})") from None
         return cls(classes, source=path)

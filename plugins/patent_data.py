@@ -233,11 +233,19 @@ class PatentStream(IterableDataset):
         return math.ceil(len(urls[worker::num_workers]) / self.group_shards)
 
     # -- examples ---------------------------------------------------------------------------------------
-    def group_examples(self, group: List[str], epoch: int, gidx: int, skips: SkipCounter) -> List[Dict]:
-        """All examples of one shard group, after pairing, sampling and the group shuffle."""
+    @staticmethod
+    def read_group(group: List[str], skips: SkipCounter) -> List[Dict]:
+        """The raw samples of a shard group, in shard order (I/O only: runs in the prefetch thread)."""
         samples: List[Dict] = []
         for url in group:
             samples.extend(_tar_samples(url, skips))
+        return samples
+
+    def group_examples(self, group: List[str], epoch: int, gidx: int, skips: SkipCounter,
+                       samples: Optional[List[Dict]] = None) -> List[Dict]:
+        """All examples of one shard group, after pairing, sampling and the group shuffle."""
+        if samples is None:
+            samples = self.read_group(group, skips)
         # patents: runs of adjacent samples with the same patent id
         examples: List[Dict] = []
         run: List[Dict] = []
@@ -355,6 +363,27 @@ class PatentStream(IterableDataset):
         return {**fresh, "group": int(frac * n_groups) if n_groups is not None else 0,
                 "batches": int(frac * (self.num_worker_batches or 0))}
 
+    def _prefetched_groups(self, epoch: int, worker: int, num_workers: int, first: int, skips: SkipCounter):
+        """(index, shards, raw samples) of the groups from ``first`` on; the next group is read by a background
+        thread while the current one is decoded, so a worker does not stall at group boundaries (S3 latency).
+        Groups before ``first`` (consumed before a resume) are not read at all."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        groups = ((g, grp) for g, grp in enumerate(self.worker_groups(epoch, worker, num_workers)) if g >= first)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patentclip-prefetch")
+        try:
+            nxt = next(groups, None)
+            pending = pool.submit(self.read_group, nxt[1], skips) if nxt else None
+            while nxt is not None:
+                gidx, group = nxt
+                raw = pending.result()
+                nxt = next(groups, None)
+                pending = pool.submit(self.read_group, nxt[1], skips) if nxt else None
+                yield gidx, group, raw
+        finally:
+            # at the batch quota the prefetched group is not needed: do not wait for it
+            pool.shutdown(wait=False, cancel_futures=True)
+
     def __iter__(self):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
@@ -377,10 +406,8 @@ class PatentStream(IterableDataset):
             return batch
 
         if limit is None or batches < limit:
-            for gidx, group in enumerate(self.worker_groups(epoch, worker, num_workers)):
-                if gidx < pos["group"]:
-                    continue  # consumed before the resume: not even read
-                examples = self.group_examples(group, epoch, gidx, skips)
+            for gidx, group, raw in self._prefetched_groups(epoch, worker, num_workers, pos["group"], skips):
+                examples = self.group_examples(group, epoch, gidx, skips, samples=raw)
                 start = pos["offset"] if gidx == pos["group"] else 0
                 for j in range(start, len(examples)):
                     try:

@@ -10,7 +10,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def shard_pattern(split_dir: Path) -> str:
-    from patentclip.launch.demo import shard_pattern as pattern
+    from patentclip.shards.build import shard_pattern as pattern
 
     return pattern(split_dir)
 

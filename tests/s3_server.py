@@ -33,6 +33,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_port_pair(rng) -> int:
+    """A free port p whose gRPC twin p + 10000 (SeaweedFS's default offset) is free too."""
+    for _ in range(200):
+        p = rng.randrange(20000, 45000)
+        if _is_free(p) and _is_free(p + 10000):
+            return p
+    raise RuntimeError("no free port pair found on 127.0.0.1")
+
+
 def weed_binary() -> str:
     cand = Path(sys.executable).parent / "weed"
     if cand.exists():
@@ -70,12 +88,23 @@ class S3Server:
         identities.write_text(json.dumps({"identities": [{
             "name": "admin", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
-        # the other services of `weed mini` need ports too: give each a free one so parallel servers coexist
-        cmd = [weed_binary(), "mini", f"-dir={store}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-               "-master.telemetry=false", "-admin.ui=false", "-webdav=false", f"-s3.port={self.port}",
-               "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={identities}"]
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # the other services of `weed mini` (master, volume, filer, admin and their gRPC ports at +10000) would use
+        # fixed default ports: give each a free one so servers of parallel test runs coexist; retry on a race
+        import random
+
+        rng = random.Random()
+        for attempt in range(5):
+            ports = {"master": free_port_pair(rng), "volume": free_port_pair(rng), "filer": free_port_pair(rng),
+                     "admin": free_port_pair(rng)}
+            cmd = [weed_binary(), "mini", f"-dir={store}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                   "-master.telemetry=false", "-admin.ui=false", "-webdav=false", f"-s3.port={self.port}",
+                   "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={identities}",
+                   *(f"-{name}.port={port}" for name, port in ports.items())]
+            log = open(self.log_path, "ab")
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            time.sleep(0.3)
+            if self.proc.poll() is None or "address already in use" not in self.log_path.read_text()[-2000:]:
+                break
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:

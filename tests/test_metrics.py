@@ -51,16 +51,16 @@ def test_hand_rel_non_rel():
     # one query (label 0); db scores 0.9, 0.8, 0.7 with labels 0, 1, 0
     # ranking: [rel, non, rel]
     #   AP   = (P@1 + P@3) / 2 = (1/1 + 2/3) / 2 = 5/6
-    #   R@1  = 1 (hit at rank 1), R@2 = 1, R@3 = 1
+    #   HitRate@1 = 1 (hit at rank 1), HitRate@2 = 1, HitRate@3 = 1
     #   P@1  = 1/1, P@2 = 1/2, P@3 = 2/3
-    #   RelRecall@1 = 1/2, @2 = 1/2, @3 = 2/2
+    #   R@1 = 1/2, R@2 = 1/2, R@3 = 2/2   (relevant in top K / all relevant: the paper's R@K)
     #   MRR  = 1/1
     q, db = feats_from_scores([0.9, 0.8, 0.7])
     r = metrics.retrieval_metrics(q, db, torch.tensor([0]), torch.tensor([0, 1, 0]), ks=(1, 2, 3))
     assert r["mAP"] == approx(F(5, 6))
-    assert (r["R@1"], r["R@2"], r["R@3"]) == (1.0, 1.0, 1.0)
+    assert (r["HitRate@1"], r["HitRate@2"], r["HitRate@3"]) == (1.0, 1.0, 1.0)
     assert r["P@1"] == approx(1) and r["P@2"] == approx(F(1, 2)) and r["P@3"] == approx(F(2, 3))
-    assert r["RelRecall@1"] == approx(F(1, 2)) and r["RelRecall@3"] == approx(1)
+    assert r["R@1"] == approx(F(1, 2)) and r["R@2"] == approx(F(1, 2)) and r["R@3"] == approx(1)
     assert r["MRR@10"] == approx(1)
     assert r["num_queries"] == 1 and r["num_valid_queries"] == 1
     assert r["num_queries_without_relevant"] == 0
@@ -72,14 +72,16 @@ def test_hand_two_queries_and_mrr_cutoff():
     # query B (label 1): same scores -> [non, rel, non, rel]
     #   AP_B = (1/2 + 2/4)/2 = 1/2, first relevant rank 2
     # mAP = (5/6 + 1/2)/2 = 2/3
-    # R@1 = (1 + 0)/2 = 1/2 ; R@2 = 1 ; P@1 = (1 + 0)/2 = 1/2 ; P@2 = (1/2 + 1/2)/2 = 1/2
+    # HitRate@1 = (1 + 0)/2 = 1/2 ; HitRate@2 = 1 ; P@1 = (1 + 0)/2 = 1/2 ; P@2 = (1/2 + 1/2)/2 = 1/2
+    # R@1 = (1/2 + 0)/2 = 1/4 ; R@2 = (1/2 + 1/2)/2 = 1/2 ; R@4 = (2/2 + 2/2)/2 = 1
     # P@4 = (2/4 + 2/4)/2 = 1/2
     # MRR@10 = (1 + 1/2)/2 = 3/4 ; MRR@1 = (1 + 0)/2 = 1/2
     q, db = feats_from_scores([[0.9, 0.8, 0.7, 0.6], [0.9, 0.8, 0.7, 0.6]])
     ql, dl = torch.tensor([0, 1]), torch.tensor([0, 1, 0, 1])
     r = metrics.retrieval_metrics(q, db, ql, dl, ks=(1, 2, 4))
     assert r["mAP"] == approx(F(2, 3))
-    assert r["R@1"] == approx(F(1, 2)) and r["R@2"] == 1.0 and r["R@4"] == 1.0
+    assert r["HitRate@1"] == approx(F(1, 2)) and r["HitRate@2"] == 1.0 and r["HitRate@4"] == 1.0
+    assert r["R@1"] == approx(F(1, 4)) and r["R@2"] == approx(F(1, 2)) and r["R@4"] == 1.0
     assert r["P@1"] == approx(F(1, 2)) and r["P@2"] == approx(F(1, 2)) and r["P@4"] == approx(F(1, 2))
     assert r["MRR@10"] == approx(F(3, 4))
     r1 = metrics.retrieval_metrics(q, db, ql, dl, ks=(1,), mrr_k=1)
@@ -91,7 +93,8 @@ def test_hand_two_queries_and_mrr_cutoff():
 def test_default_keys():
     q, db = feats_from_scores([0.9, 0.8, 0.7])
     r = metrics.retrieval_metrics(q, db, torch.tensor([0]), torch.tensor([0, 1, 0]))
-    for k in ["mAP", "R@5", "R@10", "P@5", "P@10", "MRR@10", "num_queries", "num_queries_without_relevant"]:
+    for k in ["mAP", "R@5", "R@10", "HitRate@5", "HitRate@10", "P@5", "P@10", "MRR@10", "num_queries",
+              "num_queries_without_relevant"]:
         assert k in r
     # P@K divides by K even with only 3 candidates: 2 relevant / 5
     assert r["P@5"] == approx(F(2, 5)) and r["P@10"] == approx(F(2, 10))
@@ -103,7 +106,8 @@ def test_ties_broken_by_db_index():
     q, db = feats_from_scores([0.5, 0.5, 0.5])
     r = metrics.retrieval_metrics(q, db, torch.tensor([0]), torch.tensor([1, 0, 1]), ks=(1, 2))
     assert r["mAP"] == approx(F(1, 2)) and r["MRR@10"] == approx(F(1, 2))
-    assert r["R@1"] == 0.0 and r["R@2"] == 1.0
+    assert r["R@1"] == 0.0 and r["R@2"] == 1.0  # one relevant item: R@K == HitRate@K
+    assert r["HitRate@1"] == 0.0 and r["HitRate@2"] == 1.0
     # labels 0 1 0 -> [rel, non, rel]: AP = (1 + 2/3)/2
     r = metrics.retrieval_metrics(q, db, torch.tensor([0]), torch.tensor([0, 1, 0]), ks=(1, 2))
     assert r["mAP"] == approx(F(5, 6))
@@ -150,12 +154,14 @@ def test_exclude_self_hand():
     s = [[1.0, 0.3, 0.6],
          [0.3, 1.0, 0.2],
          [0.6, 0.2, 1.0]]
-    # without exclude every query finds itself at rank 1: R@1 = MRR = mAP... = 1 for q2,
+    # without exclude every query finds itself at rank 1: HitRate@1 = MRR = 1; mAP = 1 for q2,
     # q0: [self rel, 2 non, 1 rel] -> AP = (1 + 2/3)/2 ; q1: [self, 0 rel, 2 non] -> AP = 1
+    # R@1: q0 1/2 (2 relevant), q1 1/2, q2 1/1 -> 2/3
     q, db = feats_from_scores(s)
     lab = torch.tensor([0, 0, 1])
     r = metrics.retrieval_metrics(q, db, lab, lab, ks=(1,))
-    assert r["R@1"] == 1.0 and r["MRR@10"] == 1.0
+    assert r["HitRate@1"] == 1.0 and r["MRR@10"] == 1.0
+    assert r["R@1"] == approx(F(2, 3))
     assert r["mAP"] == approx((F(5, 6) + 1 + 1) / 3)
     # excluding self:
     #   q0: candidates [2 (0.6, non), 1 (0.3, rel)] -> AP = 1/2, first rank 2
@@ -198,7 +204,8 @@ def test_label_groups_hand_and_subset_equivalence():
     r = metrics.retrieval_metrics(q, db, ql, dl, ks=(1, 2), label_groups=groups)
     assert r["mAP"] == approx(F(2, 3))
     assert r["head/mAP"] == approx(F(5, 6)) and r["tail/mAP"] == approx(F(1, 2))
-    assert r["head/R@1"] == 1.0 and r["tail/R@1"] == 0.0
+    assert r["head/HitRate@1"] == 1.0 and r["tail/HitRate@1"] == 0.0
+    assert r["head/R@1"] == approx(F(1, 2)) and r["tail/R@1"] == 0.0
     assert r["head/MRR@10"] == 1.0 and r["tail/MRR@10"] == approx(F(1, 2))
     assert r["head/num_queries"] == 1 and r["tail/num_queries"] == 1
 
@@ -216,13 +223,119 @@ def test_label_groups_hand_and_subset_equivalence():
             assert r[f"{name}/{k}"] == pytest.approx(v, abs=1e-12), (name, k)
 
 
+def test_paper_recall_allows_mrr_above_recall():
+    # The paper's Table 1 has M@10 > R@10: possible with R@K = relevant-in-top-K / all relevant.
+    # One query, 20 relevant items in a database of 40; ranking: rel at ranks 1..5, then 5 non,
+    # then the other 15 relevant, then 15 non.
+    #   MRR@10 = 1 ; R@10 = 5/20 = 1/4 ; HitRate@10 = 1 ; P@10 = 5/10
+    labels = [0] * 5 + [1] * 5 + [0] * 15 + [1] * 15
+    scores = [1.0 - i / 100 for i in range(40)]
+    q, db = feats_from_scores(scores)
+    r = metrics.retrieval_metrics(q, db, torch.tensor([0]), torch.tensor(labels), ks=(5, 10))
+    assert r["MRR@10"] == 1.0 and r["HitRate@10"] == 1.0
+    assert r["R@10"] == approx(F(1, 4)) and r["R@5"] == approx(F(5, 20)) and r["P@10"] == approx(F(1, 2))
+    assert r["MRR@10"] > r["R@10"]
+    # ... while a hit rate can never be below MRR (1/rank <= 1 only for queries with a hit)
+    g = torch.Generator().manual_seed(4)
+    qf = torch.nn.functional.normalize(torch.randn(60, 8, generator=g), dim=1)
+    dbf = torch.nn.functional.normalize(torch.randn(200, 8, generator=g), dim=1)
+    r = metrics.retrieval_metrics(qf, dbf, torch.randint(0, 6, (60,), generator=g),
+                                  torch.randint(0, 6, (200,), generator=g), ks=(10,))
+    assert r["HitRate@10"] >= r["MRR@10"] and r["HitRate@10"] >= r["R@10"]
+
+
+def test_top_k_indices_hand():
+    # db scores .9 .8 .7 .6 .5 ; times 12 10 5 3 1 ; query granted at t=10 -> candidates 2, 3, 4
+    # (idx 0 later, idx 1 same day). top-2 = [2, 3]; top-4 = [2, 3, 4, -1]
+    q, db = feats_from_scores([0.9, 0.8, 0.7, 0.6, 0.5])
+    dl = torch.tensor([0, 0, 1, 0, 0])
+    kw = dict(query_times=torch.tensor([10]), db_times=torch.tensor([12, 10, 5, 3, 1]))
+    r = metrics.retrieval_metrics(q, db, torch.tensor([0]), dl, return_top_k=2, **kw)
+    assert r["top_indices"].tolist() == [[2, 3]]
+    r = metrics.retrieval_metrics(q, db, torch.tensor([0]), dl, return_top_k=4, **kw)
+    assert r["top_indices"].tolist() == [[2, 3, 4, -1]]
+    # ties: equal scores rank by database index
+    q, db = feats_from_scores([[0.5, 0.5, 0.9], [0.1, 0.1, 0.1]])
+    r = metrics.retrieval_metrics(q, db, torch.tensor([0, 0]), torch.tensor([0, 0, 0]), return_top_k=3,
+                                  chunk_size=1)
+    assert r["top_indices"].tolist() == [[2, 0, 1], [0, 1, 2]]
+    # random: top indices == stable argsort of the masked scores
+    g = torch.Generator().manual_seed(9)
+    qf = torch.nn.functional.normalize(torch.randn(15, 6, generator=g, dtype=torch.float64), dim=1)
+    dbf = torch.nn.functional.normalize(torch.randn(40, 6, generator=g, dtype=torch.float64), dim=1)
+    qt, dt = torch.randint(0, 10, (15,), generator=g), torch.randint(0, 10, (40,), generator=g)
+    r = metrics.retrieval_metrics(qf, dbf, torch.zeros(15, dtype=torch.long), torch.zeros(40, dtype=torch.long),
+                                  query_times=qt, db_times=dt, return_top_k=5, chunk_size=4)
+    for i in range(15):
+        cands = [d for d in range(40) if dt[d] < qt[i]]
+        ranked = sorted(cands, key=lambda d: (-float(qf[i] @ dbf[d]), d))[:5]
+        assert r["top_indices"][i].tolist() == ranked + [-1] * (5 - len(ranked))
+
+
+def test_auto_chunk_size_and_memory_budget():
+    assert metrics.auto_chunk_size(1000, metrics.BYTES_PER_SCORE * 1000 * 7) == 7
+    assert metrics.auto_chunk_size(10 ** 9, 1) == 1
+    # 250K queries x 800K database in 1 GiB chunks: 27 queries per chunk, about 9300 chunks
+    assert metrics.auto_chunk_size(800_000) == (1 << 30) // (metrics.BYTES_PER_SCORE * 800_000)
+    g = torch.Generator().manual_seed(1)
+    qf = torch.nn.functional.normalize(torch.randn(30, 8, generator=g), dim=1)
+    dbf = torch.nn.functional.normalize(torch.randn(70, 8, generator=g), dim=1)
+    ql, dl = torch.randint(0, 3, (30,), generator=g), torch.randint(0, 3, (70,), generator=g)
+    small = metrics.retrieval_metrics(qf, dbf, ql, dl, max_chunk_bytes=metrics.BYTES_PER_SCORE * 70 * 4,
+                                      return_per_query=True, return_top_k=3)
+    big = metrics.retrieval_metrics(qf, dbf, ql, dl, return_per_query=True, return_top_k=3)
+    assert_same(small, big)
+
+
+def test_auto_chunk_size_bounds_work_per_chunk(monkeypatch):
+    """The chunk loop really works on ceil(Q / chunk) chunks of at most `chunk` queries each."""
+    seen = []
+    real = metrics._rank_chunk
+
+    def spy(order, cand_s, rel_s, ks, top_k=0):
+        seen.append(tuple(order.shape))
+        return real(order, cand_s, rel_s, ks, top_k)
+
+    monkeypatch.setattr(metrics, "_rank_chunk", spy)
+    qf = torch.nn.functional.normalize(torch.randn(50, 4), dim=1)
+    dbf = torch.nn.functional.normalize(torch.randn(30, 4), dim=1)
+    lab_q, lab_db = torch.zeros(50, dtype=torch.long), torch.zeros(30, dtype=torch.long)
+    metrics.retrieval_metrics(qf, dbf, lab_q, lab_db, max_chunk_bytes=metrics.BYTES_PER_SCORE * 30 * 8)
+    assert seen == [(8, 30)] * 6 + [(2, 30)]
+
+
+def test_head_class_mask_rule():
+    # counts 5 50 10 0 20 : C = 5, ceil(0.4 * 5) = 2 head classes -> the two most frequent: 1 (50), 4 (20)
+    assert metrics.head_class_mask([5, 50, 10, 0, 20]).tolist() == [False, True, False, False, True]
+    # C = 3: ceil(1.2) = 2 ; equal counts -> smaller class id first
+    assert metrics.head_class_mask([3, 3, 3]).tolist() == [True, True, False]
+    # C = 10: exactly 4 head classes
+    m = metrics.head_class_mask(list(range(10, 0, -1)))
+    assert m.tolist() == [True] * 4 + [False] * 6
+    # classes without training samples are tail even when they would fall in the top 40%
+    assert metrics.head_class_mask([4, 0, 0, 0, 0]).tolist() == [True, False, False, False, False]
+    # explicit categories (classes.json "category") win over counts
+    assert metrics.head_class_mask([1, 100, 1], ["head", "tail", "Tail"]).tolist() == [True, False, False]
+    # no categories at all -> the frequency rule (2 head classes: 100, then the tie 1/1 goes to class 0)
+    assert metrics.head_class_mask([1, 100, 1], [None, "", None]).tolist() == [True, True, False]
+    # some classes with a category and some without, or an unknown category: an error, not a silent mix
+    with pytest.raises(ValueError, match="some classes"):
+        metrics.head_class_mask([1, 100, 1], ["head", None, "tail"])
+    with pytest.raises(ValueError, match="head.*tail"):
+        metrics.head_class_mask([1, 100, 1], ["head", "middle", "tail"])
+    assert metrics.head_class_mask([1, 2], head_fraction=1.0).tolist() == [True, True]
+    with pytest.raises(ValueError):
+        metrics.head_class_mask([1, 2], ["head"])
+
+
 # ---------------------------------------------------------------------------------------
 # retrieval: independent oracle (scikit-learn AP + brute-force python loops)
 # ---------------------------------------------------------------------------------------
 def brute_force(qf, dbf, ql, dl, ks, mrr_k, qt=None, dt=None, exclude=None, qp=None, dp=None):
     qf, dbf = qf.numpy().astype(np.float64), dbf.numpy().astype(np.float64)
     scores = qf @ dbf.T
-    aps, r_at, p_at, mrr, n_without = [], {k: [] for k in ks}, {k: [] for k in ks}, [], 0
+    aps, mrr, n_without = [], [], 0
+    r_at, hr_at, p_at = ({k: [] for k in ks} for _ in range(3))
     for i in range(qf.shape[0]):
         cands = []
         for d in range(dbf.shape[0]):
@@ -245,12 +358,14 @@ def brute_force(qf, dbf, ql, dl, ks, mrr_k, qt=None, dt=None, exclude=None, qp=N
         mrr.append(1.0 / first if first <= mrr_k else 0.0)
         for k in ks:
             n_hit = sum(rel_ranked[:k])
-            r_at[k].append(1.0 if n_hit > 0 else 0.0)
+            hr_at[k].append(1.0 if n_hit > 0 else 0.0)
+            r_at[k].append(n_hit / int(y.sum()))
             p_at[k].append(n_hit / k)
     out = {"mAP": np.mean(aps), f"MRR@{mrr_k}": np.mean(mrr), "num_queries_without_relevant": n_without,
            "per_query_ap": aps}
     for k in ks:
         out[f"R@{k}"] = np.mean(r_at[k])
+        out[f"HitRate@{k}"] = np.mean(hr_at[k])
         out[f"P@{k}"] = np.mean(p_at[k])
     return out
 
@@ -287,6 +402,7 @@ def test_against_sklearn_and_brute_force(seed, mode):
     np.testing.assert_allclose(pq["ap"][valid].numpy(), ref["per_query_ap"], atol=1e-9)
     for k in ks:
         assert ours[f"R@{k}"] == pytest.approx(ref[f"R@{k}"], abs=1e-12)
+        assert ours[f"HitRate@{k}"] == pytest.approx(ref[f"HitRate@{k}"], abs=1e-12)
         assert ours[f"P@{k}"] == pytest.approx(ref[f"P@{k}"], abs=1e-12)
     assert ours["MRR@10"] == pytest.approx(ref["MRR@10"], abs=1e-12)
 
@@ -335,6 +451,27 @@ def test_cuda_matches_cpu():
     labels = torch.randint(0, 7, (40,), generator=g)
     assert metrics.classification_accuracy(logits.cuda(), labels.cuda()) == \
         metrics.classification_accuracy(logits, labels)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+def test_cuda_peak_memory_is_bounded_by_the_chunk_budget():
+    # 20K queries x 100K database with a 256 MiB chunk budget: the peak is the features plus about one
+    # chunk, far below the 20K x 100K x 4 B = 8 GB a single score matrix would need.
+    g = torch.Generator(device="cuda").manual_seed(0)
+    qf = torch.nn.functional.normalize(torch.randn(20_000, 64, device="cuda", generator=g), dim=1)
+    dbf = torch.nn.functional.normalize(torch.randn(100_000, 64, device="cuda", generator=g), dim=1)
+    ql = torch.randint(0, 50, (20_000,), device="cuda", generator=g)
+    dl = torch.randint(0, 50, (100_000,), device="cuda", generator=g)
+    qt = torch.randint(0, 10_000, (20_000,), device="cuda", generator=g)
+    dt = torch.randint(0, 10_000, (100_000,), device="cuda", generator=g)
+    budget = 256 << 20
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    r = metrics.retrieval_metrics(qf, dbf, ql, dl, query_times=qt, db_times=dt, max_chunk_bytes=budget)
+    peak = torch.cuda.max_memory_allocated() - base
+    assert r["num_queries"] == 20_000 and 0 < r["mAP"] < 1
+    assert peak <= budget, (peak, budget)
 
 
 # ---------------------------------------------------------------------------------------
