@@ -80,6 +80,21 @@ def deepspeed_config(args) -> dict:
     return cfg
 
 
+def requeue_marker(args) -> str:
+    """File the trainer writes when it stopped on a signal after a committed checkpoint: run me again."""
+    return os.path.join(args.logs, args.name, "requeue")
+
+
+def mark_requeue(args, reason: str) -> None:
+    """After the stop checkpoint is committed: leave the requeue marker (rank 0), then a barrier, so that no
+    rank exits (and makes srun kill the others) before the marker exists."""
+    if args.rank == 0:
+        with open(requeue_marker(args), "w") as f:
+            f.write(reason + "\n")
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
 def gather_loader_states(dataloader, args) -> list:
     """Every rank's data-loader position, as a list indexed by rank (saved by rank 0 with the checkpoint)."""
     state = dataloader.state_dict() if hasattr(dataloader, "state_dict") else None
@@ -145,6 +160,8 @@ def setup_run(args) -> torch.device:
     if args.tensorboard_path:
         os.makedirs(args.tensorboard_path, exist_ok=True)
     args.save_logs = bool(args.logs) and args.logs.lower() != "none" and args.rank == 0
+    if args.rank == 0 and os.path.exists(requeue_marker(args)):
+        os.remove(requeue_marker(args))
     return device
 
 
@@ -349,6 +366,7 @@ def train(args) -> int:
         if stop and batch_count < steps_per_epoch:
             logging.info("Stopped by %s after step %d; checkpoint written, exiting with code %d (requeue)",
                          stopper.received or "a signal on another rank", step, EXIT_REQUEUE)
+            mark_requeue(args, f"stopped by {stopper.received or 'a signal on another rank'} after step {step}")
             exit_code = EXIT_REQUEUE
             break
         completed_epoch = epoch + 1
@@ -367,6 +385,8 @@ def train(args) -> int:
         if stop and completed_epoch < args.epochs:
             logging.info("Stopped by %s at the end of epoch %d; checkpoint written, exiting with code %d (requeue)",
                          stopper.received or "a signal on another rank", completed_epoch, EXIT_REQUEUE)
+            mark_requeue(args, f"stopped by {stopper.received or 'a signal on another rank'} after epoch "
+                               f"{completed_epoch}")
             exit_code = EXIT_REQUEUE
             break
         if args.distributed:

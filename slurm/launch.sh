@@ -18,8 +18,9 @@
 #   MASTER_PORT              rendezvous port (default: derived from the job id)
 #
 # The ranks stop at the next step boundary on the warning signal (#SBATCH --signal=USR1@...), on SIGTERM
-# (preemption) or scancel --signal=USR1, write a checkpoint and exit with code 3; this script then requeues the
-# job (scontrol requeue), which starts again with the same job id and continues with --resume latest.
+# (preemption) or scancel --signal=USR1, write a checkpoint, leave the marker file <logs>/<name>/requeue and
+# exit with code 3; this script then requeues the job (scontrol requeue), which starts again with the same job
+# id and continues with --resume latest.
 set -uo pipefail
 
 PATENTCLIP_HOME="${PATENTCLIP_HOME:-${SLURM_SUBMIT_DIR:-$PWD}}"
@@ -49,7 +50,10 @@ srun --kill-on-bad-exit=1 "$PATENTCLIP_PYTHON" -u -m patentclip.launch.train \
 SRUN_PID=$!
 wait "$SRUN_PID"
 rc=$?
-if [ "$rc" -eq 3 ]; then
+MARKER="$PATENTCLIP_LOGS/$PATENTCLIP_NAME/requeue"
+if [ -f "$MARKER" ] || [ "$rc" -eq 3 ]; then
+    echo "[patentclip] $(cat "$MARKER" 2>/dev/null || echo 'exit code 3')"
+    rm -f "$MARKER"
     echo "[patentclip] stopped with a checkpoint: requeueing job ${SLURM_JOB_ID}"
     scontrol requeue "$SLURM_JOB_ID"
     exit 0

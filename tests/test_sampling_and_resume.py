@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from patentclip.plugins.classes import ClassInfo, ClassTable, load_class_table
+from patentclip.plugins.classes import load_class_table
 from patentclip.plugins.registry import DATASETS, load_builtin_plugins
 from patentclip.plugins.samplers import ClassAwareSampler, uniform01
 
@@ -267,7 +267,6 @@ def test_s3_outage_mid_epoch_is_retried_and_the_stream_continues(s3_server, s3_s
                                                                   monkeypatch):
     """Stop the S3 server mid-epoch, restart it 2 s later: the stream continues where it was, same batches."""
     import threading
-    import time
 
     for k, v in s3_server.env().items():
         monkeypatch.setenv(k, v)
