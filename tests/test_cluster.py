@@ -154,24 +154,30 @@ def test_kill_9_mid_run_and_mid_upload_resumes_from_last_complete_checkpoint(s3_
     assert p.returncode != 0
     assert fs.cat("cluster/ckpt/crash/deepspeed/latest").decode() == "step_6"  # step_12 half-uploaded: not named
     # 2) resume: from step_6, not from the half-written step_12; then kill -9 a rank mid-run (no checkpoint then)
-    p = _launch(args, s3_server.env())
     steps_file = logs / "crash" / "train_steps.jsonl"
+    before = len(read_jsonl(steps_file)) if steps_file.exists() else 0
+    p = _launch(args, s3_server.env())
     deadline = time.time() + 300
     while time.time() < deadline:
-        if steps_file.exists() and read_jsonl(steps_file)[-1]["step"] >= 9:
+        new = read_jsonl(steps_file)[before:] if steps_file.exists() else []
+        if new and new[-1]["step"] >= 9:
             break
         time.sleep(0.2)
+    else:
+        p.kill()
+        pytest.fail("the resumed run did not reach step 9:\n" + p.communicate()[0][-3000:])
     os.kill(_rank_pids(p.pid)[0], signal.SIGKILL)
     out = p.communicate(timeout=120)[0]
     assert p.returncode != 0
-    assert "Resumed DeepSpeed checkpoint s3://cluster/ckpt/crash/deepspeed/step_6 (epoch 0, step 6)" in out
+    # the newest complete checkpoint, step_6 (its staged local copy or the S3 one: the same files), not step_12
+    assert "deepspeed/step_6 (epoch 0, step 6)" in out and "Resumed DeepSpeed checkpoint" in out
     # 3) the next run resumes from the newest complete checkpoint and finishes with the uninterrupted losses
     latest = fs.cat("cluster/ckpt/crash/deepspeed/latest").decode()
     p = _launch(args, s3_server.env())
     out = p.communicate(timeout=600)[0]
     assert p.returncode == 0, out[-3000:]
     meta = json.loads(fs.cat(f"cluster/ckpt/crash/deepspeed/{latest}/meta.json"))
-    assert f"Resumed DeepSpeed checkpoint s3://cluster/ckpt/crash/deepspeed/{latest}" in out
+    assert "Resumed DeepSpeed checkpoint" in out and f"deepspeed/{latest} (epoch {meta['epoch']}" in out
     steps = read_jsonl(steps_file)
     last_run = [s for s in steps if s["step"] >= meta["step"]][-(len(reference_trace) - meta["step"]):]
     assert [s["step"] for s in last_run] == list(range(meta["step"], len(reference_trace)))
