@@ -3,11 +3,12 @@
 DeepSpeed trains one ``nn.Module``. ``PatentTrainModule`` holds the open_clip model under ``.clip`` and the
 ``LossSet`` under ``.criterion`` (so loss parameters, e.g. learned loss weights or a classification head,
 are trained, checkpointed and restored with the model). ``open_clip_state_dict`` gives back exactly what
-vanilla open_clip saves and loads.
+vanilla open_clip saves and loads; ``head_state`` the classification head that ``epoch_N.pt`` carries beside
+it under ``"patentclip_head"``.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -52,18 +53,117 @@ def load_open_clip_state_dict(model: nn.Module, sd: Dict[str, torch.Tensor]) -> 
     model.load_state_dict(fixed)
 
 
+FEATURE_SCALARS = ("logit_scale", "logit_bias")
+
+
+def merge_batches(batches: Sequence[Dict]) -> Dict:
+    """Micro-batches -> one batch (tensors concatenated, lists joined; other entries: the last one's)."""
+    if len(batches) == 1:
+        return batches[0]
+    out = {}
+    for k, v in batches[-1].items():
+        vals = [b[k] for b in batches if k in b]
+        if len(vals) != len(batches):
+            raise KeyError(f"micro-batches to accumulate differ: {k!r} is missing from some of them")
+        if torch.is_tensor(v) and v.ndim > 0:
+            out[k] = torch.cat(vals, dim=0)
+        elif isinstance(v, list):
+            out[k] = [x for val in vals for x in val]
+        else:
+            out[k] = v
+    return out
+
+
 class PatentTrainModule(nn.Module):
-    """open_clip model + loss plugins; ``forward(images, texts, batch) -> (loss, terms, features)``."""
+    """open_clip model + loss plugins; ``forward(images, texts, batch) -> (loss, terms, features)``.
+
+    ``features`` is open_clip's output dict, plus ``image2_features`` (the other view's normalised image
+    embeddings) when the batch has ``image2``. Two extra modes serve open_clip's ``--accum-freq`` feature
+    cache (see :func:`patentclip.launch.step.train_step_accum`):
+
+    * ``features_only=True``: return the features only (the caching pass, run under ``torch.no_grad``).
+    * ``accum={"features": [cached features of each micro-batch], "batch": merged batch, "index": j}``: the
+      loss is computed over all micro-batches, micro-batch j's features being recomputed with gradient.
+      ``loss_param_grad=False`` makes the parameters that act on the whole accumulated batch (``logit_scale``,
+      ``logit_bias`` and the criterion's own parameters) constants in this pass, so that over the
+      ``accum_freq`` passes they receive their gradient exactly once, as with one big batch.
+    """
 
     def __init__(self, clip_model: nn.Module, criterion: LossSet):
         super().__init__()
         self.clip = clip_model
         self.criterion = criterion
 
-    def forward(self, images: torch.Tensor, texts: torch.Tensor, batch: Dict):
+    def compute_features(self, images: torch.Tensor, texts: torch.Tensor, batch: Dict) -> Dict:
         features = self.clip(images, texts)
-        total, terms = self.criterion(features, batch)
+        if "image2" in batch:
+            features["image2_features"] = self.clip.encode_image(batch["image2"], normalize=True)
+        return features
+
+    def forward(self, images: torch.Tensor, texts: torch.Tensor, batch: Dict, accum: Optional[Dict] = None,
+                features_only: bool = False, loss_param_grad: bool = True):
+        features = self.compute_features(images, texts, batch)
+        if features_only:
+            return features
+        loss_features, loss_batch = features, batch
+        if accum is not None:
+            j, cached = accum["index"], accum["features"]
+            loss_features = {k: v for k, v in features.items() if k in FEATURE_SCALARS}
+            for key, val in features.items():
+                if key not in FEATURE_SCALARS:
+                    loss_features[key] = torch.cat([c[key] for c in cached[:j]] + [val]
+                                                   + [c[key] for c in cached[j + 1:]], dim=0)
+            loss_batch = accum["batch"]
+        if loss_param_grad:
+            total, terms = self.criterion(loss_features, loss_batch)
+        else:
+            for key in FEATURE_SCALARS:
+                if key in loss_features:
+                    loss_features[key] = loss_features[key].detach()
+            params = {n: p.detach() for n, p in self.criterion.named_parameters()}
+            total, terms = torch.func.functional_call(self.criterion, params, (loss_features, loss_batch),
+                                                      strict=False)
         return total, terms, features
+
+
+def find_heads(module: nn.Module) -> List[nn.Module]:
+    """The classification heads (``AttentionFusionHead``) inside a module (e.g. a PatentTrainModule)."""
+    from patentclip.plugins.heads import AttentionFusionHead
+
+    return [m for m in module.modules() if isinstance(m, AttentionFusionHead)]
+
+
+def head_state(module: nn.Module) -> Optional[Dict]:
+    """``{"config", "state_dict"}`` of the classification head to store in ``epoch_N.pt`` under
+    ``"patentclip_head"`` (None when no loss has a head). ``module``: the PatentTrainModule (or the engine)."""
+    module = getattr(module, "module", module)
+    heads = find_heads(module)
+    if not heads:
+        return None
+    if len(heads) > 1:
+        raise ValueError(f"{len(heads)} classification heads in the model; epoch_N.pt stores one")
+    head = heads[0]
+    sd = {k: (v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu())
+          for k, v in head.state_dict().items()}
+    return {"config": head.config(), "state_dict": sd}
+
+
+def load_head_state(module: nn.Module, state: Optional[Dict]) -> bool:
+    """Load a ``"patentclip_head"`` entry into the module's head (before the DeepSpeed engine is built).
+
+    For ``--resume epoch_N.pt``; a DeepSpeed resume restores the head with the rest of the module. Returns
+    False (and changes nothing) when the module has no head or ``state`` is None; a head of another shape is
+    an error."""
+    module = getattr(module, "module", module)
+    heads = find_heads(module)
+    if not heads or state is None:
+        return False
+    head = heads[0]
+    if dict(state["config"]) != head.config():
+        diff = {k: (state["config"].get(k), v) for k, v in head.config().items() if state["config"].get(k) != v}
+        raise ValueError(f"the checkpoint's classification head differs from this run's (checkpoint, run): {diff}")
+    head.load_state_dict({k: v.to(dtype=head.state_dict()[k].dtype) for k, v in state["state_dict"].items()})
+    return True
 
 
 def optimizer_param_groups(module: nn.Module, weight_decay: float):

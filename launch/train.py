@@ -60,7 +60,7 @@ def deepspeed_config(args) -> dict:
     fp16 = args.precision in ("fp16", "amp", "pure_fp16")
     cfg = {
         "train_micro_batch_size_per_gpu": args.batch_size,
-        "gradient_accumulation_steps": 1,
+        "gradient_accumulation_steps": args.accum_freq,
         "zero_optimization": {"stage": args.zero_stage},
         "bf16": {"enabled": bf16},
         "fp16": {"enabled": fp16},
@@ -126,9 +126,8 @@ def setup_run(args) -> torch.device:
         args.precision = "bf16" if args.device.startswith("cuda") else "fp32"
     if args.precision in ("fp16", "amp", "pure_fp16") and not args.device.startswith("cuda"):
         raise SystemExit(f"--precision {args.precision} needs a GPU; on CPU use fp32 or bf16")
-    if args.accum_freq != 1:
-        raise SystemExit("--accum-freq > 1 is not supported by patentclip-train yet; raise --batch-size or "
-                         "the number of ranks instead")
+    if args.accum_freq < 1:
+        raise SystemExit("--accum-freq must be >= 1")
     if not args.train_data:
         raise SystemExit("--train-data is required (patentclip-eval evaluates without training)")
 
@@ -191,7 +190,7 @@ def train(args) -> int:
 
     from patentclip.launch import checkpoint as ckpt
     from patentclip.launch.evaluate import evaluate_during_training
-    from patentclip.launch.step import train_step
+    from patentclip.launch.step import accumulate_batches, train_step_accum
     from patentclip.launch.model import (PatentTrainModule, head_state, make_logit_scale_nonscalar,
                                          optimizer_param_groups)
     from patentclip.plugins.augment import rrc_aug_cfg, with_patent_augmentations
@@ -275,7 +274,7 @@ def train(args) -> int:
         data["val"] = build_dataset(args, preprocess_val, False, epoch=start_epoch, tokenizer=tokenizer,
                                     class_table=class_table)
 
-    steps_per_epoch = data["train"].dataloader.num_batches
+    steps_per_epoch = data["train"].dataloader.num_batches // args.accum_freq  # optimizer steps, as open_clip
     total_steps = steps_per_epoch * args.epochs
     # the schedule sets the lr of the optimizer DeepSpeed steps (ZeRO wraps the client optimizer)
     sched_opt = engine.optimizer
@@ -317,12 +316,13 @@ def train(args) -> int:
         losses_m, batch_time_m, data_time_m = {}, AverageMeter(), AverageMeter()
         batch_count = first_batch
         end = time.time()
-        for i, batch in enumerate(synchronized(dataloader, device), start=first_batch):
+        micro_batches = accumulate_batches(synchronized(dataloader, device), args.accum_freq)
+        for i, micro in enumerate(micro_batches, start=first_batch):
             step = steps_per_epoch * epoch + i
             if not args.skip_scheduler:
                 scheduler(step)
             data_time_m.update(time.time() - end)
-            total_loss, terms, features = train_step(engine, batch, args, device, input_dtype)
+            total_loss, terms, features = train_step_accum(engine, micro, args, device, input_dtype)
 
             batch_time_m.update(time.time() - end)
             end = time.time()
@@ -333,14 +333,14 @@ def train(args) -> int:
                 step_log.write(json.dumps({"step": step, "epoch": epoch, **values}) + "\n")
                 step_log.flush()
             if is_master and (i % args.log_every_n_steps == 0 or batch_count == steps_per_epoch):
-                n = len(batch["key"])
-                num_samples = batch_count * args.batch_size * args.world_size
+                n = sum(len(b["key"]) for b in micro)
+                num_samples = batch_count * args.batch_size * args.accum_freq * args.world_size
                 percent_complete = 100.0 * batch_count / steps_per_epoch
                 for k, v in values.items():
                     losses_m.setdefault(k, AverageMeter()).update(v, n)
                 logit_scale = features["logit_scale"].detach().float().mean().item()
                 loss_log = " ".join(f"{k.capitalize()}: {m.val:#.5g} ({m.avg:#.5g})" for k, m in losses_m.items())
-                sps = args.batch_size * args.world_size / batch_time_m.val
+                sps = args.batch_size * args.accum_freq * args.world_size / batch_time_m.val
                 logging.info(
                     f"Train Epoch: {epoch} [{num_samples:>{sample_digits}}/{dataloader.num_samples} "
                     f"({percent_complete:.0f}%)] Data (t): {data_time_m.avg:.3f} Batch (t): {batch_time_m.avg:.3f}, "

@@ -2,27 +2,47 @@
 
 A loss plugin is registered in ``LOSSES`` as a class ``(args, class_table) -> nn.Module`` whose
 ``forward(features, batch)`` returns a dict of named, unweighted terms. ``features`` is the model's output
-dict (``image_features``, ``text_features``, ``logit_scale`` ...), ``batch`` the pipeline's batch dict
-(``class_id`` ...). ``--loss`` selects terms and weights: ``--loss clip`` or
-``--loss class_aware_contrastive=0.1,clip=1``.
+dict (``image_features``, ``text_features``, ``logit_scale`` ..., plus ``image2_features`` when the batch has
+a second view), ``batch`` the pipeline's batch dict (``class_id``, ``image2``, ``has_view2`` ...). ``--loss``
+selects terms and weights: ``--loss clip`` or ``--loss class_aware_contrastive=0.1,clip=1``;
+``--loss-weighting uncertainty`` learns the weights instead (LLM-informed paper, eq. 3).
 
-Distributed use follows open_clip's ClipLoss exactly: features are gathered across ranks
+Registered losses (formulas and sources in docs/losses.md):
+
+    clip                        open_clip's ClipLoss (symmetric InfoNCE), unchanged
+    class_aware_contrastive     DesignCLIP LCACL: InfoNCE, sample i weighted by w_{c_i} ~ f_c^-beta
+    multiview_contrastive       DesignCLIP LMVCL: InfoNCE between two views' image embeddings, same weights
+    class_aware_classification  DesignCLIP LCACLS: attention-fusion head, class-weighted cross-entropy
+    class_contrastive           LLM-informed L_cls (eq. 2): image-text pairs of the same class are positives
+    category_contrastive        LLM-informed L_cat (eq. 2): pairs of the same head/tail category are positives
+
+Distributed use follows open_clip's ClipLoss exactly, for every loss: features are gathered across ranks
 (``--gather-with-grad`` keeps the gradient through the gather), ``--local-loss`` computes each rank's rows
-against the gathered columns. Class ids are gathered alongside the features, so class-dependent terms see
-the global batch.
+against the gathered columns. Class ids (and ``has_view2``) are gathered alongside the features, so class
+positives and class weights see the global batch. Per-sample losses (the classification) use the same rows
+as the contrastive ones (the gathered batch, or the local rows with ``--local-loss``), so every term has the
+same gradient scaling in every mode.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+import math
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from open_clip import ClipLoss
+from open_clip.loss import gather_features
 from torch import nn
 
 from patentclip.plugins.classes import ClassTable
+from patentclip.plugins.heads import AttentionFusionHead
 from patentclip.plugins.registry import LOSSES
+
+#: LLM-informed paper, Figure 1: the top 40% of classes by frequency are "head", the bottom 60% "tail".
+HEAD_CLASS_FRACTION = 0.4
+CATEGORIES = ("head", "tail")
+WEIGHTINGS = ("fixed", "uncertainty")
 
 
 def parse_loss_spec(spec: str) -> List[Tuple[str, float]]:
@@ -67,6 +87,50 @@ def class_balance_weights(counts: torch.Tensor, beta: float) -> torch.Tensor:
     return w.to(torch.float32)
 
 
+def class_categories(class_table: ClassTable, head_fraction: float = HEAD_CLASS_FRACTION) -> torch.Tensor:
+    """Head/tail category of every class: LongTensor (num_classes,), 0 = head, 1 = tail.
+
+    If ``classes.json`` gives every class a ``category`` ("head" or "tail"; the shard builder writes it), that
+    is used. Otherwise the LLM-informed paper's rule (Figure 1) is applied to the training counts: the
+    ``ceil(0.4 * C)`` most frequent classes are head, the others tail (ties broken by class id, so the split is
+    deterministic; classes without training samples are tail). A table where only some classes carry a
+    category is an error rather than a silent mix of the two rules.
+    """
+    cats = [str(getattr(c, "category", "") or "").strip().lower() for c in class_table.classes]
+    given = [bool(c) for c in cats]
+    if all(given) and cats:
+        bad = sorted({c for c in cats if c not in CATEGORIES})
+        if bad:
+            raise ValueError(f"{class_table.source}: class category must be 'head' or 'tail', got {bad}")
+        return torch.tensor([CATEGORIES.index(c) for c in cats], dtype=torch.long)
+    if any(given):
+        missing = [c.id for c, g in zip(class_table.classes, given) if not g][:10]
+        raise ValueError(f"{class_table.source}: some classes have a 'category' and some do not (e.g. ids "
+                         f"{missing}); give it for all classes or for none")
+    if not 0.0 < head_fraction < 1.0:
+        raise ValueError(f"head fraction must be in (0, 1), got {head_fraction}")
+    n = len(class_table)
+    counts = class_table.counts().tolist()
+    order = sorted(range(n), key=lambda i: (-counts[i], i))
+    num_head = min(n, math.ceil(head_fraction * n - 1e-9))
+    out = torch.ones(n, dtype=torch.long)
+    for i in order[:num_head]:
+        if counts[i] > 0:
+            out[i] = 0
+    return out
+
+
+def check_class_ids(class_id: torch.Tensor, num_classes: int, source: str = "classes.json") -> None:
+    """A clear error for class ids that ``classes.json`` does not define (instead of an index error)."""
+    if class_id.numel() == 0:
+        return
+    bad = (class_id < 0) | (class_id >= num_classes)
+    if bool(bad.any()):
+        ids = sorted({int(x) for x in class_id[bad].tolist()})[:10]
+        raise ValueError(f"unknown class id(s) {ids} in the batch: {source} defines {num_classes} classes "
+                         f"(ids 0..{num_classes - 1}); were the shards built with another classes.json?")
+
+
 def gather_no_grad(t: torch.Tensor, world_size: int) -> torch.Tensor:
     if world_size <= 1:
         return t
@@ -76,21 +140,86 @@ def gather_no_grad(t: torch.Tensor, world_size: int) -> torch.Tensor:
 
 
 class _ContrastiveBase(nn.Module):
-    """Shares open_clip's ClipLoss logits (gather, local loss) across the contrastive plugins."""
+    """Shares open_clip's ClipLoss logits (gather, local loss) across the contrastive plugins.
+
+    Within one ``LossSet`` forward the plugins share a cache (``self._shared``, set by the LossSet): the
+    gathered features, the logits and their log-softmax for a pair of embeddings, and the checked and gathered
+    class ids are computed once per step, however many plugins use them. A plugin called on its own computes
+    them itself; the numbers are the same either way.
+    """
+
+    needs_second_view = False
+    _shared: Optional[Dict] = None
 
     def __init__(self, args, class_table: ClassTable):
         super().__init__()
         self.world_size = getattr(args, "world_size", 1)
         self.rank = getattr(args, "rank", 0)
         self.local_loss = getattr(args, "local_loss", False)
-        self.clip = ClipLoss(local_loss=self.local_loss, gather_with_grad=getattr(args, "gather_with_grad", False),
+        self.gather_with_grad = getattr(args, "gather_with_grad", False)
+        self.num_classes = len(class_table)
+        self.class_source = class_table.source
+        self.clip = ClipLoss(local_loss=self.local_loss, gather_with_grad=self.gather_with_grad,
                              cache_labels=True, rank=self.rank, world_size=self.world_size)
 
-    def row_class_ids(self, class_id: torch.Tensor) -> torch.Tensor:
-        """Class ids of the logit rows: local ids with --local-loss, else the gathered global ids."""
+    def _memo(self, key, compute):
+        cache = self._shared
+        if cache is None:
+            return compute()
+        key = (key, self.world_size, self.rank, self.local_loss, self.gather_with_grad)
+        if key not in cache:
+            cache[key] = compute()
+        return cache[key]
+
+    def pair_logits(self, features: Dict, a: str = "image_features", b: str = "text_features"):
+        """open_clip's ``(logits_per_a, logits_per_b)`` for the embeddings ``features[a]``, ``features[b]``."""
+        return self._memo(("logits", a, b), lambda: self.clip.get_logits(features[a], features[b],
+                                                                          features["logit_scale"]))
+
+    def pair_log_probs(self, features: Dict, a: str = "image_features", b: str = "text_features"):
+        """Row-wise log-softmax of :meth:`pair_logits` (what ``F.cross_entropy`` computes inside)."""
+        return self._memo(("log_probs", a, b),
+                          lambda: tuple(F.log_softmax(x, dim=-1) for x in self.pair_logits(features, a, b)))
+
+    def class_ids(self, batch: Dict, device) -> torch.Tensor:
+        """The batch's class ids (long, on ``device``), checked against classes.json."""
+        def compute():
+            if "class_id" not in batch:
+                raise KeyError(f"loss {type(self).__name__} needs batch['class_id'] (the patent pipeline provides it)")
+            cls = batch["class_id"].to(device=device, dtype=torch.long)
+            check_class_ids(cls, self.num_classes, self.class_source)
+            return cls
+        return self._memo(("class_id", str(device)), compute)
+
+    def row_values(self, t: torch.Tensor, name: Optional[str] = None) -> torch.Tensor:
+        """Per-sample values of the logit rows: local with --local-loss, else gathered over the ranks."""
         if self.world_size > 1 and not self.local_loss:
-            return gather_no_grad(class_id, self.world_size)
-        return class_id
+            return self.col_values(t, name)
+        return t
+
+    def col_values(self, t: torch.Tensor, name: Optional[str] = None) -> torch.Tensor:
+        """Per-sample values of the logit columns: always gathered over the ranks (``name``: cache it)."""
+        if self.world_size <= 1:
+            return t
+        if name is None:
+            return gather_no_grad(t, self.world_size)
+        return self._memo(("gathered", name), lambda: gather_no_grad(t, self.world_size))
+
+    # kept for plugins written against the first version
+    def row_class_ids(self, class_id: torch.Tensor) -> torch.Tensor:
+        return self.row_values(class_id)
+
+    def class_weighted_nll(self, features: Dict, batch: Dict, weights: torch.Tensor, a: str, b: str,
+                           row_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``1/N sum_i m_i w_{c_i} (CE(logits_per_a_i, i) + CE(logits_per_b_i, i)) / 2`` over the logit rows."""
+        lp_a, lp_b = self.pair_log_probs(features, a, b)
+        labels = self.clip.get_ground_truth(lp_a.device, lp_a.shape[0])
+        cls = self.row_values(self.class_ids(batch, lp_a.device), "class_id")
+        w = weights.to(device=lp_a.device, dtype=lp_a.dtype)[cls]
+        if row_mask is not None:
+            w = w * row_mask.to(w.dtype)
+        per_sample = (F.nll_loss(lp_a, labels, reduction="none") + F.nll_loss(lp_b, labels, reduction="none")) / 2
+        return (w * per_sample).mean()
 
 
 @LOSSES.register("clip")
@@ -98,7 +227,13 @@ class CLIPContrastive(_ContrastiveBase):
     """open_clip's symmetric InfoNCE (``ClipLoss``), unchanged: the same numbers as vanilla open_clip."""
 
     def forward(self, features: Dict, batch: Dict) -> Dict[str, torch.Tensor]:
-        return {"clip": self.clip(features["image_features"], features["text_features"], features["logit_scale"])}
+        if self._shared is None:
+            return {"clip": self.clip(features["image_features"], features["text_features"], features["logit_scale"])}
+        # inside a LossSet: ClipLoss.forward's formula on the shared log-probabilities (cross_entropy is
+        # nll_loss of log_softmax: the same numbers)
+        lp_i, lp_t = self.pair_log_probs(features)
+        labels = self.clip.get_ground_truth(lp_i.device, lp_i.shape[0])
+        return {"clip": (F.nll_loss(lp_i, labels) + F.nll_loss(lp_t, labels)) / 2}
 
 
 @LOSSES.register("class_aware_contrastive")
@@ -120,33 +255,209 @@ class ClassAwareContrastive(_ContrastiveBase):
                              persistent=False)
 
     def forward(self, features: Dict, batch: Dict) -> Dict[str, torch.Tensor]:
-        image_features, text_features = features["image_features"], features["text_features"]
-        logits_per_image, logits_per_text = self.clip.get_logits(image_features, text_features,
-                                                                 features["logit_scale"])
-        labels = self.clip.get_ground_truth(image_features.device, logits_per_image.shape[0])
-        cls = self.row_class_ids(batch["class_id"].to(image_features.device))
-        w = self.class_weights.to(logits_per_image.dtype)[cls]
-        per_sample = (F.cross_entropy(logits_per_image, labels, reduction="none")
-                      + F.cross_entropy(logits_per_text, labels, reduction="none")) / 2
-        return {"class_aware_contrastive": (w * per_sample).mean()}
+        return {"class_aware_contrastive": self.class_weighted_nll(features, batch, self.class_weights,
+                                                                   "image_features", "text_features")}
+
+
+@LOSSES.register("multiview_contrastive")
+class MultiviewContrastive(ClassAwareContrastive):
+    """DesignCLIP's multi-view image contrastive loss LMVCL.
+
+    InfoNCE between the anchor view's image embeddings ``v`` and the other view's ``v'`` of the same patents
+    (``features["image2_features"]``), symmetric, with the class-aware weights of LCACL:
+
+        L = 1/N sum_i m_i w_{c_i} * ( CE(s * v_i . V', i) + CE(s * v'_i . V, i) ) / 2
+
+    s is the model's learned logit scale (1/tau). ``m_i`` handles patents with a single drawing
+    (``has_view2 = 0``, whose second image is another augmentation of the same drawing): with
+    ``--multiview-single keep`` (default) m_i = 1, the augmented pair is a positive as in SimCLR; with
+    ``drop`` m_i = 0, the row adds nothing (its embeddings still serve as negatives of the other rows).
+    """
+
+    needs_second_view = True
+
+    def __init__(self, args, class_table: ClassTable):
+        super().__init__(args, class_table)
+        self.single = str(getattr(args, "multiview_single", "keep"))
+        if self.single not in ("keep", "drop"):
+            raise ValueError(f"--multiview-single must be 'keep' or 'drop', got {self.single!r}")
+
+    def forward(self, features: Dict, batch: Dict) -> Dict[str, torch.Tensor]:
+        if "image2_features" not in features:
+            raise KeyError("multiview_contrastive needs the second view of each patent (features['image2_features']"
+                           " from batch['image2']): run the data pipeline in multi-view mode (args.multiview)")
+        mask = None
+        if self.single == "drop" and "has_view2" in batch:
+            device = features["image_features"].device
+            mask = self.row_values(batch["has_view2"].to(device=device, dtype=torch.long), "has_view2") != 0
+        return {"multiview_contrastive": self.class_weighted_nll(features, batch, self.class_weights,
+                                                                 "image_features", "image2_features", mask)}
+
+
+def model_embed_dim(args) -> int:
+    """The CLIP embedding dimension: ``args.embed_dim`` if set, else the open_clip config of ``args.model``."""
+    dim = getattr(args, "embed_dim", None)
+    if dim:
+        return int(dim)
+    model = getattr(args, "model", None)
+    cfg = None
+    if model:
+        import open_clip
+
+        from patentclip.plugins.models import register_model_configs
+
+        register_model_configs()
+        cfg = open_clip.get_model_config(model)
+    if not cfg or "embed_dim" not in cfg:
+        raise ValueError(f"class_aware_classification: cannot tell the embedding size of model {model!r}; "
+                         f"set args.embed_dim")
+    return int(cfg["embed_dim"])
+
+
+@LOSSES.register("class_aware_classification")
+class ClassAwareClassification(_ContrastiveBase):
+    """DesignCLIP's class-aware classification loss LCACLS.
+
+    An :class:`~patentclip.plugins.heads.AttentionFusionHead` classifies each sample from its image and text
+    embeddings fused by attention; the cross-entropy of sample i is weighted by ``w_{c_i}`` (``--loss-beta``):
+
+        L = 1/N sum_i w_{c_i} * CE(head(v_i, t_i), c_i)
+
+    The head is a submodule of this loss (hence of ``PatentTrainModule.criterion``): its parameters are in
+    the optimizer and in the checkpoints. Rows are the same as the contrastive losses' (gathered over ranks,
+    or local with ``--local-loss``). Image-only evaluation: ``head.classify_image(v)`` (see heads.py).
+    """
+
+    def __init__(self, args, class_table: ClassTable):
+        super().__init__(args, class_table)
+        self.beta = float(getattr(args, "loss_beta", 1.0))
+        self.register_buffer("class_weights", class_balance_weights(class_table.counts(), self.beta),
+                             persistent=False)
+        self.head = AttentionFusionHead(model_embed_dim(args), len(class_table),
+                                        num_heads=int(getattr(args, "head_num_heads", 4)),
+                                        text_dropout=float(getattr(args, "head_text_dropout", 0.0)))
+
+    def forward(self, features: Dict, batch: Dict) -> Dict[str, torch.Tensor]:
+        v, t = features["image_features"], features["text_features"]
+        cls = self.row_values(self.class_ids(batch, v.device), "class_id")
+        if self.world_size > 1 and not self.local_loss:
+            v, t = self._memo(("rows", "image_features", "text_features"), lambda: gather_features(
+                v, t, local_loss=False, gather_with_grad=self.gather_with_grad, rank=self.rank,
+                world_size=self.world_size))
+        logits = self.head(v, t).float()
+        w = self.class_weights[cls]
+        return {"class_aware_classification": (w * F.cross_entropy(logits, cls, reduction="none")).mean()}
+
+
+class _GroupContrastive(_ContrastiveBase):
+    """Image-text contrastive loss whose positives are all pairs of the same group (LLM-informed eq. 2).
+
+    For image row i and text row i (``g``: the group of a sample, ``P``: columns of the same group)
+
+        L = 1/N sum_i ( -1/|P_i| sum_{j in P_i} log softmax_k(s v_i . t_k)_j
+                        -1/|P_i| sum_{j in P_i} log softmax_k(s t_i . v_k)_j ) / 2
+
+    i.e. eq. 2 averaged over the batch and halved, so that with all groups distinct it is exactly ``clip``.
+    Column groups are gathered from every rank, row groups are the rows' own.
+    """
+
+    term = ""
+
+    def group_table(self, class_table: ClassTable) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __init__(self, args, class_table: ClassTable):
+        super().__init__(args, class_table)
+        self.register_buffer("groups", self.group_table(class_table).to(torch.long), persistent=False)
+
+    def forward(self, features: Dict, batch: Dict) -> Dict[str, torch.Tensor]:
+        lp_i, lp_t = self.pair_log_probs(features)
+        cls_cols = self.col_values(self.class_ids(batch, lp_i.device), "class_id")
+        g_cols = self.groups.to(cls_cols.device)[cls_cols]
+        if self.world_size > 1 and self.local_loss:
+            n = lp_i.shape[0]
+            g_rows = g_cols[self.rank * n:(self.rank + 1) * n]
+        else:
+            g_rows = g_cols
+        positives = (g_rows[:, None] == g_cols[None, :]).to(lp_i.dtype)
+        count = positives.sum(dim=-1)
+        loss = (-(positives * lp_i).sum(dim=-1) / count - (positives * lp_t).sum(dim=-1) / count) / 2
+        return {self.term: loss.mean()}
+
+
+@LOSSES.register("class_contrastive")
+class ClassContrastive(_GroupContrastive):
+    """LLM-informed L_cls: an image and a caption of the same Locarno class are a positive pair."""
+
+    term = "class_contrastive"
+
+    def group_table(self, class_table: ClassTable) -> torch.Tensor:
+        return torch.arange(len(class_table))
+
+
+@LOSSES.register("category_contrastive")
+class CategoryContrastive(_GroupContrastive):
+    """LLM-informed L_cat: an image and a caption of the same category (head or tail class) are positive."""
+
+    term = "category_contrastive"
+
+    def group_table(self, class_table: ClassTable) -> torch.Tensor:
+        return class_categories(class_table)
 
 
 class LossSet(nn.Module):
-    """The weighted sum of the selected loss plugins. Its parameters (if any plugin has some) are trained."""
+    """The combination of the selected loss plugins; its parameters (heads, learned weights) are trained.
 
-    def __init__(self, spec: str, args, class_table: ClassTable):
+    ``weighting="fixed"``: ``total = sum_k lambda_k L_k`` with the weights of ``--loss``.
+    ``weighting="uncertainty"`` (LLM-informed eq. 3, Kendall et al.): ``total = sum_k (lambda_k L_k exp(-s_k)
+    + s_k)`` with a learned log-variance ``s_k`` per plugin (initialised to 0, trained, checkpointed, and
+    returned as the term ``s_<name>`` so it is logged); eq. 3 is the case lambda_k = 1.
+
+    ``forward`` returns ``(total, terms)``: ``terms`` has every plugin's unweighted terms (and the ``s_*``).
+    """
+
+    def __init__(self, spec: str, args, class_table: ClassTable, weighting: Optional[str] = None):
         super().__init__()
         self.terms = parse_loss_spec(spec)
         self.losses = nn.ModuleDict({name: LOSSES.build(name, args, class_table) for name, _ in self.terms})
         self.weights = dict(self.terms)
+        self.weighting = weighting or getattr(args, "loss_weighting", "fixed") or "fixed"
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"--loss-weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
+        if self.weighting == "uncertainty":
+            # shape [1], not 0-dim: DeepSpeed cannot broadcast 0-dim parameters
+            self.log_vars = nn.ParameterDict({name: nn.Parameter(torch.zeros(1)) for name, _ in self.terms})
+        else:
+            self.log_vars = None
+
+    @property
+    def needs_second_view(self) -> bool:
+        """True when a selected loss needs ``batch["image2"]`` (the trainer then sets ``args.multiview``)."""
+        return any(getattr(loss, "needs_second_view", False) for loss in self.losses.values())
 
     def forward(self, features: Dict, batch: Dict) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         parts: Dict[str, torch.Tensor] = {}
         total = None
-        for name, loss in self.losses.items():
-            out = loss(features, batch)
+        shared: Dict = {}  # logits, log-probabilities, gathered ids: computed once per step (_ContrastiveBase)
+        try:
+            outs = []
+            for name, loss in self.losses.items():
+                if isinstance(loss, _ContrastiveBase):
+                    loss._shared = shared
+                outs.append((name, loss(features, batch)))
+        finally:
+            for loss in self.losses.values():
+                if isinstance(loss, _ContrastiveBase):
+                    loss._shared = None
+        for name, out in outs:
+            subtotal = None
             for key, value in out.items():
                 parts[key] = value
-                weighted = self.weights[name] * value
-                total = weighted if total is None else total + weighted
+                subtotal = value if subtotal is None else subtotal + value
+            weighted = self.weights[name] * subtotal
+            if self.log_vars is not None:
+                s = self.log_vars[name].reshape(())
+                weighted = weighted * torch.exp(-s) + s
+                parts[f"s_{name}"] = s.detach().clone()  # the value this step used (the step updates s in place)
+            total = weighted if total is None else total + weighted
         return total, parts
