@@ -17,6 +17,7 @@ import sys
 import time
 from datetime import datetime
 
+import fsspec
 import torch
 
 from patentclip.launch.args import parse_train_args, strip_flag
@@ -67,8 +68,8 @@ def deepspeed_config(args) -> dict:
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
-    if args.grad_clip_norm is not None:
-        cfg["gradient_clipping"] = args.grad_clip_norm
+    # DeepSpeed clips at 1.0 unless told otherwise; open_clip clips only with --grad-clip-norm
+    cfg["gradient_clipping"] = args.grad_clip_norm if args.grad_clip_norm is not None else 0.0
     if args.deepspeed_config:
         with open(args.deepspeed_config) as f:
             user = json.load(f)
@@ -191,8 +192,8 @@ def train(args) -> int:
     from patentclip.launch import checkpoint as ckpt
     from patentclip.launch.evaluate import evaluate_during_training
     from patentclip.launch.step import accumulate_batches, train_step_accum
-    from patentclip.launch.model import (PatentTrainModule, head_state, make_logit_scale_nonscalar,
-                                         optimizer_param_groups)
+    from patentclip.launch.model import (PatentTrainModule, head_state, load_head_state,
+                                         make_logit_scale_nonscalar, optimizer_param_groups)
     from patentclip.plugins.augment import rrc_aug_cfg, with_patent_augmentations
     from patentclip.plugins.classes import load_class_table
     from patentclip.plugins.losses import LossSet
@@ -242,6 +243,10 @@ def train(args) -> int:
         logging.info("a selected loss needs a second view: multi-view pairs switched on")
         args.multiview = True
     module = PatentTrainModule(model, criterion).to(device)
+    if resume_target and resume_target[0] == "open_clip":  # the classification head travels in epoch_N.pt
+        with fsspec.open(resume_target[1], "rb") as f:
+            oc = torch.load(f, map_location="cpu", weights_only=False)
+        load_head_state(module, oc.get("patentclip_head") if isinstance(oc, dict) else None)
     if is_master:
         logging.info("Model:\n%s", model)
         with open(os.path.join(args.logs, args.name, "params.txt"), "w") as f:
