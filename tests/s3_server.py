@@ -42,13 +42,23 @@ def _is_free(port: int) -> bool:
             return False
 
 
-def free_port_pair(rng) -> int:
-    """A free port p whose gRPC twin p + 10000 (SeaweedFS's default offset) is free too."""
-    for _ in range(200):
+def free_ports(rng, n: int, taken=()) -> list:
+    """n free ports whose gRPC twins (port + 10000, SeaweedFS's offset) are free too, with no port of the set
+    equal to another's twin (weed refuses a port 'reserved for gRPC calculation')."""
+    used = set()
+    for p in taken:
+        used |= {p, p + 10000, p - 10000}
+    out = []
+    for _ in range(2000):
         p = rng.randrange(20000, 45000)
+        if p in used or p + 10000 in used:
+            continue
         if _is_free(p) and _is_free(p + 10000):
-            return p
-    raise RuntimeError("no free port pair found on 127.0.0.1")
+            out.append(p)
+            used |= {p, p + 10000, p - 10000}
+            if len(out) == n:
+                return out
+    raise RuntimeError("no free port set found on 127.0.0.1")
 
 
 def weed_binary() -> str:
@@ -66,7 +76,7 @@ class S3Server:
 
     def __init__(self, data_dir: Optional[str] = None, port: Optional[int] = None):
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="patentclip-s3-"))
-        self.port = port or free_port()
+        self.port = port or free_ports(__import__("random").Random(), 1)[0]
         self.proc: Optional[subprocess.Popen] = None
         self.log_path = self.data_dir / "weed.log"
 
@@ -93,18 +103,18 @@ class S3Server:
         import random
 
         rng = random.Random()
-        for attempt in range(5):
-            ports = {"master": free_port_pair(rng), "volume": free_port_pair(rng), "filer": free_port_pair(rng),
-                     "admin": free_port_pair(rng)}
+        for attempt in range(8):
+            master, volume, filer, admin = free_ports(rng, 4, taken=[self.port])
+            ports = {"master": master, "volume": volume, "filer": filer, "admin": admin}
             cmd = [weed_binary(), "mini", f"-dir={store}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                    "-master.telemetry=false", "-admin.ui=false", "-webdav=false", f"-s3.port={self.port}",
                    "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={identities}",
                    *(f"-{name}.port={port}" for name, port in ports.items())]
             log = open(self.log_path, "ab")
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            time.sleep(0.3)
-            if self.proc.poll() is None or "address already in use" not in self.log_path.read_text()[-2000:]:
-                break
+            time.sleep(0.5)
+            if self.proc.poll() is None:
+                break  # running; any port race shows up as an early exit, then we retry with other ports
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
