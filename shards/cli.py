@@ -1,8 +1,9 @@
-"""``patentclip-shards``: synthetic design patents, and manifests packed into WebDataset shards."""
+"""``patentclip-shards``: synthetic design patents; patent drawings packed into WebDataset shards; shard checks."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -23,19 +24,94 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-size", type=int, default=128, help="drawing size in pixels (default: %(default)s)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
 
-    b = sub.add_parser("build", help="pack a manifest into WebDataset shards",
-                       description="Pack a manifest (JSON Lines, docs/manifest.md) into WebDataset shards split by "
-                                   "patent, with sizes.json, classes.json and build_report.json. Bad records and "
-                                   "unreadable drawings are reported with line number and reason and skipped.")
-    b.add_argument("--manifest", required=True, help="manifest.jsonl")
-    b.add_argument("--out", required=True, help="output folder (one sub-folder per split)")
+    b = sub.add_parser(
+        "build", help="pack patent drawings into WebDataset shards",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Pack design-patent drawings into WebDataset shards split by patent, with sizes.json, "
+                    "classes.json, build_report.json and build_report.txt.\n\n"
+                    "Inputs (--format): the project's manifest (docs/manifest.md), DeepPatent2 figure JSON, DeepPatent "
+                    "split lists, or a CSV (docs/importers.md). Output: a folder or any fsspec URL (s3://bucket/prefix; "
+                    "endpoint, credentials and region from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+                    "AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION / AWS_PROFILE, or the flags below).\n\n"
+                    "The shards are the same for any --workers. A rerun of the same command after a crash or Ctrl-C "
+                    "keeps the complete shards and rebuilds the rest. Bad records, drawings and captions are skipped "
+                    "or repaired and reported, never dropped silently; exit status 1 only when nothing was written.")
+    b.add_argument("--format", dest="input_format", default="manifest",
+                   choices=["manifest", "deeppatent2", "deeppatent", "csv"], help="input format (default: manifest)")
+    b.add_argument("--manifest", "--input", dest="inputs", action="append", required=True, metavar="FILE",
+                   help="input file; repeat for several (DeepPatent2 JSON files, DeepPatent lists, CSVs)")
+    b.add_argument("--out", required=True, help="output folder or URL (one sub-folder per split)")
     b.add_argument("--samples-per-shard", type=int, default=1000,
                    help="maximum drawings per shard; a patent is never split (default: %(default)s)")
     b.add_argument("--split", action="append", default=None, metavar="NAME=FRACTION",
-                   help="a split and its fraction of the patents; repeat (default: train=0.8 and val=0.2)")
+                   help="a split and its fraction of the patents, by a seeded hash of the patent id; repeat "
+                        "(default: train=0.8 and val=0.2)")
+    b.add_argument("--split-date", default=None, metavar="YYYY-MM-DD",
+                   help="temporal split: patents granted before this date are split by --split, patents granted on "
+                        "or after it go to the --query-split (prior-art search evaluation)")
+    b.add_argument("--query-split", default="query", help="split name for --split-date (default: %(default)s)")
     b.add_argument("--seed", type=int, default=0, help="seed of the split and order hashes (default: %(default)s)")
-    b.add_argument("--image-format", choices=["png", "jpg"], default="png", help="image encoding (default: png)")
+    b.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="encoding processes (default: the number of CPUs, %(default)s)")
+    g = b.add_argument_group("images")
+    g.add_argument("--image-format", choices=["png", "jpg", "webp"], default="png",
+                   help="image encoding (default: png, lossless)")
+    g.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality 1-100 (default: 92 / 90)")
+    g.add_argument("--image-mode", choices=["L", "RGB"], default="L",
+                   help="colour mode of the written drawings: L (8-bit grey, default: patent drawings are line art; "
+                        "readers convert to RGB on load) or RGB (keeps colour); transparency is flattened onto white")
+    g.add_argument("--max-side", type=int, default=512,
+                   help="shrink drawings whose longest side exceeds this many pixels, 0 = never "
+                        "(default: %(default)s, detail for 224-336 px training)")
+    g = b.add_argument_group("captions")
+    g.add_argument("--captions", default=None, metavar="JSONL",
+                   help="JSON Lines {\"key\": <patent_id>_<NN> or image path, \"captions\": [...]} joined to the "
+                        "drawings (e.g. LLM-written captions)")
+    g.add_argument("--captions-join", choices=["replace", "prepend", "append"], default="replace",
+                   help="what the captions file does to a drawing's own captions (default: replace)")
+    g.add_argument("--caption-templates", default=None, metavar="FILE",
+                   help="caption templates, one per line or a JSON list, for drawings without captions "
+                        "(fields: {title} {object} {a_object} {view} {class_name} {class_code} {caption} {patent_id})")
+    g.add_argument("--max-caption-chars", type=int, default=1000,
+                   help="longer captions are cut at a word boundary and reported, 0 = no limit (default: %(default)s)")
+    g = b.add_argument_group("importers (docs/importers.md)")
+    g.add_argument("--images-root", default=None, help="folder the image paths are relative to (default: the "
+                                                       "input file's folder)")
+    g.add_argument("--locarno-table", default=None, metavar="FILE",
+                   help="patent id -> Locarno class (CSV/TSV with header, JSON object or JSON Lines)")
+    g.add_argument("--locarno-id-column", default="patent_id", help="(default: %(default)s)")
+    g.add_argument("--locarno-class-column", default="class", help="(default: %(default)s)")
+    g.add_argument("--class-names", default=None, metavar="FILE", help="Locarno code -> class name table")
+    g.add_argument("--missing-class", choices=["skip", "other"], default="skip",
+                   help="patents without a class: skip and report (default), or put them in 99-00 and report")
+    g.add_argument("--default-date", default=None, metavar="YYYY-MM-DD",
+                   help="grant date for patents whose input has none (reported); without it they are skipped")
+    g.add_argument("--dp2-image", choices=["subfigure", "figure"], default="subfigure",
+                   help="DeepPatent2: the segmented subfigure_file (default) or the whole figure_file")
+    for col, default, what in (("path", "full_path", "image path"), ("class", "cat", "class (Locarno code or name)"),
+                               ("id", None, "patent id (default: the patent number in the path)"),
+                               ("date", None, "grant date"), ("title", None, "title"), ("view", None, "view"),
+                               ("caption", None, "caption"), ("class-name", None, "class name")):
+        g.add_argument(f"--{col}-column", default=default, help=f"CSV: column of the {what}"
+                       + (f" (default: {default})" if default else ""))
+    g.add_argument("--delimiter", default=None, help="CSV delimiter (default: tab if the header has one, else ',')")
+    g = b.add_argument_group("object storage")
+    g.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL)")
+    g.add_argument("--region", default=None, help="S3 region (default: AWS_DEFAULT_REGION)")
+    g.add_argument("--profile", default=None, help="AWS credentials profile (default: AWS_PROFILE / environment)")
+    b.add_argument("--no-resume", action="store_true", help="rebuild every shard even if a previous run completed it")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    i = sub.add_parser("inspect", help="validate shards and print their contents",
+                       description="Validate shards: every member decodes, keys are consistent, no patent is split "
+                                   "across shards or splits, counts match sizes.json, class ids match classes.json. "
+                                   "Prints the class histogram, views and grant dates. Exit status 1 on problems.")
+    i.add_argument("shards", help="a build's output folder, a split folder, a brace pattern, or their URLs")
+    i.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="checking processes (default: %(default)s)")
+    i.add_argument("--json", dest="json_out", default=None, metavar="FILE", help="also write the findings as JSON")
+    i.add_argument("--max-problems", type=int, default=50, help="problems printed (default: %(default)s)")
+    for flag in ("--endpoint-url", "--region", "--profile"):
+        i.add_argument(flag, default=None, help="as for build")
     return p
 
 
@@ -64,19 +140,54 @@ def main(argv=None) -> int:
                                           views=views, image_size=args.image_size, seed=args.seed, progress=True)
         print(path)
         return 0
-    from patentclip.shards.build import build_shards, shard_pattern, summary
+    from patentclip.shards.build import storage_options_from
 
-    report = build_shards(args.manifest, args.out, samples_per_shard=args.samples_per_shard,
-                          splits=parse_splits(args.split), seed=args.seed, image_format=args.image_format,
-                          progress=not args.no_progress)
+    so = storage_options_from(args.endpoint_url, args.region, args.profile)
+    if args.command == "inspect":
+        from patentclip.shards.inspect import format_findings, inspect_shards
+
+        findings = inspect_shards(args.shards, workers=args.workers, storage_options=so)
+        print(format_findings(findings, max_problems=args.max_problems))
+        if args.json_out:
+            with open(args.json_out, "w", encoding="utf-8") as f:
+                json.dump(findings, f, indent=1, ensure_ascii=False)
+        return 1 if findings["problems"] else 0
+
+    from patentclip.shards.build import build_shards, shard_pattern, summary
+    from patentclip.shards.importers import ImportOptions
+
+    try:
+        iopts = ImportOptions(images_root=args.images_root, locarno_table=args.locarno_table,
+                              locarno_id_column=args.locarno_id_column,
+                              locarno_class_column=args.locarno_class_column, class_names=args.class_names,
+                              missing_class=args.missing_class, default_date=args.default_date,
+                              image_field=args.dp2_image, path_column=args.path_column, class_column=args.class_column,
+                              id_column=args.id_column, date_column=args.date_column, title_column=args.title_column,
+                              view_column=args.view_column, caption_column=args.caption_column,
+                              class_name_column=args.class_name_column, delimiter=args.delimiter)
+        report = build_shards(args.inputs if len(args.inputs) > 1 else args.inputs[0], args.out,
+                              samples_per_shard=args.samples_per_shard, splits=parse_splits(args.split),
+                              seed=args.seed, image_format=args.image_format, progress=not args.no_progress,
+                              workers=max(1, args.workers), input_format=args.input_format, import_options=iopts,
+                              split_date=args.split_date, query_split=args.query_split, max_side=args.max_side,
+                              image_mode=args.image_mode, quality=args.quality, captions=args.captions,
+                              captions_join=args.captions_join, templates_file=args.caption_templates,
+                              max_caption_chars=args.max_caption_chars, storage_options=so,
+                              resume=not args.no_resume)
+    except KeyboardInterrupt as exc:
+        print(f"\n{exc or 'interrupted'}", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"patentclip-shards build: {exc}", file=sys.stderr)
+        return 2
     print(summary(report))
     for split, names in report["shards"].items():
         if names:
-            print(f"{split}: {shard_pattern(f'{args.out}/{split}', names)}")
+            print(f"{split}: {shard_pattern(report['out_dir'] + '/' + split, names)}")
     if sum(report["drawings_written"].values()) == 0:
         print("nothing was written: see build_report.json", file=sys.stderr)
         return 1
-    print(f"report: {json.dumps(str(args.out))[1:-1]}/build_report.json")
+    print(f"report: {report['out_dir']}/build_report.json")
     return 0
 
 

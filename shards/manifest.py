@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -38,6 +39,7 @@ __all__ = [
     "write_manifest",
     "RECORD_PROBLEM_KINDS",
     "DRAWING_PROBLEM_KINDS",
+    "REPAIR_KINDS",
 ]
 
 #: Default file name of a manifest inside its data folder.
@@ -47,7 +49,6 @@ SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 
 #: Problem kinds that cause a whole record (line) to be skipped.
 RECORD_PROBLEM_KINDS = (
-    "encoding",  # the line is not valid UTF-8
     "invalid_json",  # the line is not parseable JSON
     "schema",  # JSON Schema violation (missing field, wrong type, bad pattern, ...)
     "duplicate_id",  # patent_id already used by an earlier accepted line
@@ -60,6 +61,16 @@ DRAWING_PROBLEM_KINDS = (
     "duplicate_drawing",  # the same path listed twice in one record
     "missing_file",  # the image file does not exist
     "unreadable_image",  # the file exists but cannot be decoded (found by the shard builder)
+    "empty_image",  # the file is empty (found by the shard builder)
+    "image_too_large",  # more pixels than the builder decodes (found by the shard builder)
+    "no_caption",  # no caption left after cleaning and no template applies (found by the shard builder)
+)
+#: Problem kinds of things repaired and kept (scope "repair").
+REPAIR_KINDS = (
+    "invalid_utf8",  # bad bytes replaced by U+FFFD
+    "caption_control_chars",  # control characters removed from a caption
+    "caption_truncated",  # a caption longer than the limit was cut at a word boundary
+    "caption_empty",  # an empty caption was dropped (others are left)
 )
 
 
@@ -74,10 +85,13 @@ class Problem:
             ``"line 17: drawing 2 'USD0001/D00002.png': file not found"``.
         kind: machine-readable category, one of :data:`RECORD_PROBLEM_KINDS` or
             :data:`DRAWING_PROBLEM_KINDS`.
-        scope: ``"record"`` (the whole line was skipped) or ``"drawing"`` (one drawing was
-            skipped, the rest of the record is kept).
+        scope: ``"record"`` (the whole line was skipped), ``"drawing"`` (one drawing was
+            skipped, the rest of the record is kept), ``"repair"`` (something was repaired and
+            kept, e.g. bad UTF-8 bytes replaced, a caption cut) or ``"note"`` (a problem in an
+            auxiliary input such as a class table or a captions file).
         drawing: 1-based drawing number within the record for drawing problems.
         path: the drawing's path as written in the manifest, for drawing problems.
+        source: the input file's name, for the importers' problems.
     """
 
     line: int
@@ -87,6 +101,7 @@ class Problem:
     scope: str = "record"
     drawing: int | None = None
     path: str | None = None
+    source: str | None = None
 
     def __str__(self) -> str:
         return self.reason
@@ -98,6 +113,8 @@ class Problem:
             d["drawing"] = self.drawing
         if self.path is not None:
             d["path"] = self.path
+        if self.source is not None:
+            d["source"] = self.source
         d["reason"] = self.reason
         return d
 
@@ -230,8 +247,56 @@ def _describe(err) -> str:
     return f"{where}: {msg}"
 
 
+_NONBLANK = re.compile(r"\S")
+
+
+@lru_cache(maxsize=1)
+def _patterns() -> dict[str, "re.Pattern[str]"]:
+    """The schema's own patterns (so the fast path below cannot drift from the schema)."""
+    sch = load_schema()
+    props, dprops = sch["properties"], sch["$defs"]["drawing"]["properties"]
+    return {k: re.compile(props[k]["pattern"]) for k in ("patent_id", "grant_date", "class")} | {
+        "path": re.compile(dprops["path"]["pattern"])}
+
+
+def _text(v: Any) -> bool:
+    return isinstance(v, str) and bool(v) and _NONBLANK.search(v) is not None
+
+
+def _quick_valid(obj: Any) -> bool:
+    """True only if ``obj`` satisfies every rule of manifest.schema.json (a fast path for the common case: the
+    schema validator costs milliseconds per record, too slow for a million). False means "ask the validator"."""
+    if not isinstance(obj, dict):
+        return False
+    pat = _patterns()
+    for k in ("patent_id", "grant_date", "class"):
+        v = obj.get(k)
+        if not (isinstance(v, str) and pat[k].search(v)):
+            return False
+    drawings = obj.get("drawings")
+    if not (_text(obj.get("class_name")) and _text(obj.get("title"))):
+        return False
+    if "object" in obj and not (isinstance(obj["object"], str) and obj["object"]):
+        return False
+    if not (isinstance(drawings, list) and drawings):
+        return False
+    for d in drawings:
+        if not isinstance(d, dict):
+            return False
+        path, caps = d.get("path"), d.get("captions")
+        if not (isinstance(path, str) and path and pat["path"].search(path)):
+            return False
+        if "view" in d and not (isinstance(d["view"], str) and d["view"]):
+            return False
+        if not (isinstance(caps, list) and caps and all(_text(c) for c in caps)):
+            return False
+    return True
+
+
 def validate_record(obj: Any) -> list[str]:
     """Schema-check one parsed manifest line; return readable messages (empty if valid)."""
+    if _quick_valid(obj):
+        return []
     errors = sorted(_validator().iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path])
     return [_describe(e) for e in errors]
 
@@ -247,7 +312,8 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> tuple
     Each non-blank line is checked in this order (the first failing record-level check
     skips the line with one :class:`Problem` of scope ``"record"``):
 
-    1. UTF-8 decoding and JSON parsing (``encoding`` / ``invalid_json``),
+    1. UTF-8 decoding (a line that is not valid UTF-8 is repaired: bad bytes become U+FFFD,
+       reported as ``invalid_utf8`` with scope ``"repair"``) and JSON parsing (``invalid_json``),
     2. the JSON Schema ``manifest.schema.json`` (``schema``; all violations of the line
        are listed in one reason),
     3. ``patent_id`` not used by an earlier accepted line (``duplicate_id``),
@@ -280,12 +346,14 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> tuple
 
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
+            encoding_problem = None
             try:
                 text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as exc:
-                problems.append(Problem(lineno, None, f"line {lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start})",
-                                        "encoding"))
-                continue
+                # repaired: bad bytes become U+FFFD; a damaged id, date, class or path then fails its own check
+                text = raw.decode("utf-8", errors="replace")
+                encoding_problem = (f"line {lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start}); bad bytes "
+                                    "replaced by U+FFFD")
             if not text.strip():
                 continue
             try:
@@ -296,6 +364,8 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> tuple
                 continue
             pid = obj.get("patent_id") if isinstance(obj, dict) else None
             pid = pid if isinstance(pid, str) else None
+            if encoding_problem:
+                problems.append(Problem(lineno, pid, encoding_problem, "invalid_utf8", "repair"))
 
             messages = validate_record(obj)
             if messages:
