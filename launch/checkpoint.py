@@ -356,9 +356,8 @@ def resolve_resume(args, store: Optional[CheckpointStore] = None) -> Optional[Tu
     """What ``--resume`` points at: ("deepspeed", folder, tag) or ("open_clip", file, None) or None."""
     if not args.resume:
         return None
-    store = store or CheckpointStore(args)
     if args.resume == "latest":
-        found = store.find_latest()
+        found = (store or CheckpointStore(args)).find_latest()
         return ("deepspeed", found[0], found[1]) if found else None
     path = args.resume
     fs, p = _fs(path)
@@ -375,6 +374,30 @@ def resolve_resume(args, store: Optional[CheckpointStore] = None) -> Optional[Tu
     raise FileNotFoundError(
         f"--resume {path}: not a checkpoint (expected 'latest', an open_clip epoch_N.pt file, or a DeepSpeed "
         f"checkpoint folder with a 'latest' file or mp_rank_* files)")
+
+
+def resolve_zero_stage(args, target) -> int:
+    """The ZeRO stage this run uses. ``--zero-stage auto``: the stage of the DeepSpeed checkpoint being resumed
+    (its meta.json says), else 1 with several ranks and 0 with one. An explicit stage that cannot load the
+    checkpoint (stage 0 keeps the whole optimizer in the model-states file, stages 1/2 keep per-rank
+    partitions) is refused here, before anything is built, with the stage to use."""
+    saved = None
+    if target and target[0] == "deepspeed":
+        meta = read_meta(target[1], target[2]) or {}
+        saved = meta.get("zero_stage")
+        saved = int(saved) if saved is not None and str(saved).isdigit() else None
+    if args.zero_stage == "auto":
+        if saved is not None:
+            logging.info("--zero-stage auto: ZeRO stage %d, as the checkpoint being resumed", saved)
+            return saved
+        return 1 if args.world_size > 1 else 0
+    stage = int(args.zero_stage)
+    if saved is not None and (saved == 0) != (stage == 0):
+        raise SystemExit(
+            f"--zero-stage {stage} cannot resume {posixpath.join(target[1], target[2])}: it was written with ZeRO "
+            f"stage {saved} (stage 0 and stages 1/2 store the optimizer differently). Pass --zero-stage {saved} "
+            f"or --zero-stage auto.")
+    return stage
 
 
 def load_weights_before_engine(model, target) -> int:

@@ -140,6 +140,9 @@ def setup_run(args) -> torch.device:
         args.name = "-".join([date_str, f"model_{args.model.replace('/', '-')}", f"lr_{args.lr}",
                               f"b_{args.batch_size}", f"j_{args.workers}", f"p_{args.precision}"])
     resume_latest = args.resume == "latest"
+    if args.resume and not resume_latest:  # refuse a ZeRO stage that cannot read it before making any folder
+        from patentclip.launch import checkpoint as ckpt
+        ckpt.resolve_zero_stage(args, ckpt.resolve_resume(args))
     log_base_path = os.path.join(args.logs, args.name)
     args.log_path = None
     if is_master(args, local=args.log_local):
@@ -225,6 +228,7 @@ def train(args) -> int:
     preprocess_train = with_patent_augmentations(preprocess_train, args)
     store = ckpt.CheckpointStore(args)
     resume_target = ckpt.resolve_resume(args, store)
+    args.zero_stage = ckpt.resolve_zero_stage(args, resume_target)
     start_epoch, start_step = 0, 0
     if resume_target and resume_target[0] == "open_clip":
         start_epoch = ckpt.load_weights_before_engine(model, resume_target)

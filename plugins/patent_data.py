@@ -10,7 +10,8 @@ Per data-loader worker the pipeline is
       -> sampler: each example emitted m times (0 = dropped), m from the sampler plugin (seed, epoch, key)
       -> shuffle within the group: a permutation seeded by (seed, epoch, group)
       -> decode, caption draw (seed, epoch, key), open_clip preprocess + patent augmentations with torch's RNG
-         seeded from (seed, epoch, key)
+         seeded from (seed, epoch, key); grey drawings stay on one channel until ToTensor
+         (plugins/grey_preprocess.py: the same tensors, a third of the resize work)
       -> batches
 
 so every random choice is a pure function of (seed, epoch, position or key), and a run is repeatable without
@@ -54,6 +55,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from patentclip.plugins import remote_io
 from patentclip.plugins.classes import ClassTable
+from patentclip.plugins.grey_preprocess import GreyAwarePreprocess
 from patentclip.plugins.openclip_compat import group_by_keys_nothrow
 from patentclip.plugins.registry import DATASETS, SAMPLERS
 
@@ -180,7 +182,7 @@ class PatentStream(IterableDataset):
         self.world_size = world_size
         self.shared_epoch = shared_epoch
         self.class_table = class_table
-        self.preprocess = preprocess
+        self.preprocess = GreyAwarePreprocess(preprocess)  # grey drawings on one channel, same tensors
         self.tokenizer = tokenizer
         self.sampler = sampler
         self.multiview = multiview
@@ -308,18 +310,21 @@ class PatentStream(IterableDataset):
             raise ValueError(f"sample {s['__key__']!r} of {s.get('__url__', '?')} has no image (png/jpg/jpeg/webp)")
         img = Image.open(io.BytesIO(raw))
         img.load()
-        img = img.convert("RGB")
         if not self.is_train:
             return self.preprocess(img)
-        # seed torch's CPU generator (what torchvision's random transforms use) for this example, and restore it
-        # after: direct generator calls, as torch.random.fork_rng + torch.manual_seed cost ~2 ms per sample
+        # seed torch's CPU generator (what torchvision's random transforms use) and Python's `random` (what
+        # open_clip's colour jitter / grey-scale augmentations use) for this example, and restore both after:
+        # direct generator calls, as torch.random.fork_rng + torch.manual_seed cost ~2 ms per sample
         gen = torch.default_generator
-        saved = gen.get_state()
-        gen.manual_seed(stable_int("aug", salt, self.seed, epoch, s["__key__"], copy) & ((1 << 63) - 1))
+        saved, saved_py = gen.get_state(), random.getstate()
+        aug_seed = stable_int("aug", salt, self.seed, epoch, s["__key__"], copy) & ((1 << 63) - 1)
+        gen.manual_seed(aug_seed)
+        random.seed(aug_seed)
         try:
             return self.preprocess(img)
         finally:
             gen.set_state(saved)
+            random.setstate(saved_py)
 
     def make_example(self, ex: Dict, epoch: int) -> Dict:
         s = ex["anchor"]

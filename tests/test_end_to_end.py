@@ -127,3 +127,37 @@ def test_seeded_runs_repeat(synthetic_shards, tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         losses.append([s["loss"] for s in read_jsonl(tmp_path / name / "train_steps.jsonl")])
     assert losses[0] == losses[1] and len(losses[0]) > 1
+
+
+def test_one_rank_run_resumes_on_two_ranks_with_its_zero_stage(synthetic_shards, tmp_path):
+    """--zero-stage auto: ZeRO-0 on one rank (nothing to partition); resuming a mid-epoch checkpoint on two ranks
+    keeps the stage it was written with (its optimizer sits whole in the model-states file), continues the step
+    count and says it resumes at the same fraction of the epoch. An explicit stage that cannot read it is
+    refused before anything is built."""
+    base = ["--workers", "0", "--val-frequency", "0", "--save-every-n-steps", "3"]
+    r = run_cli("patentclip.launch.train", *train_argv(synthetic_shards, tmp_path, "grow", 1, *base))
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "grow"
+    ds = run / "checkpoints" / "deepspeed"
+    assert "zero_stage: 0" in (run / "params.txt").read_text()
+    meta = json.loads((ds / "step_3" / "meta.json").read_text())
+    assert meta["zero_stage"] == 0 and meta["world_size"] == 1 and meta["step"] == 3
+    before = read_jsonl(run / "train_steps.jsonl")
+    assert len(before) > 4
+
+    refused = run_cli("patentclip.launch.train", *train_argv(synthetic_shards, tmp_path, "grown", 1, *base,
+                                                              "--zero-stage", "1", "--resume", ds / "step_3"))
+    assert refused.returncode != 0
+    assert "written with ZeRO stage 0" in refused.stderr and "--zero-stage 0" in refused.stderr
+    assert not (tmp_path / "grown").exists()  # refused before any folder was made: the corrected rerun can use it
+
+    r = run_cli("patentclip.launch.train", "--nproc-per-node", "2",
+                *train_argv(synthetic_shards, tmp_path, "grown", 1, *base, "--resume", ds / "step_3"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    grown = tmp_path / "grown"
+    log = (grown / "out.log").read_text()
+    assert "ZeRO stage 0, as the checkpoint being resumed" in log
+    assert "DeepSpeed engine: ZeRO stage 0, fp32, world size 2" in log
+    assert "at the same fraction" in r.stderr + r.stdout + log
+    after = read_jsonl(grown / "train_steps.jsonl")
+    assert after and {s["epoch"] for s in after} == {0} and after[0]["step"] == 3

@@ -137,6 +137,35 @@ def test_augmentations_are_deterministic_per_seed_epoch_key(synthetic_shards, pa
     assert not torch.equal(a["image"], c["image"])
 
 
+def test_augmentation_of_a_drawing_does_not_depend_on_workers_or_position(synthetic_shards):
+    """open_clip's colour jitter and grey-scale draw from Python's `random`, torchvision from torch's generator:
+    both are seeded per example, so a drawing gets the same tensor with 0 or 2 workers (other positions)."""
+    import open_clip
+
+    from patentclip.plugins.models import register_model_configs
+
+    register_model_configs()
+    _, pre, _ = open_clip.create_model_and_transforms(
+        "patentclip-tiny", aug_cfg=dict(color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.5,
+                                        gray_scale_prob=0.5))
+    assert any(type(t).__name__ == "color_jitter" for t in pre.transforms)
+    tok = open_clip.get_tokenizer("patentclip-tiny")
+    table = load_class_table(synthetic_shards["train"])
+    by_key = []
+    for workers in (0, 2):
+        info = DATASETS.get("patent-wds")(data_args(synthetic_shards["train"], workers=workers), pre, True,
+                                          epoch=1, tokenizer=tok, class_table=table)
+        got = {}
+        for b in info.dataloader:
+            for k, img in zip(b["key"], b["image"]):
+                got.setdefault(k, img)
+        by_key.append(got)
+    common = set(by_key[0]) & set(by_key[1])
+    assert len(common) > 20
+    for k in common:
+        assert torch.equal(by_key[0][k], by_key[1][k]), k
+
+
 # ---------------------------------------------------------------------------------------------------------
 # exact resume
 

@@ -1,0 +1,94 @@
+"""Preprocess grey drawings on one channel: the same tensors as open_clip's RGB preprocess, at about a third of
+the resize cost.
+
+Patent drawings are line art; the shard builder stores them as 8-bit grey PNGs (mode ``L``). open_clip's
+pipeline converts every image to RGB and then resizes / crops three identical channels. This wrapper keeps a
+grey image on its one channel through the geometric transforms (PIL resamples each band with the same
+coefficients, so one band is exactly each of the three), converts it to a tensor, and only then repeats it into
+three channels, before anything that can tell channels apart (``Normalize``, random erasing, GridMask). The
+result is bit-identical to ``preprocess(img.convert("RGB"))`` (tested), including the random draws of
+``RandomResizedCrop`` and the flips, which depend on the image size only.
+
+The fast path is taken only for images of mode ``L``, ``LA`` or ``1`` (which convert to RGB by copying the grey
+value) and only when every step before ``ToTensor`` is a known geometric transform; a preprocess with colour
+augmentation (open_clip's ``color_jitter``, ``gray_scale``) or an unknown step runs unchanged on the RGB image.
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional
+
+import torch
+import torchvision.transforms as T
+
+GREY_MODES = ("L", "LA", "1")
+
+
+def _geometric_types() -> tuple:
+    types = [T.Resize, T.CenterCrop, T.RandomResizedCrop, T.RandomHorizontalFlip, T.RandomVerticalFlip]
+    try:
+        from open_clip import transform as oct
+        types += [getattr(oct, n) for n in ("ResizeKeepRatio", "CenterCropOrPad") if hasattr(oct, n)]
+    except ImportError:  # pragma: no cover - open_clip is a dependency
+        pass
+    return tuple(types)
+
+
+def _is_rgb_conversion(step) -> bool:
+    """open_clip's ``_convert_to_rgb`` function (2.x) or ``MaybeConvertMode('RGB')`` (3.x)."""
+    if getattr(step, "__name__", "") == "_convert_to_rgb":
+        return True
+    return type(step).__name__ == "MaybeConvertMode" and getattr(step, "mode", None) == "RGB"
+
+
+def _is_to_tensor(step) -> bool:
+    return isinstance(step, T.ToTensor) or type(step).__name__ == "MaybeToTensor"
+
+
+class RepeatChannels(torch.nn.Module):
+    """(1, H, W) -> (3, H, W) (a broadcast view; the next step that writes makes it a tensor of its own)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.expand(3, -1, -1) if x.shape[0] == 1 else x
+
+    def __repr__(self) -> str:
+        return "RepeatChannels(3)"
+
+
+def grey_steps(preprocess) -> Optional[List[Callable]]:
+    """The one-channel version of a ``T.Compose`` preprocess, or None when it has no safe one."""
+    steps = getattr(preprocess, "transforms", None)
+    if not steps:
+        return None
+    geometric = _geometric_types()
+    out: List[Callable] = []
+    for i, step in enumerate(steps):
+        if _is_rgb_conversion(step):
+            continue
+        if _is_to_tensor(step):
+            return out + [step, RepeatChannels()] + list(steps[i + 1:])
+        if not isinstance(step, geometric):
+            return None
+        out.append(step)
+    return None
+
+
+class GreyAwarePreprocess:
+    """Callable on a decoded PIL image of any mode: grey images take the one-channel path, others are converted
+    to RGB and go through ``preprocess`` unchanged."""
+
+    def __init__(self, preprocess: Callable):
+        self.preprocess = preprocess
+        steps = grey_steps(preprocess)
+        self.grey = T.Compose(steps) if steps is not None else None
+
+    def __call__(self, img):
+        if self.grey is not None and img.mode in GREY_MODES:
+            if img.mode != "L":
+                img = img.convert("L")
+            return self.grey(img).contiguous()
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        return self.preprocess(img)
+
+    def __repr__(self) -> str:
+        return f"GreyAwarePreprocess(one-channel path: {self.grey is not None}, {self.preprocess!r})"
