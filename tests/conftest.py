@@ -9,6 +9,18 @@ import pytest
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
+
+def data_args(train=None, val=None, **kw):
+    """The data arguments patent-wds reads (patentclip-train's defaults, batch 8, no workers), with overrides."""
+    import argparse
+
+    base = dict(train_data=train, val_data=val, train_num_samples=None, val_num_samples=None, seed=0, batch_size=8,
+                workers=0, world_size=1, rank=0, dataset_resampled=False, train_data_upsampling_factors=None,
+                sampler="natural", sampler_beta=1.0, caption_choice="random", multiview=False,
+                shuffle_group_shards=4)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
 def shard_pattern(split_dir: Path) -> str:
     from patentclip.shards.build import shard_pattern as pattern
 

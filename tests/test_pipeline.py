@@ -1,5 +1,4 @@
 """The patent-wds dataset plugin: batch contents, determinism, caption draws, bad input."""
-import argparse
 import io
 import json
 import tarfile
@@ -7,19 +6,12 @@ import tarfile
 import pytest
 import torch
 
+from conftest import data_args
 from patentclip.plugins.classes import load_class_table
 from patentclip.plugins.patent_data import grant_day, stable_index
 from patentclip.plugins.registry import DATASETS, SAMPLERS, load_builtin_plugins
 
 load_builtin_plugins()
-
-
-def data_args(train=None, val=None, **kw):
-    base = dict(train_data=train, val_data=val, train_num_samples=None, val_num_samples=None, seed=0, batch_size=8,
-                workers=0, world_size=1, rank=0, dataset_resampled=False, train_data_upsampling_factors=None,
-                sampler="natural", caption_choice="random")
-    base.update(kw)
-    return argparse.Namespace(**base)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+import conftest
 from patentclip.plugins.classes import load_class_table
 from patentclip.plugins.registry import DATASETS, load_builtin_plugins
 from patentclip.plugins.samplers import ClassAwareSampler, uniform01
@@ -15,12 +16,7 @@ load_builtin_plugins()
 
 
 def data_args(train, **kw):
-    base = dict(train_data=train, val_data=None, train_num_samples=None, val_num_samples=None, seed=0, batch_size=8,
-                workers=0, world_size=1, rank=0, dataset_resampled=False, train_data_upsampling_factors=None,
-                sampler="natural", sampler_beta=1.0, caption_choice="random", multiview=False,
-                shuffle_group_shards=2)
-    base.update(kw)
-    return argparse.Namespace(**base)
+    return conftest.data_args(train, **{"shuffle_group_shards": 2, **kw})
 
 
 @pytest.fixture(scope="module")
