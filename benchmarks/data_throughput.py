@@ -3,10 +3,17 @@
 same shards, workers and image size, in one run, plus the raw read + decode rate of the same shards as the
 ceiling; and the cost of multi-view pairs (one extra view per example).
 
-    python benchmarks/data_throughput.py [--patents 600 --image-size 256 --model-size 224 --workers 2]
+    python benchmarks/data_throughput.py [--patents 600 --image-size 256 --model ViT-B-32 --workers 2]
+    python benchmarks/data_throughput.py --quick --json out.json     # tiny sizes, seconds (the suite's test)
 
-Prints samples/s of each and the ratios (targets: >= 0.95x open_clip with views off, >= 0.8x the raw decode
-ceiling). Each pipeline is read for ``--epochs`` passes after one warm-up pass; the best pass counts.
+Prints samples/s of each and the ratios. Targets (issue): >= 0.95x open_clip with views off, and >= 0.8x the
+raw read + decode rate (decode to RGB, nothing else). The second is out of reach for any pipeline that also runs
+the model's preprocess on the CPU when that preprocess costs more than a quarter of the decode, as a bicubic
+resize of a 256 px drawing to 224 px does (open_clip's own pipeline reaches ~0.25x); so a second ceiling is
+printed too, read + decode + the model's preprocess (the work every CLIP pipeline has to do), without a
+target. Each pipeline is read for ``--epochs`` passes after one
+warm-up pass; the best pass counts. ``--json`` writes the figures and a ``"summary"`` list of rows
+(benchmarks/_common.py) that ``benchmarks/run_all.py`` collects.
 """
 from __future__ import annotations
 
@@ -15,14 +22,15 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from _common import at_least, parse_args, row, temporary_dir, write_json
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-def make_shards(root: Path, patents: int, image_size: int) -> str:
+def make_shards(root: Path, patents: int, image_size: int, samples_per_shard: int = 250) -> str:
     from patentclip.shards.build import shard_pattern
     from patentclip.shards.build import build_shards
     from patentclip.shards.synth import generate_synthetic_patents
@@ -30,7 +38,8 @@ def make_shards(root: Path, patents: int, image_size: int) -> str:
     if not (root / "shards" / "train" / "sizes.json").exists():
         m = generate_synthetic_patents(root / "patents", num_patents=patents, num_classes=12, image_size=image_size,
                                        seed=0)
-        build_shards(m, root / "shards", samples_per_shard=250, splits=(("train", 1.0),), seed=0, progress=False)
+        build_shards(m, root / "shards", samples_per_shard=samples_per_shard, splits=(("train", 1.0),), seed=0,
+                     progress=False)
     return shard_pattern(root / "shards" / "train")
 
 
@@ -55,9 +64,14 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=2, help="Timed passes per pipeline (after a warm-up pass).")
-    ap.add_argument("--work-dir", default=None)
-    ap.add_argument("--json", default=None, help="Write the figures here as JSON.")
-    a = ap.parse_args(argv)
+    ap.add_argument("--work-dir", default=None, help="Working folder, kept (default: a temporary one, removed).")
+    ap.add_argument("--samples-per-shard", type=int, default=250)
+    ap.add_argument("--json", default=None, help="Write the figures here as JSON (with a \"summary\" list).")
+    ap.add_argument("--quick", action="store_true",
+                    help="Tiny sizes (60 patents at 128 px in 4 shards, patentclip-tiny's preprocess, batch 16, "
+                         "1 timed pass): finishes in seconds; for checking the script, not for the figures.")
+    a = parse_args(ap, argv, dict(patents=60, image_size=128, model="patentclip-tiny", batch_size=16, epochs=1,
+                                  samples_per_shard=60))
 
     import open_clip
     import torch
@@ -73,8 +87,8 @@ def main(argv=None) -> int:
     register_model_configs()
     load_builtin_plugins()
     openclip_compat.apply()
-    work = Path(a.work_dir or tempfile.mkdtemp(prefix="patentclip-bench-data-"))
-    pattern = make_shards(work, a.patents, a.image_size)
+    work = Path(a.work_dir) if a.work_dir else temporary_dir("patentclip-bench-data-")
+    pattern = make_shards(work, a.patents, a.image_size, a.samples_per_shard)
     _, preprocess, _ = open_clip.create_model_and_transforms(a.model, pretrained=None)
     tokenizer = open_clip.get_tokenizer(a.model)
     table = load_class_table(pattern)
@@ -154,10 +168,27 @@ def main(argv=None) -> int:
         print(f"  {k:<56} {v:6.3f}x")
     print(f"  extra cost of one more view per example: {1000 * cost_per_view:.2f} ms/sample")
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"samples_per_s": results, "ratios": ratios, "ms_per_extra_view": 1000 * cost_per_view,
-                       "workers": a.workers, "image_size": a.image_size, "model": a.model, "samples": n_total}, f,
-                      indent=2)
+        summary = [
+            at_least("patentclip / open_clip pipeline (views off)", ratios["patentclip / open_clip (views off)"],
+                     0.95),
+            at_least("patentclip / raw read+decode ceiling (views off)",
+                     ratios["patentclip / raw decode ceiling (views off)"], 0.8),
+            row("patentclip / read+decode+preprocess ceiling (views off)",
+                ratios["patentclip / read+decode+preprocess ceiling (views off)"], "x"),
+            row("open_clip / raw read+decode ceiling", ratios["open_clip / raw decode ceiling"], "x"),
+            row("open_clip / read+decode+preprocess ceiling", ratios["open_clip / read+decode+preprocess ceiling"],
+                "x"),
+            row("views on / views off (throughput)", ratios["views on / views off (throughput)"], "x"),
+            row("patentclip pipeline (views off)", results["patentclip_sampler_on_views_off"], "samples/s"),
+            row("open_clip get_wds_dataset", results["open_clip_get_wds_dataset"], "samples/s"),
+            row("raw read+decode ceiling", results["raw_read_decode"], "samples/s"),
+            row("read+decode+preprocess ceiling", results["raw_read_decode_preprocess"], "samples/s"),
+            row("extra cost of a second view", 1000 * cost_per_view, "ms/sample"),
+        ]
+        write_json(a.json, {"summary": summary, "samples_per_s": results, "ratios": ratios,
+                            "ms_per_extra_view": 1000 * cost_per_view, "workers": a.workers,
+                            "image_size": a.image_size, "model": a.model, "samples": n_total,
+                            "batch_size": a.batch_size, "epochs": a.epochs, "quick": a.quick})
     return 0
 
 

@@ -2,18 +2,20 @@
 
     python benchmarks/eval_scaling.py                        # CPU sizes (about a minute on 2 cores)
     python benchmarks/eval_scaling.py --device cuda --preset gpu   # up to 250K queries x 800K drawings, one GPU
+    python benchmarks/eval_scaling.py --quick --json out.json      # tiny sizes, seconds (the suite's test)
 
 For each size it times :func:`patentclip.launch.metrics.retrieval_metrics` exactly as ``patentclip-eval`` calls
 it (prior-art filter on random grant dates, the query's own patent excluded, head/tail groups, chunks sized from
 ``--max-chunk-mb``), on random L2-normalised features, and prints seconds, nanoseconds per (query, database)
 pair and the ratios to the smallest size: time ratio / pair ratio stays near 1 when the cost is linear in
 Q x N (the sort adds a log N factor). It also fits ``time ~ (Q x N)^a`` and prints ``a`` (1 = linear), and the
-peak memory (CUDA: the allocator's peak above the data; CPU: the peak growth of the process's RSS, sampled), which the chunking bounds.
+peak memory (CUDA: the allocator's peak above the data; CPU: the peak growth of the process's RSS, sampled), which
+the chunking bounds. ``--json`` writes the rows, the fit and a ``"summary"`` list (benchmarks/_common.py) that
+``benchmarks/run_all.py`` collects; the exponent's target is <= 1.1 (linear in Q x N, up to the sort's log N).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import resource
@@ -21,6 +23,10 @@ import sys
 import time
 
 import torch
+
+from _common import at_most, parse_args, row, write_json
+
+EXPONENT_TARGET = 1.1
 
 PRESETS = {
     # (queries, database) pairs
@@ -131,8 +137,11 @@ def main(argv=None) -> int:
     p.add_argument("--classes", type=int, default=32, help="Classes (Locarno has 32).")
     p.add_argument("--max-chunk-mb", type=int, default=1024, help="Memory budget of one chunk (patentclip-eval's).")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
-    p.add_argument("--out", default=None, help="Write the rows as JSON here.")
-    args = p.parse_args(argv)
+    p.add_argument("--json", "--out", dest="json", default=None,
+                   help="Write the rows, the fit and a \"summary\" list as JSON here (--out: the old name).")
+    p.add_argument("--quick", action="store_true", help="The tiny preset (3 sizes up to 200 x 800), dim 128: "
+                                                        "seconds; for checking the script, not for the figures.")
+    args = parse_args(p, argv, dict(preset="tiny", dim=128))
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -158,16 +167,35 @@ def main(argv=None) -> int:
         row["pair_ratio"], row["time_ratio"] = pr, tr
         print(f"{q:>9} {n:>9} {row['pairs']:>12.3g} {row['seconds']:>9.3f} {row['ns_per_pair']:>8.2f} "
               f"{row['chunk_queries']:>6} {row['peak_mb']:>9.0f} {pr:>8.2f} {tr:>8.2f} {tr / pr:>10.2f}", flush=True)
+    a = None
     if len(rows) >= 2:
         xs = torch.tensor([math.log(r["pairs"]) for r in rows], dtype=torch.float64)
         ys = torch.tensor([math.log(r["seconds"]) for r in rows], dtype=torch.float64)
         a = float(((xs - xs.mean()) * (ys - ys.mean())).sum() / ((xs - xs.mean()) ** 2).sum())
         print(f"\nfit: time ~ (Q x N)^{a:.2f}   (1.00 = linear in queries x database)")
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=2)
+    if args.json:
+        write_json(args.json, {"summary": summary_rows(rows, a), "rows": rows, "fit_exponent": a,
+                               "device": str(device), "threads": torch.get_num_threads(), "dim": args.dim,
+                               "classes": args.classes, "max_chunk_mb": args.max_chunk_mb, "quick": args.quick})
     return 0
+
+
+def summary_rows(rows, exponent):
+    """The summary contract's rows: the fit exponent (target <= 1.1), each size's seconds, and at the largest
+    size the cost per pair, time ratio / pair ratio against the smallest size and the peak memory growth."""
+    out = []
+    if exponent is not None:
+        out.append(at_most("fit exponent a of time ~ (queries x database)^a", exponent, EXPONENT_TARGET, unit=""))
+    for r in rows:
+        out.append(row(f"eval time, {r['queries']} queries x {r['database']} database", r["seconds"], "s"))
+    last = rows[-1]
+    size = f"{last['queries']} x {last['database']}"
+    out.append(row(f"cost per (query, database) pair at {size}", last["ns_per_pair"], "ns/pair"))
+    if len(rows) >= 2:
+        out.append(row(f"time ratio / pair ratio, {size} vs {rows[0]['queries']} x {rows[0]['database']}",
+                       last["time_ratio"] / last["pair_ratio"], "x"))
+    out.append(row(f"peak memory growth at {size}", max(0.0, last["peak_mb"]), "MB"))
+    return out
 
 
 if __name__ == "__main__":

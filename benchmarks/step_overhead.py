@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Time per training step: ``patentclip-train --recipe clip`` vs vanilla open_clip's ``train_one_epoch`` on the
-same tiny model and batch, and the extra cost of each loss term, in one run.
+"""Time per training step: ``patentclip-train --recipe clip`` (and ``--recipe designclip``, ``--recipe
+llm-informed``) vs vanilla open_clip's ``train_one_epoch`` on the same tiny model, batch and precision, and the
+extra cost of each loss term, in one run.
 
     python benchmarks/step_overhead.py [--batch-size 64 --steps 2 --rounds 12 --zero-stage auto --threads 1]
+    python benchmarks/step_overhead.py --quick --json out.json     # batch 8, 2 rounds: seconds (the suite's test)
 
 Both sides run in this one process on the CPU, fp32, one rank, on the same in-memory batch (no data loading):
 
@@ -11,6 +13,10 @@ Both sides run in this one process on the CPU, fp32, one rank, on the same in-me
 * patentclip: what ``patentclip-train`` builds (arguments through its parser with ``--recipe clip``, the
   PatentTrainModule, the DeepSpeed engine from ``launch.train.deepspeed_config``, ``launch.step.train_step``,
   the cosine schedule, the per-step ``.item()`` of the logged terms);
+* the other recipes, each against the same vanilla open_clip: ``--recipe designclip`` (class-aware
+  classification head, class-aware contrastive and multi-view contrastive: it encodes a second image per
+  sample, so it is expected well above 1x) and ``--recipe llm-informed`` (clip + class + category contrastive,
+  uncertainty weights, text tower frozen as the trainer freezes it) -- reported, no target;
 * loss terms: the same trainer with ``clip`` plus one more term, all non-view terms (fixed and uncertainty
   weighting), or ``multiview_contrastive`` (which encodes a second image per sample) -- all on ONE model,
   engine and optimizer whose criterion is switched between these loss sets, so only the loss differs;
@@ -20,13 +26,13 @@ Runners are interleaved round by round (one "epoch" of ``--steps`` steps each pe
 warm-up, the order rotated every round). Step times are medians over the rounds; ratios are paired by round (a
 runner's time over its reference's in the same round, median over the rounds), which cancels load that drifts
 over time. Two clocks: the process CPU time (the default for the ratios; with ``--threads 1`` it is the work
-done, and it is robust when other jobs share the machine) and the wall clock. Prints the table and the ratios against the targets (``--recipe clip`` <= 1.10x
-vanilla; the non-view terms together < +5%).
+done, and it is robust when other jobs share the machine) and the wall clock. Prints the table and the ratios
+against the targets (``--recipe clip`` <= 1.10x vanilla; the non-view terms together < +5%). ``--json`` writes
+the figures and a ``"summary"`` list (benchmarks/_common.py) that ``benchmarks/run_all.py`` collects.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -36,8 +42,11 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import torch  # noqa: E402  (after DS_ACCELERATOR)
 
+from _common import at_most, below, parse_args, row, write_json  # noqa: E402
+
 NON_VIEW = ["class_aware_contrastive", "class_aware_classification", "class_contrastive", "category_contrastive"]
 NUM_CLASSES = 12
+RECIPES = ["designclip", "llm-informed"]  # timed against vanilla open_clip besides --recipe clip
 
 
 class ListLoader:
@@ -132,7 +141,9 @@ def patentclip_runner(a, batch, steps, variants=None, extra_argv=()):
     """patentclip-train's model, engine and step (see the module docstring) on `steps` copies of the batch.
 
     ``variants``: {name: (loss spec, weighting)} -> one engine whose criterion switches between these LossSets;
-    returns {name: run}. Without: ``--recipe clip`` (plus ``extra_argv``) and returns run."""
+    returns {name: run}. Without: ``--recipe clip`` (plus ``extra_argv``, where a later ``--recipe X`` wins, as
+    argparse keeps the last value and apply_recipe then sets X's settings) and returns run. The towers the
+    recipe (or ``--lock-text``/``--lock-image``) freezes are frozen as patentclip-train does."""
     import torch
     from open_clip import create_model_and_transforms
     from open_clip_train.scheduler import cosine_lr
@@ -151,6 +162,12 @@ def patentclip_runner(a, batch, steps, variants=None, extra_argv=()):
     torch.manual_seed(0)
     model, _, _ = create_model_and_transforms(args.model, precision="fp32", device="cpu", output_dict=True)
     make_logit_scale_nonscalar(model)
+    if args.lock_image:  # as launch/train.py does, before the optimizer sees the parameters
+        model.lock_image_tower(unlocked_groups=args.lock_image_unlocked_groups,
+                               freeze_bn_stats=args.lock_image_freeze_bn_stats)
+    if args.lock_text:
+        model.lock_text_tower(unlocked_layers=args.lock_text_unlocked_layers,
+                              freeze_layer_norm=args.lock_text_freeze_layer_norm)
     if variants:
         sets = {}
         for name, (spec, weighting) in variants.items():
@@ -211,8 +228,10 @@ def main(argv=None) -> int:
                          "0/1 is timed too.")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, see above).")
     ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="The clock of the ratios.")
-    ap.add_argument("--json", default=None, help="Also write the figures here as JSON.")
-    a = ap.parse_args(argv)
+    ap.add_argument("--json", default=None, help="Also write the figures here as JSON (with a \"summary\" list).")
+    ap.add_argument("--quick", action="store_true",
+                    help="Batch 8, 1 step per round, 2 rounds: seconds; for checking the script, not the figures.")
+    a = parse_args(ap, argv, dict(batch_size=8, steps=1, rounds=2))
     a.zero_stage = 0 if a.zero_stage == "auto" else int(a.zero_stage)  # what auto means on one rank
 
     import logging
@@ -248,6 +267,10 @@ def main(argv=None) -> int:
     other = 1 if a.zero_stage == 0 else 0
     other_name = f"patentclip --recipe clip --zero-stage {other}"
     runners[other_name] = patentclip_runner(a, batch, a.steps, extra_argv=["--zero-stage", str(other)])
+    # the other recipes, same model, batch and precision, each against vanilla open_clip
+    recipe_names = {r: f"patentclip --recipe {r}" for r in RECIPES}
+    for r, name in recipe_names.items():
+        runners[name] = patentclip_runner(a, batch, a.steps, extra_argv=["--recipe", r])
     # the loss terms: one engine, the criterion switched between the variants
     variants = {"loss clip": ("clip", "fixed")}
     for term in NON_VIEW:
@@ -278,6 +301,7 @@ def main(argv=None) -> int:
               "patentclip --recipe clip": ["patentclip --recipe clip #1", "patentclip --recipe clip #2"]}
     groups.update({n: [n] for n in runners if not n.endswith(("#1", "#2"))})
     refs = {"patentclip --recipe clip": "vanilla open_clip", other_name: "vanilla open_clip"}
+    refs.update({name: "vanilla open_clip" for name in recipe_names.values()})
     refs.update({n: "loss clip" for n in variants if n != "loss clip"})
 
     def ratios(clock, name):
@@ -309,15 +333,29 @@ def main(argv=None) -> int:
     wall_ratio = statistics.median(ratios("wall", "patentclip --recipe clip"))
     wall_non_view = statistics.median(ratios("wall", "+ all non-view terms")) - 1
     print(f"\n--recipe clip --zero-stage {other} / vanilla open_clip: {summary[other_name]['ratio']:.3f}x")
+    for r, name in recipe_names.items():
+        print(f"--recipe {r} / vanilla open_clip: {summary[name]['ratio']:.3f}x (no target)"
+              f"   [wall clock: {statistics.median(ratios('wall', name)):.3f}x]")
     print(f"--recipe clip / vanilla open_clip: {ratio:.3f}x (target <= 1.10x): {'OK' if ratio <= 1.10 else 'MISSED'}"
           f"   [wall clock: {wall_ratio:.3f}x]")
     print(f"all non-view loss terms together: {non_view:+.1%} (target < +5%): {'OK' if non_view < 0.05 else 'MISSED'}"
           f"   [wall clock: {wall_non_view:+.1%}]")
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"config": vars(a), "median_s_per_step": med, "ratios": summary, "clip_vs_vanilla": ratio,
-                       "non_view_extra": non_view, "wall_clip_vs_vanilla": wall_ratio,
-                       "wall_non_view_extra": wall_non_view}, f, indent=2)
+        rows = [at_most("--recipe clip / vanilla open_clip (step time)", ratio, 1.10),
+                row("--recipe clip / vanilla open_clip (step time, wall clock)", wall_ratio, "x")]
+        notes = {"designclip": " (2 views per sample)", "llm-informed": " (text tower frozen)"}
+        rows += [row(f"--recipe {r}{notes.get(r, '')} / vanilla open_clip (step time)", summary[name]["ratio"], "x")
+                 for r, name in recipe_names.items()]
+        rows.append(row(f"--recipe clip --zero-stage {other} / vanilla open_clip (step time)",
+                        summary[other_name]["ratio"], "x"))
+        rows.append(below("all non-view loss terms together (step time)", 100 * non_view, 5.0))
+        rows += [row(f"loss term {n.lstrip('+ ')} (step time)", 100 * (summary[n]["ratio"] - 1), "%")
+                 for n in variants if n not in ("loss clip", "+ all non-view terms")]
+        rows.append(row(f"vanilla open_clip step ({a.clock} clock)", med[a.clock]["vanilla open_clip"], "s"))
+        write_json(a.json, {"summary": rows, "config": vars(a), "median_s_per_step": med, "ratios": summary,
+                            "clip_vs_vanilla": ratio, "non_view_extra": non_view, "wall_clip_vs_vanilla": wall_ratio,
+                            "wall_non_view_extra": wall_non_view,
+                            "recipes_vs_vanilla": {r: summary[n]["ratio"] for r, n in recipe_names.items()}})
     return 0
 
 
