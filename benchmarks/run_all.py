@@ -342,7 +342,7 @@ def fmt_value(value, unit: str) -> str:
     if unit == "x":
         return f"{value:.3f}x"
     if unit == "%":
-        return f"{value:+.1f}%"
+        return f"{value:.1f}%"
     a = abs(value)
     text = f"{value:.0f}" if a >= 100 else f"{value:.1f}" if a >= 10 else f"{value:.3g}"
     return f"{text} {unit}".strip()

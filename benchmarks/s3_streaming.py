@@ -29,18 +29,9 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import at_least, exit_on_sigterm, parse_args, row, temporary_dir, write_json  # noqa: E402
+from _common import at_least, exit_on_sigterm, parse_args, proc_cpu, row, temporary_dir, write_json  # noqa: E402
 
 TARGET = 0.85
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of a running process, from /proc; 0 when unavailable."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def main(argv=None) -> int:

@@ -28,16 +28,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import at_least, exit_on_sigterm, parse_args, row, write_json  # noqa: E402
-
-
-def _proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of a running process, from /proc; 0 when unavailable."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+from _common import at_least, exit_on_sigterm, parse_args, proc_cpu, row, write_json  # noqa: E402
 
 
 def _own_cpu() -> float:
@@ -48,12 +39,12 @@ def _own_cpu() -> float:
 def run(manifest, out, workers, spp, server_pid=None):
     from patentclip.shards.build import build_shards
 
-    cpu0, srv0, load0 = _own_cpu(), _proc_cpu(server_pid) if server_pid else 0.0, os.getloadavg()[0]
+    cpu0, srv0, load0 = _own_cpu(), proc_cpu(server_pid) if server_pid else 0.0, os.getloadavg()[0]
     t = time.perf_counter()
     rep = build_shards(manifest, out, samples_per_shard=spp, workers=workers, progress=False, resume=False,
                        splits=(("train", 0.9), ("val", 0.1)))
     dt = time.perf_counter() - t
-    cpu = _own_cpu() - cpu0 + ((_proc_cpu(server_pid) - srv0) if server_pid else 0.0)
+    cpu = _own_cpu() - cpu0 + ((proc_cpu(server_pid) - srv0) if server_pid else 0.0)
     n = rep["drawings_written_total"]
     return {"drawings_per_s": round(n / dt, 1), "seconds": round(dt, 3), "drawings": n,
             "bytes": rep["bytes_written"], "cpu_s": round(cpu, 2), "load_1min": round(max(load0, os.getloadavg()[0]), 2)}

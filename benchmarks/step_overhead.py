@@ -348,8 +348,8 @@ def main(argv=None) -> int:
                  for r, name in recipe_names.items()]
         rows.append(row(f"--recipe clip --zero-stage {other} / vanilla open_clip (step time)",
                         summary[other_name]["ratio"], "x"))
-        rows.append(below("all non-view loss terms together (step time)", 100 * non_view, 5.0))
-        rows += [row(f"loss term {n.lstrip('+ ')} (step time)", 100 * (summary[n]["ratio"] - 1), "%")
+        rows.append(below("extra step time of all non-view loss terms together", 100 * non_view, 5.0))
+        rows += [row(f"extra step time of loss term {n.lstrip('+ ')}", 100 * (summary[n]["ratio"] - 1), "%")
                  for n in variants if n not in ("loss clip", "+ all non-view terms")]
         rows.append(row(f"vanilla open_clip step ({a.clock} clock)", med[a.clock]["vanilla open_clip"], "s"))
         write_json(a.json, {"summary": rows, "config": vars(a), "median_s_per_step": med, "ratios": summary,

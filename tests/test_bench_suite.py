@@ -116,7 +116,7 @@ def test_aggregation_and_markdown_on_hand_made_results(tmp_path):
     assert md == run_all.render_markdown(report)
     assert "| CPU | Test CPU 9000 |" in md and "| GPU | none |" in md and "torch 2.0" in md
     assert "| good | a / b | 1.020x | <= 1.10x | yes |" in md
-    assert "| good | terms | +3.0% | < +5% | yes |" in md
+    assert "| good | terms | 3.0% | < +5% | yes |" in md
     assert "| good | pipeline | 1234 samples/s |  |  |" in md
     assert "| good | miss | 0.500x | >= 0.95x | NO |" in md
     assert "| crashed | **FAILED**: exit code 1 | | | |" in md
