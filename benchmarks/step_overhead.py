@@ -96,6 +96,8 @@ def vanilla_runner(a, batch, steps):
     from open_clip_train.scheduler import cosine_lr
     from open_clip_train.train import train_one_epoch
 
+    from patentclip.launch.model import optimizer_param_groups
+
     args = parse_args(["--model", a.model, "--batch-size", str(a.batch_size), "--precision", "fp32", "--device",
                        "cpu", "--lr", "1e-4", "--warmup", "5", "--log-every-n-steps", str(10 ** 9)])
     args.distributed, args.world_size, args.rank, args.local_rank = False, 1, 0, 0
@@ -103,12 +105,8 @@ def vanilla_runner(a, batch, steps):
     torch.manual_seed(0)
     model, _, _ = create_model_and_transforms(args.model, precision="fp32", device="cpu", output_dict=True)
     loss = create_loss(args)
-    exclude = lambda n, p: p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n  # noqa: E731
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        [{"params": [p for n, p in named if exclude(n, p)], "weight_decay": 0.0},
-         {"params": [p for n, p in named if not exclude(n, p)], "weight_decay": args.wd}],
-        lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps)
+    optimizer = torch.optim.AdamW(optimizer_param_groups(model, args.wd),  # open_clip main's two groups
+                                  lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps)
     data = {"train": ListData([(batch["image"], batch["text"])] * steps, a.batch_size)}
     scheduler = cosine_lr(optimizer, args.lr, args.warmup, steps * 1000)
     state = {"epoch": 0}
@@ -149,7 +147,8 @@ def patentclip_runner(a, batch, steps, variants=None, extra_argv=()):
     from open_clip_train.scheduler import cosine_lr
 
     from patentclip.launch.args import parse_train_args
-    from patentclip.launch.model import PatentTrainModule, make_logit_scale_nonscalar, optimizer_param_groups
+    from patentclip.launch.model import (PatentTrainModule, lock_towers, make_logit_scale_nonscalar,
+                                         optimizer_param_groups)
     from patentclip.launch.step import train_step
     from patentclip.launch.train import deepspeed_config
     from patentclip.plugins.losses import LossSet
@@ -162,12 +161,7 @@ def patentclip_runner(a, batch, steps, variants=None, extra_argv=()):
     torch.manual_seed(0)
     model, _, _ = create_model_and_transforms(args.model, precision="fp32", device="cpu", output_dict=True)
     make_logit_scale_nonscalar(model)
-    if args.lock_image:  # as launch/train.py does, before the optimizer sees the parameters
-        model.lock_image_tower(unlocked_groups=args.lock_image_unlocked_groups,
-                               freeze_bn_stats=args.lock_image_freeze_bn_stats)
-    if args.lock_text:
-        model.lock_text_tower(unlocked_layers=args.lock_text_unlocked_layers,
-                              freeze_layer_norm=args.lock_text_freeze_layer_norm)
+    lock_towers(model, args)  # as launch/train.py does, before the optimizer sees the parameters
     if variants:
         sets = {}
         for name, (spec, weighting) in variants.items():

@@ -166,6 +166,16 @@ def load_head_state(module: nn.Module, state: Optional[Dict]) -> bool:
     return True
 
 
+def lock_towers(model, args) -> None:
+    """Freeze the towers open_clip's --lock-image / --lock-text ask for (before the optimizer sees them)."""
+    if args.lock_image:
+        model.lock_image_tower(unlocked_groups=args.lock_image_unlocked_groups,
+                               freeze_bn_stats=args.lock_image_freeze_bn_stats)
+    if args.lock_text:
+        model.lock_text_tower(unlocked_layers=args.lock_text_unlocked_layers,
+                              freeze_layer_norm=args.lock_text_freeze_layer_norm)
+
+
 def optimizer_param_groups(module: nn.Module, weight_decay: float):
     """open_clip's two AdamW groups: no weight decay on gains, biases, norms and logit_scale."""
     exclude = lambda n, p: p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n  # noqa: E731

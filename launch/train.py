@@ -195,7 +195,7 @@ def train(args) -> int:
     from patentclip.launch import checkpoint as ckpt
     from patentclip.launch.evaluate import evaluate_during_training
     from patentclip.launch.step import accumulate_batches, train_step_accum
-    from patentclip.launch.model import (PatentTrainModule, head_state, load_head_state,
+    from patentclip.launch.model import (PatentTrainModule, head_state, load_head_state, lock_towers,
                                          make_logit_scale_nonscalar, optimizer_param_groups)
     from patentclip.plugins.augment import rrc_aug_cfg, with_patent_augmentations
     from patentclip.plugins.classes import load_class_table
@@ -233,12 +233,7 @@ def train(args) -> int:
     if resume_target and resume_target[0] == "open_clip":
         start_epoch = ckpt.load_weights_before_engine(model, resume_target)
     random_seed(args.seed, args.rank)
-    if args.lock_image:
-        model.lock_image_tower(unlocked_groups=args.lock_image_unlocked_groups,
-                               freeze_bn_stats=args.lock_image_freeze_bn_stats)
-    if args.lock_text:
-        model.lock_text_tower(unlocked_layers=args.lock_text_unlocked_layers,
-                              freeze_layer_norm=args.lock_text_freeze_layer_norm)
+    lock_towers(model, args)
     if args.grad_checkpointing:
         model.set_grad_checkpointing()
 
