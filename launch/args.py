@@ -28,7 +28,6 @@ Examples:
 """
 
 
-
 def _zero_stage(value: str):
     """--zero-stage: 'auto' or 0/1/2."""
     if value == "auto":
@@ -36,6 +35,7 @@ def _zero_stage(value: str):
     if value in ("0", "1", "2"):
         return int(value)
     raise argparse.ArgumentTypeError(f"invalid ZeRO stage {value!r}: choose auto, 0, 1 or 2")
+
 
 def build_plugin_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="patentclip-train", description=DESCRIPTION, add_help=False,

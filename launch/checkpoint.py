@@ -383,9 +383,7 @@ def resolve_zero_stage(args, target) -> int:
     partitions) is refused here, before anything is built, with the stage to use."""
     saved = None
     if target and target[0] == "deepspeed":
-        meta = read_meta(target[1], target[2]) or {}
-        saved = meta.get("zero_stage")
-        saved = int(saved) if saved is not None and str(saved).isdigit() else None
+        saved = (read_meta(target[1], target[2]) or {}).get("zero_stage")  # meta.json: the resolved stage
     if args.zero_stage == "auto":
         if saved is not None:
             logging.info("--zero-stage auto: ZeRO stage %d, as the checkpoint being resumed", saved)

@@ -48,7 +48,7 @@ class RepeatChannels(torch.nn.Module):
     """(1, H, W) -> (3, H, W) (a broadcast view; the next step that writes makes it a tensor of its own)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.expand(3, -1, -1) if x.shape[0] == 1 else x
+        return x.expand(3, -1, -1)
 
     def __repr__(self) -> str:
         return "RepeatChannels(3)"

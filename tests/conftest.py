@@ -9,7 +9,6 @@ import pytest
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-
 def data_args(train=None, val=None, **kw):
     """The data arguments patent-wds reads (patentclip-train's defaults, batch 8, no workers), with overrides."""
     import argparse
@@ -20,6 +19,7 @@ def data_args(train=None, val=None, **kw):
                 shuffle_group_shards=4)
     base.update(kw)
     return argparse.Namespace(**base)
+
 
 def shard_pattern(split_dir: Path) -> str:
     from patentclip.shards.build import shard_pattern as pattern
