@@ -34,6 +34,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from patentclip.plugins.image_transport import finish_images
+
 DEFAULT_TEMPLATES = (
     "a patent drawing of {}.",
     "ornamental design for {}.",
@@ -102,7 +104,7 @@ def extract_features(model, dataloader, device, input_dtype=torch.float32, max_b
     for i, batch in enumerate(dataloader):
         if max_batches is not None and i >= max_batches:
             break
-        images = batch["image"].to(device=device, dtype=input_dtype)
+        images = finish_images(batch, "image", device, input_dtype)
         if with_text:
             feats = model(images, batch["text"].to(device=device))
             out["text_features"].append(F.normalize(feats["text_features"].float(), dim=-1).cpu())

@@ -84,7 +84,9 @@ def _normalize_stats(preprocess):
 
 
 def to_uint8(image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> np.ndarray:
-    """A preprocessed (normalised CHW) image back to HWC uint8 for display."""
+    """A preprocessed image (normalised float CHW, or the uint8 transport's pixels) as HWC uint8 RGB for display."""
+    if image.dtype == torch.uint8:
+        return image.cpu().expand(3, -1, -1).permute(1, 2, 0).numpy().copy()
     x = (image.float().cpu() * std + mean).clamp(0, 1)
     return (x.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
 

@@ -24,6 +24,7 @@ from typing import Dict, Iterable, Iterator, List, Sequence, Tuple
 import torch
 
 from patentclip.launch.model import FEATURE_SCALARS, merge_batches
+from patentclip.plugins.image_transport import IMAGE_KEYS, finish_images
 
 
 # the module's copy of logit_scale differs from the fp32 master copy by at most the bf16/fp16 rounding
@@ -53,10 +54,13 @@ def clamp_logit_scale(engine, args) -> None:
 
 
 def move_batch(batch: Dict, device, input_dtype) -> Dict:
-    """Images to the model's dtype, every other tensor to the device; lists (keys, views) stay."""
+    """Images to the device in the model's dtype (uint8 pixels normalised there), every other tensor to the
+    device; lists (keys, views) and the image finisher stay."""
     out = {}
     for k, v in batch.items():
-        if torch.is_tensor(v):
+        if k in IMAGE_KEYS and torch.is_tensor(v):
+            v = finish_images(batch, k, device, input_dtype)
+        elif torch.is_tensor(v):
             v = v.to(device=device, non_blocking=True)
             if v.is_floating_point():
                 v = v.to(dtype=input_dtype)

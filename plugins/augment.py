@@ -21,7 +21,8 @@ from torchvision import transforms as T
 
 
 class GridMask(torch.nn.Module):
-    """GridMask on a (C, H, W) tensor in [0, 1] (before normalisation)."""
+    """GridMask on a (C, H, W) tensor in [0, 1] (before normalisation), or on its uint8 pixels (the uint8 image
+    transport), where the fill is painted as ``round(255 * fill)``: the same value after ``/255`` for fill 0 or 1."""
 
     def __init__(self, p: float = 0.5, d_min: float = 0.1, d_max: float = 0.35, ratio: float = 0.6,
                  fill: float = 1.0):
@@ -40,7 +41,7 @@ class GridMask(torch.nn.Module):
         xs = (torch.arange(w) + ox) % d >= keep
         mask = ys[:, None] & xs[None, :]
         out = img.clone()
-        out[:, mask] = self.fill
+        out[:, mask] = round(255 * self.fill) if img.dtype == torch.uint8 else self.fill
         return out
 
 

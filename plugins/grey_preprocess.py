@@ -20,6 +20,8 @@ from typing import Callable, List, Optional
 import torch
 import torchvision.transforms as T
 
+from patentclip.plugins.image_transport import PILToUint8, is_to_tensor, split_for_uint8, DeviceNormalize
+
 GREY_MODES = ("L", "LA", "1")
 
 
@@ -38,10 +40,6 @@ def _is_rgb_conversion(step) -> bool:
     if getattr(step, "__name__", "") == "_convert_to_rgb":
         return True
     return type(step).__name__ == "MaybeConvertMode" and getattr(step, "mode", None) == "RGB"
-
-
-def _is_to_tensor(step) -> bool:
-    return isinstance(step, T.ToTensor) or type(step).__name__ == "MaybeToTensor"
 
 
 class RepeatChannels(torch.nn.Module):
@@ -64,7 +62,7 @@ def grey_steps(preprocess) -> Optional[List[Callable]]:
     for i, step in enumerate(steps):
         if _is_rgb_conversion(step):
             continue
-        if _is_to_tensor(step):
+        if is_to_tensor(step):
             return out + [step, RepeatChannels()] + list(steps[i + 1:])
         if not isinstance(step, geometric):
             return None
@@ -74,11 +72,26 @@ def grey_steps(preprocess) -> Optional[List[Callable]]:
 
 class GreyAwarePreprocess:
     """Callable on a decoded PIL image of any mode: grey images take the one-channel path, others are converted
-    to RGB and go through ``preprocess`` unchanged."""
+    to RGB and go through ``preprocess`` unchanged.
 
-    def __init__(self, preprocess: Callable):
+    ``uint8=True`` (the uint8 image transport, plugins/image_transport.py): where the preprocess allows it, both
+    paths stop at the uint8 pixels (one channel for grey drawings) and ``self.finish`` is the
+    :class:`DeviceNormalize` that completes them on the device; ``self.finish`` is None otherwise and
+    ``self.uint8_refused`` says why."""
+
+    def __init__(self, preprocess: Callable, uint8: bool = False):
         self.preprocess = preprocess
+        self.finish: Optional[DeviceNormalize] = None
+        self.uint8_refused = ""
+        if uint8:
+            split, self.uint8_refused = split_for_uint8(preprocess)
+            if split is not None:
+                before, on_uint8, norm = split
+                self.preprocess = T.Compose(before + [PILToUint8()] + on_uint8)
+                self.finish = DeviceNormalize(norm.mean, norm.std)
         steps = grey_steps(preprocess)
+        if steps is not None and self.finish is not None:  # geometric steps, then uint8 pixels on one channel
+            steps = steps[:next(i for i, s in enumerate(steps) if is_to_tensor(s))] + [PILToUint8()] + on_uint8
         self.grey = T.Compose(steps) if steps is not None else None
 
     def __call__(self, img):
@@ -91,4 +104,5 @@ class GreyAwarePreprocess:
         return self.preprocess(img)
 
     def __repr__(self) -> str:
-        return f"GreyAwarePreprocess(one-channel path: {self.grey is not None}, {self.preprocess!r})"
+        return (f"GreyAwarePreprocess(one-channel path: {self.grey is not None}, transport: "
+                f"{'uint8' if self.finish is not None else 'float'}, {self.preprocess!r})")

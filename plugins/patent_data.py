@@ -11,13 +11,17 @@ Per data-loader worker the pipeline is
       -> shuffle within the group: a permutation seeded by (seed, epoch, group)
       -> decode, caption draw (seed, epoch, key), open_clip preprocess + patent augmentations with torch's RNG
          seeded from (seed, epoch, key); grey drawings stay on one channel until ToTensor
-         (plugins/grey_preprocess.py: the same tensors, a third of the resize work)
+         (plugins/grey_preprocess.py: the same tensors, a third of the resize work); with the uint8 image
+         transport (default) the worker stops at the uint8 pixels and the step normalises them on the device
+         (plugins/image_transport.py: the same tensors, a twelfth of the bytes)
       -> batches
 
 so every random choice is a pure function of (seed, epoch, position or key), and a run is repeatable without
 hidden RNG state. A batch is a dict:
 
-    image      (B, 3, H, W) float     text       (B, context_length) long: one caption per use, tokenized
+    image      (B, 3, H, W) float, or with the uint8 transport (B, 1 or 3, H, W) uint8 plus ``image_finish``, the
+               DeviceNormalize that makes the float tensor on the device (``image_transport.finish_images``)
+    text       (B, context_length) long: one caption per use, tokenized
     class_id   (B,) long              grant_day  (B,) long: days since 1970-01-01 (-1 unknown)
     view, patent_id, key: lists of str
     multi-view mode (``args.multiview``) adds: image2 (B, 3, H, W): another view of the same patent,
@@ -56,6 +60,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from patentclip.plugins import remote_io
 from patentclip.plugins.classes import ClassTable
 from patentclip.plugins.grey_preprocess import GreyAwarePreprocess
+from patentclip.plugins.image_transport import FINISH_KEY, TRANSPORTS, log_fallback
 from patentclip.plugins.openclip_compat import group_by_keys_nothrow
 from patentclip.plugins.registry import DATASETS, SAMPLERS
 
@@ -85,13 +90,22 @@ def grant_day(date: Optional[str]) -> int:
         return -1
 
 
+def _same_channels(vals: List[torch.Tensor]) -> List[torch.Tensor]:
+    """One-channel (grey) images expanded to three where a batch mixes them with colour ones."""
+    if all(v.shape == vals[0].shape for v in vals) or any(v.ndim != 3 for v in vals):
+        return vals
+    if {v.shape[0] for v in vals} == {1, 3} and len({v.shape[1:] for v in vals}) == 1:
+        return [v.expand(3, -1, -1) for v in vals]
+    return vals  # torch.stack says what differs
+
+
 def collate_patent_batch(samples: List[Dict]) -> Dict:
     """Stack tensors, turn ints into a long tensor, keep strings as lists."""
     out = {}
     for k in samples[0]:
         vals = [s[k] for s in samples]
         if torch.is_tensor(vals[0]):
-            out[k] = torch.stack(vals)
+            out[k] = torch.stack(_same_channels(vals))
         elif isinstance(vals[0], (int, bool)):
             out[k] = torch.tensor(vals, dtype=torch.long)
         else:
@@ -172,7 +186,8 @@ class PatentStream(IterableDataset):
                  world_size: int, shared_epoch: SharedEpoch, class_table: ClassTable, preprocess: Callable,
                  tokenizer: Callable, sampler=None, multiview: bool = False, random_caption: bool = True,
                  group_shards: int = 4, num_worker_batches: Optional[int] = None, resampled: bool = False,
-                 weights: Optional[Sequence[float]] = None, resume: Optional[Dict] = None):
+                 weights: Optional[Sequence[float]] = None, resume: Optional[Dict] = None,
+                 image_transport: str = "uint8"):
         super().__init__()
         self.urls = list(urls)
         self.is_train = is_train
@@ -182,7 +197,12 @@ class PatentStream(IterableDataset):
         self.world_size = world_size
         self.shared_epoch = shared_epoch
         self.class_table = class_table
-        self.preprocess = GreyAwarePreprocess(preprocess)  # grey drawings on one channel, same tensors
+        if image_transport not in TRANSPORTS:
+            raise ValueError(f"unknown image transport {image_transport!r}; choose one of {', '.join(TRANSPORTS)}")
+        # grey drawings on one channel, and (uint8 transport) normalised on the device: the same tensors
+        self.preprocess = GreyAwarePreprocess(preprocess, uint8=image_transport == "uint8")
+        if image_transport == "uint8" and self.preprocess.finish is None:
+            log_fallback(self.preprocess.uint8_refused)
         self.tokenizer = tokenizer
         self.sampler = sampler
         self.multiview = multiview
@@ -507,6 +527,8 @@ class PatentLoader:
             order.append(want)
             state["next_worker"] = order[0]
             state["batches"] += 1
+            if self.dataset.preprocess.finish is not None:
+                item[FINISH_KEY] = self.dataset.preprocess.finish
             yield item
         for _ in it:  # drain (all workers have finished)
             pass
@@ -592,7 +614,7 @@ def build_patent_dataset(args, preprocess_img, is_train: bool, epoch: int = 0, t
         tokenizer=tokenizer, sampler=sampler, multiview=bool(getattr(args, "multiview", False)) and is_train,
         random_caption=getattr(args, "caption_choice", "random") == "random",
         group_shards=int(getattr(args, "shuffle_group_shards", 4) or 4), num_worker_batches=num_worker_batches,
-        resampled=resampled, weights=url_weights)
+        resampled=resampled, weights=url_weights, image_transport=getattr(args, "image_transport", "uint8"))
     loader = PatentLoader(dataset, workers, num_batches, num_samples)
     logging.debug("patent-wds %s: %d samples, %d batches", "train" if is_train else "val", num_samples, num_batches)
     return DataInfo(dataloader=loader, shared_epoch=shared_epoch)

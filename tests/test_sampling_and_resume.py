@@ -33,6 +33,17 @@ def parts():
     return aug, open_clip.get_tokenizer("patentclip-tiny")
 
 
+@pytest.fixture(scope="module")
+def parts_uint8(parts):
+    """Flip and GridMask without random erasing: a preprocess the uint8 image transport takes."""
+    import open_clip
+
+    from patentclip.plugins.augment import with_patent_augmentations
+
+    _, preprocess, _ = open_clip.create_model_and_transforms("patentclip-tiny")
+    return with_patent_augmentations(preprocess, argparse.Namespace(aug_hflip=0.5, aug_gridmask=0.5)), parts[1]
+
+
 def loader(args, parts, table, epoch=0):
     return DATASETS.get("patent-wds")(args, parts[0], True, epoch=epoch, tokenizer=parts[1], class_table=table)
 
@@ -167,10 +178,15 @@ def test_augmentation_of_a_drawing_does_not_depend_on_workers_or_position(synthe
 
 @pytest.mark.parametrize("workers,k,kw", [(0, 3, {}), (2, 5, {"multiview": True, "sampler": "class_aware"}),
                                           (2, 0, {}), (1, 7, {"dataset_resampled": True,
-                                                              "train_num_samples": 200})])
-def test_loader_resume_continues_exactly(synthetic_shards, parts, workers, k, kw):
+                                                              "train_num_samples": 200}),
+                                          (2, 4, {"multiview": True, "sampler": "class_aware", "uint8": True})])
+def test_loader_resume_continues_exactly(synthetic_shards, parts, parts_uint8, workers, k, kw):
     """Take k batches, checkpoint the loader, build a fresh loader from the state: the following batches have
-    the same sample keys and identical tensors as an uninterrupted loader."""
+    the same sample keys and identical tensors as an uninterrupted loader (float transport: the preprocess has
+    random erasing; uint8 transport: flip and GridMask on the pixels)."""
+    kw = dict(kw)
+    if kw.pop("uint8", False):
+        parts = parts_uint8
     table = load_class_table(synthetic_shards["train"])
     args = data_args(synthetic_shards["train"], workers=workers, **kw)
     full = list(loader(args, parts, table, epoch=1).dataloader)
