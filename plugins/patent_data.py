@@ -8,7 +8,8 @@ Per data-loader worker the pipeline is
       -> patents: the adjacent drawings of one patent -> one training example per drawing, paired (multi-view
          mode) with one other view of the same patent, drawn from (seed, epoch, key)
       -> sampler: each example emitted m times (0 = dropped), m from the sampler plugin (seed, epoch, key)
-      -> shuffle within the group: a permutation seeded by (seed, epoch, group)
+      -> shuffle within the group: a permutation seeded by (seed, epoch, group); the repeats of one drawing are
+         then moved at least a batch apart (samplers.spread_repeats): no batch holds a drawing twice
       -> decode, caption draw (seed, epoch, key), open_clip preprocess + patent augmentations with torch's RNG
          seeded from (seed, epoch, key); grey drawings stay on one channel until ToTensor
          (plugins/grey_preprocess.py: the same tensors, a third of the resize work); with the uint8 image
@@ -63,6 +64,7 @@ from patentclip.plugins.grey_preprocess import GreyAwarePreprocess
 from patentclip.plugins.image_transport import FINISH_KEY, TRANSPORTS, log_fallback
 from patentclip.plugins.openclip_compat import group_by_keys_nothrow
 from patentclip.plugins.registry import DATASETS, SAMPLERS
+from patentclip.plugins.samplers import spread_repeats
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 _EPOCH0 = _dt.date(1970, 1, 1)
@@ -306,7 +308,9 @@ class PatentStream(IterableDataset):
             # seeded by the shard's file name, not its URL: the same shards on local disk or in S3 give the same run
             first = posixpath.basename(group[0]) if group else ""
             random.Random(stable_int("group", self.seed, epoch, gidx, first)).shuffle(perm)
-            examples = [examples[i] for i in perm]
+            # a drawing's repeats (class-aware sampler) at least a batch apart: never two copies in one batch
+            examples = spread_repeats([examples[i] for i in perm], lambda ex: ex["anchor"]["__key__"],
+                                      self.batch_size)
         return examples
 
     def class_id(self, s: Dict) -> int:

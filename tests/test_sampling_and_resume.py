@@ -10,7 +10,7 @@ import torch
 import conftest
 from patentclip.plugins.classes import load_class_table
 from patentclip.plugins.registry import DATASETS, load_builtin_plugins
-from patentclip.plugins.samplers import ClassAwareSampler, uniform01
+from patentclip.plugins.samplers import ClassAwareSampler, spread_repeats, uniform01
 
 load_builtin_plugins()
 
@@ -100,6 +100,54 @@ def test_class_aware_sampler_in_the_pipeline_balances_classes(synthetic_shards, 
     assert float(natural[present].max() / natural[present].min()) > 2.5
     assert float((balanced[present] - 1 / int(present.sum())).abs().max()) < 0.06
     assert float((natural[present] - freq[present].float()).abs().max()) < 0.06
+
+
+def min_repeat_distance(keys):
+    last, best = {}, math.inf
+    for i, k in enumerate(keys):
+        if k in last:
+            best = min(best, i - last[k])
+        last[k] = i
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_spread_repeats_keeps_copies_a_batch_apart(seed):
+    rng = random.Random(seed)
+    items = [f"k{i}" for i in range(300)] + [f"k{i}" for i in range(40)] * 3  # 40 keys used 4 times
+    rng.shuffle(items)
+    assert min_repeat_distance(items) < 16  # the plain shuffle puts copies close together
+    out = spread_repeats(items, lambda x: x, 16)
+    assert sorted(out) == sorted(items)  # a permutation: nothing dropped or duplicated
+    assert min_repeat_distance(out) >= 16
+    assert out == spread_repeats(items, lambda x: x, 16)  # deterministic
+    unique = [f"u{i}" for i in range(50)]
+    assert spread_repeats(unique, lambda x: x, 16) == unique  # nothing to spread: order unchanged
+    # infeasible (a key in more than half of a 10-item list at distance 4): everything kept, spread greedily
+    tight = ["a"] * 6 + ["b", "c", "d", "e"]
+    out = spread_repeats(tight, lambda x: x, 4)
+    assert sorted(out) == sorted(tight) and out[:5] == ["a", "b", "c", "d", "a"]
+
+
+@pytest.mark.parametrize("workers,kw", [(0, {}), (2, {"train_num_samples": 128})])
+def test_no_batch_holds_a_drawing_twice(synthetic_shards, parts, workers, kw, monkeypatch):
+    """With beta 1.2 tail drawings are repeated within the epoch; the repeats never meet in one batch (they
+    would be each other's negatives), while the plain group shuffle does put some in one batch. (With 2
+    workers the epoch is shortened so that no worker rolls over into a second pass of its shards, where a
+    drawing can meet its copy from the first pass at a group boundary: documented in samplers.py.)"""
+    from patentclip.plugins import patent_data
+
+    table = load_class_table(synthetic_shards["train"])
+    args = data_args(synthetic_shards["train"], sampler="class_aware", sampler_beta=1.2, workers=workers,
+                     batch_size=16, **kw)
+    batches = list(loader(args, parts, table).dataloader)
+    keys = [k for b in batches for k in b["key"]]
+    assert len(keys) > len(set(keys))  # the sampler did repeat drawings
+    assert all(len(set(b["key"])) == len(b["key"]) for b in batches)
+    monkeypatch.setattr(patent_data, "spread_repeats", lambda items, key, distance: list(items))
+    plain = list(loader(args, parts, table).dataloader)
+    assert len(plain) == len(batches)
+    assert any(len(set(b["key"])) < len(b["key"]) for b in plain)
 
 
 # ---------------------------------------------------------------------------------------------------------
