@@ -20,8 +20,9 @@ message between processes; the figure the target is set against), the same count
 definition, which pays one inter-process message per drawing), and read + decode + the model's preprocess (the
 work of any CLIP pipeline that preprocesses on the CPU). With CPU bicubic resizing, which costs more than the
 decode of a line drawing, and open_clip's tokenizer (~0.4 ms a caption), no CPU pipeline gets near the raw
-decode rate; open_clip's own reaches ~0.2x. Each pipeline is read for ``--epochs`` passes after one warm-up
-pass; the best pass counts. ``--json`` writes the figures and a ``"summary"`` list of rows
+decode rate; open_clip's own reaches ~0.2x. The pipelines are read in ``--epochs`` rounds after one warm-up
+round, each round reading every pipeline once in a rotated order; rates are medians over the rounds and every
+ratio is the median of the ratios within a round (paired), which cancels the machine's slow spells. ``--json`` writes the figures and a ``"summary"`` list of rows
 (benchmarks/_common.py) that ``benchmarks/run_all.py`` collects.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ import argparse
 import io
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -52,17 +54,28 @@ def make_shards(root: Path, patents: int, image_size: int, samples_per_shard: in
     return shard_pattern(root / "shards" / "train")
 
 
-def timed(make_iter, count_fn, passes: int):
-    best, n = None, 0
-    for p in range(passes + 1):
-        t = time.perf_counter()
-        n = 0
-        for item in make_iter(p):
-            n += count_fn(item)
-        dt = time.perf_counter() - t
-        if p > 0:  # pass 0 warms caches
-            best = dt if best is None else min(best, dt)
-    return n / best, n
+def one_pass(make_iter, count_fn, epoch: int) -> float:
+    """Samples/s of one pass over the pipeline."""
+    t, n = time.perf_counter(), 0
+    for item in make_iter(epoch):
+        n += count_fn(item)
+    return n / (time.perf_counter() - t)
+
+
+def interleaved(pipelines: dict, rounds: int) -> dict:
+    """{name: [samples/s per round]}: one untimed warm-up round, then ``rounds`` rounds that read every pipeline
+    once, in an order rotated round by round, so that a slow spell of the machine (CPU steal) falls on all
+    pipelines alike and ratios can be paired by round."""
+    names = list(pipelines)
+    rates = {n: [] for n in names}
+    for r in range(rounds + 1):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            make_iter, count_fn = pipelines[n]
+            rate = one_pass(make_iter, count_fn, r)
+            if r > 0:
+                rates[n].append(rate)
+    return rates
 
 
 def main(argv=None) -> int:
@@ -72,7 +85,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="ViT-B-32", help="open_clip model whose preprocess is used (no weights).")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=2, help="Timed passes per pipeline (after a warm-up pass).")
+    ap.add_argument("--epochs", type=int, default=3,
+                    help="Timed rounds; each reads every pipeline once, in rotated order (after a warm-up round).")
     ap.add_argument("--work-dir", default=None, help="Working folder, kept (default: a temporary one, removed).")
     ap.add_argument("--samples-per-shard", type=int, default=250)
     ap.add_argument("--device", default=None,
@@ -146,22 +160,20 @@ def main(argv=None) -> int:
 
     def ceiling(transform=None, per=1):
         dl = torch.utils.data.DataLoader(Raw(transform, per), batch_size=None, num_workers=a.workers)
-        return timed(lambda p: dl, lambda x: x, a.epochs)[0]
+        return (lambda p: dl), (lambda x: x)
 
-    results["raw_read_decode"] = ceiling(per=a.batch_size)
-    results["raw_read_decode_per_drawing"] = ceiling(per=1)
-    results["raw_read_decode_preprocess"] = ceiling(preprocess, per=a.batch_size)
-
+    pipelines = {"raw_read_decode": ceiling(per=a.batch_size), "raw_read_decode_per_drawing": ceiling(per=1),
+                 "raw_read_decode_preprocess": ceiling(preprocess, per=a.batch_size)}
     oc = get_wds_dataset(oc_args(), preprocess, True, epoch=0, floor=False, tokenizer=tokenizer)
 
     def oc_iter(p):
         oc.set_epoch(p)
         return oc.dataloader
 
-    results["open_clip_get_wds_dataset"] = timed(oc_iter, lambda b: len(b[0]), a.epochs)[0]
+    pipelines["open_clip_get_wds_dataset"] = (oc_iter, lambda b: len(b[0]))
 
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    finish_s = [0.0]
+    finish = {"s": 0.0, "n": 0}
 
     def finished(b):  # what the step does first: model-ready float images on the device
         t = time.perf_counter()
@@ -170,14 +182,15 @@ def main(argv=None) -> int:
                 b[k] = b[FINISH_KEY](b[k].to(device, non_blocking=True))
                 if device.type == "cuda":
                     torch.cuda.synchronize()
-        finish_s[0] += time.perf_counter() - t
+        finish["s"] += time.perf_counter() - t
+        finish["n"] += len(b["key"])
         return len(b["key"])
 
-    runs = (("patentclip_sampler_on_views_off", {}, len),
-            ("patentclip_views_off_finished_on_device", {}, finished),
-            ("patentclip_views_off_float_transport", {"image_transport": "float"}, len),
-            ("patentclip_sampler_on_views_on", {"multiview": True}, len))
-    for label, kw, count in runs:
+    for label, kw, count in (("patentclip_sampler_on_views_off", {}, lambda b: len(b["key"])),
+                             ("patentclip_views_off_finished_on_device", {}, finished),
+                             ("patentclip_views_off_float_transport", {"image_transport": "float"},
+                              lambda b: len(b["key"])),
+                             ("patentclip_sampler_on_views_on", {"multiview": True}, lambda b: len(b["key"]))):
         info = DATASETS.get("patent-wds")(oc_args(**kw), preprocess, True, epoch=0, tokenizer=tokenizer,
                                           class_table=table)
 
@@ -185,30 +198,31 @@ def main(argv=None) -> int:
             info.set_epoch(p)
             return info.dataloader
 
-        if count is len:
-            results[label] = timed(it, lambda b: len(b["key"]), a.epochs)[0]
-        else:
-            finish_s[0] = 0.0
-            results[label], n = timed(it, count, a.epochs)
-            finish_ms = 1000 * finish_s[0] / (n * (a.epochs + 1))
+        pipelines[label] = (it, count)
+
+    rates = interleaved(pipelines, a.epochs)
+    results = {n: statistics.median(v) for n, v in rates.items()}
+    finish_ms = 1000 * finish["s"] / max(1, finish["n"])
+
+    def paired(num: str, den: str) -> float:
+        """Median over the rounds of the ratio within each round."""
+        return statistics.median(x / y for x, y in zip(rates[num], rates[den]))
 
     ours = results["patentclip_sampler_on_views_off"]
+    p_ours, p_fin = "patentclip_sampler_on_views_off", "patentclip_views_off_finished_on_device"
+    p_oc, p_raw = "open_clip_get_wds_dataset", "raw_read_decode"
     ratios = {
-        "patentclip / open_clip (views off)": ours / results["open_clip_get_wds_dataset"],
-        "patentclip / raw decode ceiling (views off)": ours / results["raw_read_decode"],
-        "patentclip finished on device / open_clip (views off)":
-            results["patentclip_views_off_finished_on_device"] / results["open_clip_get_wds_dataset"],
-        "patentclip finished on device / raw decode ceiling (views off)":
-            results["patentclip_views_off_finished_on_device"] / results["raw_read_decode"],
-        "patentclip float transport / open_clip (views off)":
-            results["patentclip_views_off_float_transport"] / results["open_clip_get_wds_dataset"],
-        "uint8 / float transport (loader)": ours / results["patentclip_views_off_float_transport"],
-        "patentclip / raw decode ceiling counted per drawing": ours / results["raw_read_decode_per_drawing"],
-        "open_clip / raw decode ceiling": results["open_clip_get_wds_dataset"] / results["raw_read_decode"],
-        "patentclip / read+decode+preprocess ceiling (views off)": ours / results["raw_read_decode_preprocess"],
-        "open_clip / read+decode+preprocess ceiling":
-            results["open_clip_get_wds_dataset"] / results["raw_read_decode_preprocess"],
-        "views on / views off (throughput)": results["patentclip_sampler_on_views_on"] / ours,
+        "patentclip / open_clip (views off)": paired(p_ours, p_oc),
+        "patentclip / raw decode ceiling (views off)": paired(p_ours, p_raw),
+        "patentclip finished on device / open_clip (views off)": paired(p_fin, p_oc),
+        "patentclip finished on device / raw decode ceiling (views off)": paired(p_fin, p_raw),
+        "patentclip float transport / open_clip (views off)": paired("patentclip_views_off_float_transport", p_oc),
+        "uint8 / float transport (loader)": paired(p_ours, "patentclip_views_off_float_transport"),
+        "patentclip / raw decode ceiling counted per drawing": paired(p_ours, "raw_read_decode_per_drawing"),
+        "open_clip / raw decode ceiling": paired(p_oc, p_raw),
+        "patentclip / read+decode+preprocess ceiling (views off)": paired(p_ours, "raw_read_decode_preprocess"),
+        "open_clip / read+decode+preprocess ceiling": paired(p_oc, "raw_read_decode_preprocess"),
+        "views on / views off (throughput)": paired("patentclip_sampler_on_views_on", p_ours),
     }
     cost_per_view = 1 / results["patentclip_sampler_on_views_on"] - 1 / ours
     print(f"data throughput: {n_total} drawings of {a.image_size} px, preprocess of {a.model}, "
