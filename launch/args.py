@@ -59,7 +59,8 @@ def build_plugin_parser() -> argparse.ArgumentParser:
                    help="How images travel from the data-loader workers to the step: uint8 (default) stops the "
                         "workers at the uint8 pixels (one channel for grey drawings) and normalises them on the "
                         "device, the same tensors at a twelfth of the bytes; float runs all of open_clip's "
-                        "preprocess in the workers. A preprocess with random erasing always uses float.")
+                        "preprocess in the workers. Random erasing is drawn in the workers and painted on the "
+                        "device; a preprocess that erases with random values always uses float.")
     g.add_argument("--aug-hflip", type=float, default=0.0, help="Horizontal flip probability (default 0).")
     g.add_argument("--aug-rrc-scale", type=float, default=None,
                    help="Random resized crop scale range (S, 1) for open_clip's train transform (open_clip's "

@@ -15,12 +15,13 @@ augmentation (open_clip's ``color_jitter``, ``gray_scale``) or an unknown step r
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torchvision.transforms as T
 
-from patentclip.plugins.image_transport import PILToUint8, is_to_tensor, split_for_uint8, DeviceNormalize
+from patentclip.plugins.image_transport import (DeviceNormalize, DrawErasing, PILToUint8, is_to_tensor,
+                                                 split_for_uint8)
 
 GREY_MODES = ("L", "LA", "1")
 
@@ -76,25 +77,31 @@ class GreyAwarePreprocess:
 
     ``uint8=True`` (the uint8 image transport, plugins/image_transport.py): where the preprocess allows it, both
     paths stop at the uint8 pixels (one channel for grey drawings) and ``self.finish`` is the
-    :class:`DeviceNormalize` that completes them on the device; ``self.finish`` is None otherwise and
-    ``self.uint8_refused`` says why."""
+    :class:`DeviceNormalize` that completes them on the device; random erasing is drawn here and its boxes of
+    the last call are ``last_erase()``. ``self.finish`` is None otherwise and ``self.uint8_refused`` says why."""
 
     def __init__(self, preprocess: Callable, uint8: bool = False):
         self.preprocess = preprocess
         self.finish: Optional[DeviceNormalize] = None
         self.uint8_refused = ""
+        self.erase_boxes: List[Tuple[int, int, int, int]] = []
+        self.erasing = 0  # random-erasing steps drawn here, applied on the device
+        tail: List[Callable] = []
         if uint8:
             split, self.uint8_refused = split_for_uint8(preprocess)
             if split is not None:
-                before, on_uint8, norm = split
-                self.preprocess = T.Compose(before + [PILToUint8()] + on_uint8)
-                self.finish = DeviceNormalize(norm.mean, norm.std)
+                tail = [PILToUint8()] + split.on_uint8 + [DrawErasing(e, self.erase_boxes) for e in split.erasing]
+                self.preprocess = T.Compose(split.before + tail)
+                self.erasing = len(split.erasing)
+                self.finish = DeviceNormalize(split.normalize.mean, split.normalize.std,
+                                              [DrawErasing(e, []).value for e in split.erasing])
         steps = grey_steps(preprocess)
         if steps is not None and self.finish is not None:  # geometric steps, then uint8 pixels on one channel
-            steps = steps[:next(i for i, s in enumerate(steps) if is_to_tensor(s))] + [PILToUint8()] + on_uint8
+            steps = steps[:next(i for i, s in enumerate(steps) if is_to_tensor(s))] + tail
         self.grey = T.Compose(steps) if steps is not None else None
 
     def __call__(self, img):
+        self.erase_boxes.clear()
         if self.grey is not None and img.mode in GREY_MODES:
             if img.mode != "L":
                 img = img.convert("L")
@@ -102,6 +109,10 @@ class GreyAwarePreprocess:
         if img.mode != "RGB":
             img = img.convert("RGB")
         return self.preprocess(img)
+
+    def last_erase(self) -> torch.Tensor:
+        """(erasing steps, 4) int32: the boxes the last call drew (top, left, height, width; -1s: none)."""
+        return torch.tensor(self.erase_boxes, dtype=torch.int32).view(-1, 4)
 
     def __repr__(self) -> str:
         return (f"GreyAwarePreprocess(one-channel path: {self.grey is not None}, transport: "

@@ -10,15 +10,19 @@ along with every batch as ``batch["image_finish"]``, does ``/255 -> three channe
 inside the step (:func:`finish_images`). The arithmetic is the same, in the same order and precision, so the
 tensors the model sees are bit-identical to the float transport's (tested, including GridMask).
 
-The split is taken when every step after ``ToTensor`` is ``Normalize`` (the last), a flip or GridMask; those run
-on the uint8 pixels instead (GridMask's fill 1.0 painted as 255, the same value after ``/255``). A step that must see
-normalised values (random erasing fills with 0 after ``Normalize``) or one this module does not know keeps the
-float transport for that pipeline, and the log says which step did.
+The split is taken when every step between ``ToTensor`` and ``Normalize`` is a flip or GridMask, which run on the
+uint8 pixels instead (GridMask's fill 1.0 painted as 255, the same value after ``/255``), and every step after
+``Normalize`` is random erasing with a fixed value: the worker makes its random draws (the same calls in the same
+order, so every later draw is unchanged too) and sends the box along (``batch["image_erase"]``: per drawing and
+erasing step, top, left, height, width, or -1s), and the device paints the box after normalising. Random erasing
+with random values (``value="random"``), or a step this module does not know, keeps the float transport for that
+pipeline, and the log says which step did.
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torchvision.transforms as T
@@ -26,6 +30,7 @@ import torchvision.transforms as T
 TRANSPORTS = ("uint8", "float")
 IMAGE_KEYS = ("image", "image2")
 FINISH_KEY = "image_finish"
+ERASE_SUFFIX = "_erase"  # batch["image_erase"]: the erase boxes of batch["image"]
 
 
 def is_to_tensor(step) -> bool:
@@ -40,9 +45,28 @@ def _runs_on_uint8(step) -> bool:
     return isinstance(step, (GridMask, T.RandomHorizontalFlip, T.RandomVerticalFlip))
 
 
-def split_for_uint8(preprocess) -> Tuple[Optional[Tuple[List[Callable], List[Callable], T.Normalize]], str]:
-    """``((steps before ToTensor, steps to run on the uint8 tensor, the Normalize), "")`` for a ``T.Compose``
-    whose tail can move to the device, else ``(None, why not)``."""
+def _erasing_value(step) -> Optional[List[float]]:
+    """The fixed fill of a RandomErasing step as torchvision casts it, or None for ``value="random"``."""
+    v = step.value
+    if isinstance(v, (int, float)):
+        return [float(v)]
+    if isinstance(v, (list, tuple)):
+        return [float(x) for x in v]
+    return None
+
+
+@dataclass
+class Uint8Split:
+    """A preprocess cut for the uint8 transport."""
+
+    before: List[Callable]  # the PIL steps before ToTensor
+    on_uint8: List[Callable]  # flips / GridMask, run on the pixels
+    normalize: T.Normalize
+    erasing: List[T.RandomErasing] = field(default_factory=list)  # after Normalize: drawn in the worker
+
+
+def split_for_uint8(preprocess) -> Tuple[Optional[Uint8Split], str]:
+    """``(Uint8Split, "")`` for a ``T.Compose`` whose tail can move to the device, else ``(None, why not)``."""
     steps = list(getattr(preprocess, "transforms", None) or [])
     at = next((i for i, s in enumerate(steps) if is_to_tensor(s)), None)
     if at is None:
@@ -51,14 +75,45 @@ def split_for_uint8(preprocess) -> Tuple[Optional[Tuple[List[Callable], List[Cal
     norm_at = next((i for i, s in enumerate(after) if isinstance(s, T.Normalize)), None)
     if norm_at is None:
         return None, "the preprocess has no Normalize after ToTensor"
-    if norm_at < len(after) - 1:
-        return None, f"{type(after[norm_at + 1]).__name__} runs after Normalize"
-    for s in after[:-1]:
+    for s in after[:norm_at]:
         if not _runs_on_uint8(s):
             return None, f"{type(s).__name__} runs on float values between ToTensor and Normalize"
-    if getattr(after[-1], "inplace", False):
+    for s in after[norm_at + 1:]:
+        if not isinstance(s, T.RandomErasing):
+            return None, f"{type(s).__name__} runs after Normalize"
+        if _erasing_value(s) is None:
+            return None, "RandomErasing with random values runs after Normalize"
+    if getattr(after[norm_at], "inplace", False):
         return None, "Normalize is in place"
-    return (before, list(after[:-1]), after[-1]), ""
+    return Uint8Split(before, list(after[:norm_at]), after[norm_at], list(after[norm_at + 1:])), ""
+
+
+class DrawErasing(torch.nn.Module):
+    """Random erasing's random draws on the worker, the erasing itself left to the device.
+
+    Makes exactly the calls of ``T.RandomErasing.forward`` and ``get_params`` (for an image of 3 channels and the
+    pixels' size) and appends the box, ``(top, left, height, width)`` or ``(-1, -1, -1, -1)`` when nothing is
+    erased, to ``boxes``; returns the pixels unchanged."""
+
+    def __init__(self, step: T.RandomErasing, boxes: List[Tuple[int, int, int, int]]):
+        super().__init__()
+        self.step, self.boxes, self.value = step, boxes, _erasing_value(step)
+        if len(self.value) not in (1, 3):
+            raise ValueError(f"RandomErasing value {step.value!r}: one value or one per channel (3)")
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        box = (-1, -1, -1, -1)
+        if torch.rand(1) < self.step.p:
+            shape = torch.empty((3,) + tuple(pixels.shape[-2:]), device="meta")  # get_params reads the shape only
+            i, j, h, w, _ = self.step.get_params(shape, scale=self.step.scale, ratio=self.step.ratio,
+                                                 value=self.value)
+            if h < pixels.shape[-2]:  # get_params returns the whole image when it found no box: nothing erased
+                box = (int(i), int(j), int(h), int(w))
+        self.boxes.append(box)
+        return pixels
+
+    def __repr__(self) -> str:
+        return f"DrawErasing({self.step!r})"
 
 
 class PILToUint8(torch.nn.Module):
@@ -74,13 +129,13 @@ class PILToUint8(torch.nn.Module):
 
 
 class DeviceNormalize:
-    """(B, C, H, W) uint8, C 1 or 3 -> (B, 3, H, W) float32 as ``ToTensor`` + ``Normalize`` would make it.
+    """(B, C, H, W) uint8, C 1 or 3 -> (B, 3, H, W) float32 as ``ToTensor`` + ``Normalize`` (+ the deferred random
+    erasing, given its boxes) would make it. Float input is returned unchanged (a batch of the float transport)."""
 
-    Float input is returned unchanged (a batch of the float transport)."""
-
-    def __init__(self, mean, std):
+    def __init__(self, mean, std, erase_values: Sequence[Sequence[float]] = ()):
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
+        self.erase_values = [tuple(float(v) for v in vals) for vals in erase_values]
         self._stats: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _on(self, device: torch.device):
@@ -89,7 +144,7 @@ class DeviceNormalize:
                                    torch.tensor(self.std, dtype=torch.float32, device=device).view(-1, 1, 1))
         return self._stats[device]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, erase: Optional[torch.Tensor] = None) -> torch.Tensor:
         if x.dtype != torch.uint8:
             return x
         if x.ndim != 4 or x.shape[1] not in (1, 3):
@@ -98,10 +153,25 @@ class DeviceNormalize:
         y = x.to(torch.float32).div(255)  # ToTensor: img.to(float32).div(255)
         if y.shape[1] == 1:
             y = y.expand(-1, 3, -1, -1)
-        return (y - mean).div_(std)  # Normalize: tensor.clone().sub_(mean).div_(std)
+        y = (y - mean).div_(std)  # Normalize: tensor.clone().sub_(mean).div_(std)
+        if self.erase_values:
+            if erase is None or tuple(erase.shape) != (x.shape[0], len(self.erase_values), 4):
+                raise ValueError(f"the preprocess erases {len(self.erase_values)} time(s) per drawing: expected "
+                                 f"boxes of shape ({x.shape[0]}, {len(self.erase_values)}, 4), got "
+                                 f"{None if erase is None else tuple(erase.shape)}")
+            erase = erase.to(device=x.device, dtype=torch.long)
+            rows = torch.arange(x.shape[2], device=x.device)
+            cols = torch.arange(x.shape[3], device=x.device)
+            for k, vals in enumerate(self.erase_values):  # in the preprocess's order, as F.erase would
+                i, j, h, w = (erase[:, k, n].view(-1, 1, 1, 1) for n in range(4))
+                inside = ((rows.view(1, 1, -1, 1) >= i) & (rows.view(1, 1, -1, 1) < i + h)
+                          & (cols.view(1, 1, 1, -1) >= j) & (cols.view(1, 1, 1, -1) < j + w) & (h > 0))
+                value = torch.tensor(vals, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+                y = torch.where(inside, value, y)
+        return y
 
     def __repr__(self) -> str:
-        return f"DeviceNormalize(mean={self.mean}, std={self.std})"
+        return f"DeviceNormalize(mean={self.mean}, std={self.std}, erasing={self.erase_values})"
 
 
 def finish_images(batch: Dict, key: str, device, dtype: torch.dtype) -> torch.Tensor:
@@ -112,9 +182,10 @@ def finish_images(batch: Dict, key: str, device, dtype: torch.dtype) -> torch.Te
         if finish is None:
             raise ValueError(f"batch[{key!r}] holds uint8 pixels but the batch has no {FINISH_KEY!r} to normalise "
                              f"them (a loader of the uint8 image transport adds it)")
-        x = finish(x.to(device=device, non_blocking=True))
+        x = finish(x.to(device=device, non_blocking=True), batch.get(key + ERASE_SUFFIX))
     return x.to(device=device, dtype=dtype, non_blocking=True)
 
 
 def log_fallback(why: str) -> None:
-    logging.info("image transport: float (%s); uint8 needs a preprocess ending ToTensor [GridMask] Normalize", why)
+    logging.info("image transport: float (%s); uint8 needs a preprocess ending ToTensor [flips, GridMask] Normalize "
+                  "[RandomErasing with a fixed value]", why)

@@ -21,7 +21,8 @@ so every random choice is a pure function of (seed, epoch, position or key), and
 hidden RNG state. A batch is a dict:
 
     image      (B, 3, H, W) float, or with the uint8 transport (B, 1 or 3, H, W) uint8 plus ``image_finish``, the
-               DeviceNormalize that makes the float tensor on the device (``image_transport.finish_images``)
+               DeviceNormalize that makes the float tensor on the device (``image_transport.finish_images``),
+               and, when the preprocess erases, image_erase (B, erasing steps, 4) int: the boxes to paint there
     text       (B, context_length) long: one caption per use, tokenized
     class_id   (B,) long              grant_day  (B,) long: days since 1970-01-01 (-1 unknown)
     view, patent_id, key: lists of str
@@ -61,7 +62,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from patentclip.plugins import remote_io
 from patentclip.plugins.classes import ClassTable
 from patentclip.plugins.grey_preprocess import GreyAwarePreprocess
-from patentclip.plugins.image_transport import FINISH_KEY, TRANSPORTS, log_fallback
+from patentclip.plugins.image_transport import ERASE_SUFFIX, FINISH_KEY, TRANSPORTS, log_fallback
 from patentclip.plugins.openclip_compat import group_by_keys_nothrow
 from patentclip.plugins.registry import DATASETS, SAMPLERS
 from patentclip.plugins.samplers import spread_repeats
@@ -363,8 +364,10 @@ class PatentStream(IterableDataset):
             raise ValueError(f"sample {key!r} of {s.get('__url__', '?')} has no caption (txt or json captions)")
         caption = captions[stable_index(len(captions), "caption", self.seed, epoch, key, copy)] \
             if self.random_caption else captions[0]
+        image = self._image(s, "anchor", epoch, copy)
+        erasing = self.preprocess.erasing and self.preprocess.finish is not None
         out = {
-            "image": self._image(s, "anchor", epoch, copy),
+            "image": image,
             "text": self.tokenizer([caption])[0],
             "class_id": self.class_id(s),
             "grant_day": grant_day(meta.get("grant_date")),
@@ -372,6 +375,8 @@ class PatentStream(IterableDataset):
             "patent_id": _patent_of(key, meta),
             "key": key,
         }
+        if erasing:  # the random-erasing boxes drawn here, painted on the device
+            out["image" + ERASE_SUFFIX] = self.preprocess.last_erase()
         if self.multiview:
             other = ex.get("other")
             if other is not None:
@@ -382,6 +387,8 @@ class PatentStream(IterableDataset):
                 out["image2"] = self._image(s, "self-pair", epoch, copy)
                 out["view2"] = out["view"]
                 out["has_view2"] = 0
+            if erasing:
+                out["image2" + ERASE_SUFFIX] = self.preprocess.last_erase()
         return out
 
     # -- iteration ----------------------------------------------------------------------------------------

@@ -30,14 +30,21 @@ def finished(fast, img):
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB"])
-@pytest.mark.parametrize("which", ["train", "val", "train+flip+gridmask"])
+@pytest.mark.parametrize("which", ["train", "val", "train+flip+gridmask", "train+all+two-erasings"])
 def test_uint8_transport_is_bit_identical_to_float_preprocess(which, mode):
+    import torchvision.transforms as T
+
     train, val = transforms()
     pre = val if which == "val" else train
     if which == "train+flip+gridmask":
         pre = with_patent_augmentations(pre, argparse.Namespace(aug_hflip=0.5, aug_gridmask=0.9))
+    if which == "train+all+two-erasings":  # the patent augmentations plus a second, per-channel erasing
+        pre = with_patent_augmentations(pre, argparse.Namespace(aug_hflip=0.5, aug_gridmask=0.5,
+                                                                aug_random_erasing=0.8))
+        pre = T.Compose(list(pre.transforms) + [T.RandomErasing(p=0.7, value=(0.5, -1.0, 2.0), scale=(0.3, 0.6))])
     float_path, uint8_path = GreyAwarePreprocess(pre), GreyAwarePreprocess(pre, uint8=True)
     assert uint8_path.finish is not None and uint8_path.uint8_refused == ""
+    erased = set()
     for size in ((150, 110), (90, 240), (300, 300)):
         img = drawing(size).convert(mode) if mode != "L" else drawing(size)
         if mode == "RGB":  # a real colour image, channels differ
@@ -50,10 +57,13 @@ def test_uint8_transport_is_bit_identical_to_float_preprocess(which, mode):
             pixels = uint8_path(img)
             after_got = torch.rand(())
             assert pixels.dtype == torch.uint8 and pixels.shape[0] == (1 if mode == "L" else 3)
-            got = uint8_path.finish(pixels[None])[0]
+            got = uint8_path.finish(pixels[None], uint8_path.last_erase()[None])[0]
             assert got.shape == want.shape == (3, 224, 224)
             assert torch.equal(got, want), (which, mode, size, seed)
             assert torch.equal(after_got, after_want)  # the same random draws
+            erased.update(tuple(b) for b in uint8_path.last_erase().tolist())
+    if which == "train+all+two-erasings":
+        assert uint8_path.erasing == 2 and len(erased) > 2  # boxes were drawn, and not always "none"
 
 
 def test_gridmask_paints_white_on_the_pixels():
@@ -66,28 +76,32 @@ def test_gridmask_paints_white_on_the_pixels():
     assert x.dtype == torch.uint8 and set(x.unique().tolist()) == {0, 255}
 
 
-def test_random_erasing_keeps_the_float_transport(synthetic_shards, caplog):
-    """Random erasing fills normalised values: no uint8 split; the pipeline says so and sends float batches."""
+def test_random_valued_erasing_keeps_the_float_transport(synthetic_shards, caplog):
+    """Erasing with random values (drawn per pixel) is not deferred: no uint8 split; the pipeline says so and
+    sends float batches. Erasing with a fixed value is (the other tests)."""
+    import torchvision.transforms as T
+
     train, _ = transforms()
-    pre = with_patent_augmentations(train, argparse.Namespace(aug_random_erasing=0.5))
+    pre = T.Compose(list(train.transforms) + [T.RandomErasing(p=0.5, value="random")])
     split, why = split_for_uint8(pre)
-    assert split is None and "RandomErasing" in why
+    assert split is None and why == "RandomErasing with random values runs after Normalize"
     fast = GreyAwarePreprocess(pre, uint8=True)
     assert fast.finish is None and fast(drawing()).dtype == torch.float32
     assert split_for_uint8(lambda im: im)[0] is None
+    assert "GaussianBlur" in split_for_uint8(T.Compose(list(train.transforms) + [T.GaussianBlur(3)]))[1]
 
     import open_clip
 
     tok = open_clip.get_tokenizer("patentclip-tiny")
     _, tiny, _ = open_clip.create_model_and_transforms("patentclip-tiny")
-    tiny = with_patent_augmentations(tiny, argparse.Namespace(aug_random_erasing=0.5))
+    tiny = T.Compose(list(tiny.transforms) + [T.RandomErasing(p=0.5, value="random")])
     table = load_class_table(synthetic_shards["train"])
     with caplog.at_level(logging.INFO):
         info = DATASETS.get("patent-wds")(data_args(synthetic_shards["train"]), tiny, True, tokenizer=tok,
                                           class_table=table)
-    assert "image transport: float (RandomErasing runs after Normalize)" in caplog.text
+    assert "image transport: float (RandomErasing with random values runs after Normalize)" in caplog.text
     b = next(iter(info.dataloader))
-    assert b["image"].dtype == torch.float32 and FINISH_KEY not in b
+    assert b["image"].dtype == torch.float32 and FINISH_KEY not in b and "image_erase" not in b
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -99,7 +113,8 @@ def test_pipeline_batches_match_across_transports(synthetic_shards, workers):
 
     tok = open_clip.get_tokenizer("patentclip-tiny")
     _, train, val = open_clip.create_model_and_transforms("patentclip-tiny")
-    train = with_patent_augmentations(train, argparse.Namespace(aug_hflip=0.5, aug_gridmask=0.5))
+    train = with_patent_augmentations(train, argparse.Namespace(aug_hflip=0.5, aug_gridmask=0.5,
+                                                                aug_random_erasing=0.5))
     table = load_class_table(synthetic_shards["train"])
     for is_train, pre, shards in ((True, train, synthetic_shards["train"]), (False, val, synthetic_shards["val"])):
         out = {}
@@ -113,6 +128,8 @@ def test_pipeline_batches_match_across_transports(synthetic_shards, workers):
             assert u["key"] == f["key"]
             assert u["image"].dtype == torch.uint8 and u["image"].shape[1] == 1  # grey drawings, one channel
             assert f["image"].dtype == torch.float32 and FINISH_KEY not in f
+            if is_train:  # the erase boxes travel with the pixels, one per drawing and erasing step
+                assert u["image_erase"].shape == u["image2_erase"].shape == (len(u["key"]), 1, 4)
             mu, mf = move_batch(u, "cpu", torch.float32), move_batch(f, "cpu", torch.float32)
             for name in ("image", "image2") if is_train else ("image",):
                 assert mu[name].dtype == torch.float32 and torch.equal(mu[name], mf[name]), name
@@ -128,6 +145,18 @@ def test_batches_mixing_grey_and_colour_drawings_collate_to_three_channels():
     assert torch.equal(b["image"][0], grey.expand(3, -1, -1)) and torch.equal(b["image"][1], colour)
     with pytest.raises(RuntimeError):  # another size is still an error
         collate_patent_batch([{"image": grey}, {"image": torch.zeros(3, 9, 8, dtype=torch.uint8)}])
+
+
+def test_deferred_erasing_paints_its_boxes_and_checks_them():
+    norm = DeviceNormalize((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), erase_values=[(7.0,)])
+    x = torch.full((2, 1, 5, 6), 255, dtype=torch.uint8)
+    boxes = torch.tensor([[[1, 2, 2, 3]], [[-1, -1, -1, -1]]], dtype=torch.int32)
+    y = norm(x, boxes)
+    want = torch.ones(2, 3, 5, 6)
+    want[0, :, 1:3, 2:5] = 7.0  # F.erase(img, i=1, j=2, h=2, w=3, v=7)
+    assert torch.equal(y, want)
+    with pytest.raises(ValueError, match="erases 1 time"):
+        norm(x)
 
 
 def test_finish_needs_the_finisher_and_keeps_float_batches():
@@ -153,14 +182,16 @@ def test_report_shows_uint8_pixels_as_they_are():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU machine)")
 def test_finish_on_cuda_matches_the_cpu_float_preprocess():
     train, _ = transforms()
-    pre = with_patent_augmentations(train, argparse.Namespace(aug_hflip=0.5, aug_gridmask=0.9))
+    pre = with_patent_augmentations(train, argparse.Namespace(aug_hflip=0.5, aug_gridmask=0.9,
+                                                              aug_random_erasing=0.7))
     float_path, uint8_path = GreyAwarePreprocess(pre), GreyAwarePreprocess(pre, uint8=True)
-    want, pixels = [], []
+    want, pixels, boxes = [], [], []
     for seed in range(8):
         torch.manual_seed(seed)
         want.append(float_path(drawing((150 + seed, 110))))
         torch.manual_seed(seed)
         pixels.append(uint8_path(drawing((150 + seed, 110))))
-    b = {"image": torch.stack(pixels), FINISH_KEY: uint8_path.finish}
+        boxes.append(uint8_path.last_erase())
+    b = {"image": torch.stack(pixels), FINISH_KEY: uint8_path.finish, "image_erase": torch.stack(boxes)}
     got = finish_images(b, "image", "cuda", torch.float32)
     assert got.device.type == "cuda" and torch.equal(got.cpu(), torch.stack(want))

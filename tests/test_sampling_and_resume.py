@@ -224,14 +224,15 @@ def test_augmentation_of_a_drawing_does_not_depend_on_workers_or_position(synthe
 # ---------------------------------------------------------------------------------------------------------
 # exact resume
 
-@pytest.mark.parametrize("workers,k,kw", [(0, 3, {}), (2, 5, {"multiview": True, "sampler": "class_aware"}),
+@pytest.mark.parametrize("workers,k,kw", [(0, 3, {"image_transport": "float"}),
+                                          (2, 5, {"multiview": True, "sampler": "class_aware"}),
                                           (2, 0, {}), (1, 7, {"dataset_resampled": True,
                                                               "train_num_samples": 200}),
                                           (2, 4, {"multiview": True, "sampler": "class_aware", "uint8": True})])
 def test_loader_resume_continues_exactly(synthetic_shards, parts, parts_uint8, workers, k, kw):
     """Take k batches, checkpoint the loader, build a fresh loader from the state: the following batches have
-    the same sample keys and identical tensors as an uninterrupted loader (float transport: the preprocess has
-    random erasing; uint8 transport: flip and GridMask on the pixels)."""
+    the same sample keys and identical tensors as an uninterrupted loader (uint8 transport with flip, GridMask
+    and deferred random erasing, or without erasing; and the float transport)."""
     kw = dict(kw)
     if kw.pop("uint8", False):
         parts = parts_uint8
@@ -251,7 +252,9 @@ def test_loader_resume_continues_exactly(synthetic_shards, parts, parts_uint8, w
     assert len(rest) == len(full) - k
     for x, y in zip(full[k:], rest):
         assert x["key"] == y["key"]
-        for name in ("image", "text", "class_id") + (("image2",) if kw.get("multiview") else ()):
+        names = ("image", "text", "class_id") + (("image2",) if kw.get("multiview") else ())
+        names += tuple(n + "_erase" for n in names if n + "_erase" in x)
+        for name in names:
             assert torch.equal(x[name], y[name]), name
 
 
