@@ -129,6 +129,20 @@ def test_seeded_runs_repeat(synthetic_shards, tmp_path):
     assert losses[0] == losses[1] and len(losses[0]) > 1
 
 
+def test_uint8_and_float_image_transports_train_identically(synthetic_shards, tmp_path):
+    """The step normalises (and erases) the uint8 pixels on the device exactly as the float pipeline does in the
+    workers: the same losses, step for step, with flips, GridMask and random erasing on."""
+    losses = {}
+    for transport in ("uint8", "float"):
+        r = run_cli("patentclip.launch.train", *train_argv(
+            synthetic_shards, tmp_path, transport, 1, "--workers", "0", "--val-frequency", "0",
+            "--image-transport", transport, "--aug-hflip", "0.5", "--aug-gridmask", "0.5",
+            "--aug-random-erasing", "0.5"))
+        assert r.returncode == 0, r.stderr[-3000:]
+        losses[transport] = [s["loss"] for s in read_jsonl(tmp_path / transport / "train_steps.jsonl")]
+    assert losses["uint8"] == losses["float"] and len(losses["uint8"]) > 1
+
+
 def test_one_rank_run_resumes_on_two_ranks_with_its_zero_stage(synthetic_shards, tmp_path):
     """--zero-stage auto: ZeRO-0 on one rank (nothing to partition); resuming a mid-epoch checkpoint on two ranks
     keeps the stage it was written with (its optimizer sits whole in the model-states file), continues the step
