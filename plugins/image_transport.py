@@ -2,13 +2,13 @@
 
 open_clip's preprocess ends in ``ToTensor -> Normalize``: every image leaves its worker as three float32
 channels (600 KB at 224 px), is copied through shared memory, stacked into the batch and copied to the GPU, and
-the worker spends about a third of its time per drawing on the ``/255``, the normalisation and that stacking.
+the worker spends about a quarter of its time per drawing on the ``/255``, the normalisation and that stacking.
 
 With ``--image-transport uint8`` (the default) a worker stops at the uint8 pixels after the geometric steps (one
 channel for a grey drawing: 50 KB at 224 px, a twelfth), and :class:`DeviceNormalize`, which the loader hands
 along with every batch as ``batch["image_finish"]``, does ``/255 -> three channels -> Normalize`` on the device
 inside the step (:func:`finish_images`). The arithmetic is the same, in the same order and precision, so the
-tensors the model sees are bit-identical to the float transport's (tested, including GridMask).
+tensors the model sees are bit-identical to the float transport's (tested, with flips, GridMask and erasing).
 
 The split is taken when every step between ``ToTensor`` and ``Normalize`` is a flip or GridMask, which run on the
 uint8 pixels instead (GridMask's fill 1.0 painted as 255, the same value after ``/255``), and every step after
