@@ -85,16 +85,14 @@ class GreyAwarePreprocess:
         self.finish: Optional[DeviceNormalize] = None
         self.uint8_refused = ""
         self.erase_boxes: List[Tuple[int, int, int, int]] = []
-        self.erasing = 0  # random-erasing steps drawn here, applied on the device
         tail: List[Callable] = []
         if uint8:
             split, self.uint8_refused = split_for_uint8(preprocess)
             if split is not None:
-                tail = [PILToUint8()] + split.on_uint8 + [DrawErasing(e, self.erase_boxes) for e in split.erasing]
+                drawers = [DrawErasing(e, self.erase_boxes) for e in split.erasing]
+                tail = [PILToUint8()] + split.on_uint8 + drawers
                 self.preprocess = T.Compose(split.before + tail)
-                self.erasing = len(split.erasing)
-                self.finish = DeviceNormalize(split.normalize.mean, split.normalize.std,
-                                              [DrawErasing(e, []).value for e in split.erasing])
+                self.finish = DeviceNormalize(split.normalize.mean, split.normalize.std, [d.value for d in drawers])
         steps = grey_steps(preprocess)
         if steps is not None and self.finish is not None:  # geometric steps, then uint8 pixels on one channel
             steps = steps[:next(i for i, s in enumerate(steps) if is_to_tensor(s))] + tail
@@ -109,6 +107,11 @@ class GreyAwarePreprocess:
         if img.mode != "RGB":
             img = img.convert("RGB")
         return self.preprocess(img)
+
+    @property
+    def erasing(self) -> int:
+        """Random-erasing steps drawn here and painted on the device (0 with the float transport)."""
+        return len(self.finish.erase_values) if self.finish is not None else 0
 
     def last_erase(self) -> torch.Tensor:
         """(erasing steps, 4) int32: the boxes the last call drew (top, left, height, width; -1s: none)."""

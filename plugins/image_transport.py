@@ -136,20 +136,21 @@ class DeviceNormalize:
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.erase_values = [tuple(float(v) for v in vals) for vals in erase_values]
-        self._stats: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self._consts: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor, List[torch.Tensor]]] = {}
 
     def _on(self, device: torch.device):
-        if device not in self._stats:
-            self._stats[device] = (torch.tensor(self.mean, dtype=torch.float32, device=device).view(-1, 1, 1),
-                                   torch.tensor(self.std, dtype=torch.float32, device=device).view(-1, 1, 1))
-        return self._stats[device]
+        """(mean, std, erase values) as (C, 1, 1) float32 tensors on ``device``, made once per device."""
+        if device not in self._consts:
+            as_chw = lambda v: torch.tensor(v, dtype=torch.float32, device=device).view(-1, 1, 1)  # noqa: E731
+            self._consts[device] = (as_chw(self.mean), as_chw(self.std), [as_chw(v) for v in self.erase_values])
+        return self._consts[device]
 
     def __call__(self, x: torch.Tensor, erase: Optional[torch.Tensor] = None) -> torch.Tensor:
         if x.dtype != torch.uint8:
             return x
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"expected a (batch, 1 or 3, H, W) uint8 image batch, got {tuple(x.shape)}")
-        mean, std = self._on(x.device)
+        mean, std, erase_values = self._on(x.device)
         y = x.to(torch.float32).div(255)  # ToTensor: img.to(float32).div(255)
         if y.shape[1] == 1:
             y = y.expand(-1, 3, -1, -1)
@@ -162,11 +163,10 @@ class DeviceNormalize:
             erase = erase.to(device=x.device, dtype=torch.long)
             rows = torch.arange(x.shape[2], device=x.device)
             cols = torch.arange(x.shape[3], device=x.device)
-            for k, vals in enumerate(self.erase_values):  # in the preprocess's order, as F.erase would
+            for k, value in enumerate(erase_values):  # in the preprocess's order, as F.erase would
                 i, j, h, w = (erase[:, k, n].view(-1, 1, 1, 1) for n in range(4))
                 inside = ((rows.view(1, 1, -1, 1) >= i) & (rows.view(1, 1, -1, 1) < i + h)
                           & (cols.view(1, 1, 1, -1) >= j) & (cols.view(1, 1, 1, -1) < j + w) & (h > 0))
-                value = torch.tensor(vals, dtype=torch.float32, device=x.device).view(-1, 1, 1)
                 y = torch.where(inside, value, y)
         return y
 

@@ -364,10 +364,9 @@ class PatentStream(IterableDataset):
             raise ValueError(f"sample {key!r} of {s.get('__url__', '?')} has no caption (txt or json captions)")
         caption = captions[stable_index(len(captions), "caption", self.seed, epoch, key, copy)] \
             if self.random_caption else captions[0]
-        image = self._image(s, "anchor", epoch, copy)
-        erasing = self.preprocess.erasing and self.preprocess.finish is not None
+        erasing = self.preprocess.erasing > 0
         out = {
-            "image": image,
+            "image": self._image(s, "anchor", epoch, copy),
             "text": self.tokenizer([caption])[0],
             "class_id": self.class_id(s),
             "grant_day": grant_day(meta.get("grant_date")),
