@@ -187,7 +187,7 @@ def init_deepspeed(args, device):
 
 
 def train(args) -> int:
-    from open_clip import create_model_and_transforms, get_input_dtype, get_tokenizer
+    from open_clip import get_input_dtype, get_tokenizer
     from open_clip_train.main import random_seed
     from open_clip_train.scheduler import const_lr, const_lr_cooldown, cosine_lr
     from open_clip_train.train import AverageMeter
@@ -201,12 +201,15 @@ def train(args) -> int:
     from patentclip.plugins.classes import load_class_table
     from patentclip.plugins.losses import LossSet
     from patentclip.plugins.models import register_model_configs
+    from patentclip.plugins.pretrained import check_start, create_model_for_run, fetch_start
     from patentclip.plugins.registry import DATASETS, import_plugin_modules, load_builtin_plugins
 
     register_model_configs()
     load_builtin_plugins()
     import_plugin_modules(args.plugins.split(","))
+    start = check_start(args)  # starting weights on disk or in the hub cache; offline and missing: stop here
     device = setup_run(args)
+    start = fetch_start(start, args)
     deepspeed = init_deepspeed(args, device)
     is_master = args.rank == 0
 
@@ -217,13 +220,7 @@ def train(args) -> int:
         args.force_image_size = args.force_image_size[0]
     rrc_aug_cfg(args)
     random_seed(args.seed, 0)
-    model, preprocess_train, preprocess_val = create_model_and_transforms(
-        args.model, args.pretrained, precision="fp32", device=device,
-        force_quick_gelu=args.force_quick_gelu, force_custom_text=args.force_custom_text,
-        force_patch_dropout=args.force_patch_dropout, force_image_size=args.force_image_size,
-        force_context_length=args.force_context_length, image_mean=args.image_mean, image_std=args.image_std,
-        image_interpolation=args.image_interpolation, image_resize_mode=args.image_resize_mode,
-        aug_cfg=args.aug_cfg, pretrained_image=args.pretrained_image, output_dict=True, cache_dir=args.cache_dir)
+    model, preprocess_train, preprocess_val = create_model_for_run(args, device, start)
     make_logit_scale_nonscalar(model)
     preprocess_train = with_patent_augmentations(preprocess_train, args)
     store = ckpt.CheckpointStore(args)
