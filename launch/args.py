@@ -11,6 +11,7 @@ from typing import List, Optional, Sequence
 
 from open_clip_train.params import parse_args as openclip_parse_args
 
+from patentclip.plugins.arcface import add_arcface_args
 from patentclip.plugins.pretrained import add_pretrained_args
 from patentclip.plugins.recipes import add_recipe_args, apply_recipe
 
@@ -108,6 +109,7 @@ def build_plugin_parser() -> argparse.ArgumentParser:
                         "(default: patentclip.launch.evaluate.DEFAULT_TEMPLATES).")
     add_recipe_args(p)  # --recipe, --loss-weighting, classification-head flags (patentclip.plugins.recipes)
     add_pretrained_args(p)  # --pretrained-image-source, --pretrained-text (patentclip.plugins.pretrained)
+    add_arcface_args(p)  # --arcface-labels, --arcface-scale, --arcface-margin (patentclip.plugins.arcface)
     return p
 
 

@@ -194,7 +194,8 @@ class CheckpointStore:
 
     # -- save ------------------------------------------------------------------------------------------
     def save(self, engine, *, epoch: int, step: int, class_table, loader_states: list,
-             tag: Optional[str] = None, head_state: Optional[Dict] = None) -> str:
+             tag: Optional[str] = None, head_state: Optional[Dict] = None,
+             loss_states: Optional[Dict] = None) -> str:
         """Save the state to resume at (``epoch``, ``step``). Collective: call it on every rank."""
         args = self.args
         mid_epoch = tag is not None
@@ -211,6 +212,8 @@ class CheckpointStore:
                   "model": args.model, "classes": client_state["classes"]}
             if head_state:
                 oc["patentclip_head"] = head_state
+            if loss_states:
+                oc["patentclip_losses"] = loss_states
             tmp = os.path.join(self.local, f"epoch_{epoch}.pt.tmp")
             torch.save(oc, tmp)
             os.replace(tmp, os.path.join(self.local, f"epoch_{epoch}.pt"))

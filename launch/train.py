@@ -195,8 +195,9 @@ def train(args) -> int:
     from patentclip.launch import checkpoint as ckpt
     from patentclip.launch.evaluate import evaluate_during_training
     from patentclip.launch.step import accumulate_batches, train_step_accum
-    from patentclip.launch.model import (PatentTrainModule, head_state, load_head_state, lock_towers,
-                                         make_logit_scale_nonscalar, optimizer_param_groups)
+    from patentclip.launch.model import (PatentTrainModule, head_state, load_head_state, load_loss_states,
+                                         lock_towers, loss_states, make_logit_scale_nonscalar,
+                                         optimizer_param_groups)
     from patentclip.plugins.augment import rrc_aug_cfg, with_patent_augmentations
     from patentclip.plugins.classes import load_class_table
     from patentclip.plugins.losses import LossSet
@@ -243,6 +244,7 @@ def train(args) -> int:
         with fsspec.open(resume_target[1], "rb") as f:
             oc = torch.load(f, map_location="cpu", weights_only=False)
         load_head_state(module, oc.get("patentclip_head") if isinstance(oc, dict) else None)
+        load_loss_states(module, oc.get("patentclip_losses") if isinstance(oc, dict) else None)
     if is_master:
         logging.info("Model:\n%s", model)
         with open(os.path.join(args.logs, args.name, "params.txt"), "w") as f:
@@ -361,7 +363,7 @@ def train(args) -> int:
                                                            (step + 1) % args.save_every_n_steps == 0)):
                 store.save(engine, epoch=epoch, step=step + 1, class_table=class_table,
                            loader_states=gather_loader_states(dataloader, args), tag=f"step_{step + 1}",
-                           head_state=head_state(engine.module))
+                           head_state=head_state(engine.module), loss_states=loss_states(engine.module))
             if stop:
                 break
         if stop and batch_count < steps_per_epoch:
@@ -382,7 +384,8 @@ def train(args) -> int:
         if stop or completed_epoch == args.epochs or (args.save_frequency > 0 and
                                                       completed_epoch % args.save_frequency == 0):
             store.save(engine, epoch=completed_epoch, step=step, class_table=class_table,
-                       loader_states=gather_loader_states(dataloader, args), head_state=head_state(engine.module))
+                       loader_states=gather_loader_states(dataloader, args), head_state=head_state(engine.module),
+                       loss_states=loss_states(engine.module))
         if stop and completed_epoch < args.epochs:
             logging.info("Stopped by %s at the end of epoch %d; checkpoint written, exiting with code %d (requeue)",
                          stopper.received or "a signal on another rank", completed_epoch, EXIT_REQUEUE)

@@ -435,6 +435,12 @@ class LossSet(nn.Module):
         """True when a selected loss needs ``batch["image2"]`` (the trainer then sets ``args.multiview``)."""
         return any(getattr(loss, "needs_second_view", False) for loss in self.losses.values())
 
+    @property
+    def needs_text(self) -> bool:
+        """False when no selected loss uses the text embeddings (``needs_text = False`` on the plugin, e.g.
+        ``arcface``): the training step then does not run the text tower."""
+        return any(getattr(loss, "needs_text", True) for loss in self.losses.values())
+
     def forward(self, features: Dict, batch: Dict) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         parts: Dict[str, torch.Tensor] = {}
         total = None
