@@ -526,6 +526,12 @@ def load_timm_tower(model: torch.nn.Module, timm_name: str, file: str, pool: Opt
     ref = timm.create_model(timm_name, pretrained=True, num_classes=0,
                             pretrained_cfg_overlay={"file": file, "source": "", "hf_hub_id": None, "url": None})
     ref.reset_classifier(0, **({"global_pool": pool} if pool else {}))
+    # timm loads non-strictly when it drops a classifier: make sure every backbone parameter came from the file
+    raw = timm.models.load_state_dict(file)
+    absent = [n for n, _ in ref.named_parameters() if n not in raw]
+    if absent:
+        raise ValueError(f"{file}: {len(absent)} parameters of the {timm_name} backbone are not in the file "
+                         f"(e.g. {absent[:5]}): not this backbone's timm weights")
     trunk.load_state_dict(ref.state_dict(), strict=True)
 
 

@@ -22,7 +22,7 @@ from timm.models import get_pretrained_cfg
 # module -> names patentclip imports and reuses as they are
 REUSED_NAMES = {
     "timm": ["create_model", "list_models"],
-    "timm.models": ["get_pretrained_cfg", "register_model", "is_model"],
+    "timm.models": ["get_pretrained_cfg", "register_model", "is_model", "load_state_dict"],
     "timm.models._hub": ["HF_WEIGHTS_NAME", "HF_SAFE_WEIGHTS_NAME", "load_state_dict_from_hf"],
     "timm.models._builder": ["_resolve_pretrained_source", "load_pretrained"],
     "huggingface_hub": ["hf_hub_download", "try_to_load_from_cache", "scan_cache_dir"],

@@ -217,6 +217,10 @@ def test_image_weights_from_a_file_and_text_tower_from_a_clip_checkpoint(tmp_pat
     for k, v in model.visual.trunk.state_dict().items():
         if k in swin.state_dict():
             assert torch.equal(v, swin.state_dict()[k]), k
+    partial = {k: v for k, v in swin.state_dict().items() if not k.startswith("layers.2.")}
+    torch.save(partial, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match="not in the file"):
+        build(train_args("--model", "patentclip-tiny-swinv2", "--pretrained-image-source", tmp_path / "partial.pth"))
     keys = P.text_keys(model)
     assert "token_embedding.weight" in keys and "text_projection" in keys and not any(k.startswith("visual") for k in keys)
     assert_same(clip_sd, model, keys)
