@@ -48,6 +48,8 @@ import torch
 import open_clip
 import timm
 
+from patentclip.launch.export import _read_params_txt as read_params_txt
+from patentclip.launch.export import final_model_config, model_kwargs_from_params
 from patentclip.plugins import timm_compat as tc
 from patentclip.plugins.timm_compat import LocalEntryNotFoundError, hf_constants, hf_hub_download
 
@@ -101,7 +103,7 @@ class Weights:
     preprocess: Dict = field(default_factory=dict)
     quick_gelu: Optional[bool] = None
     looked_in: str = ""
-    recorded_name: Optional[str] = None          # the model name patentclip-export recorded in the folder
+    recorded_name: Optional[str] = None          # the model name recorded in an exported folder or a run
 
     @property
     def missing(self) -> bool:
@@ -248,7 +250,9 @@ def resolve_clip_weights(spec: str, model_name: Optional[str], cache_dir: Option
         return w
     path = os.path.expanduser(spec)
     if os.path.isfile(path):
-        return Weights(role, spec, "file", file=os.path.abspath(path), looked_in=os.path.dirname(os.path.abspath(path)))
+        w = Weights(role, spec, "file", file=os.path.abspath(path), looked_in=os.path.dirname(os.path.abspath(path)))
+        _apply_run_params(w)
+        return w
     if os.path.isdir(path):
         raise ValueError(f"{spec} is a folder: use local-dir:{spec} for an exported open_clip model folder, or "
                          f"--resume {spec} to continue a run from its DeepSpeed checkpoint")
@@ -277,6 +281,22 @@ def resolve_clip_weights(spec: str, model_name: Optional[str], cache_dir: Option
                 quick_gelu=bool(cfg.get("quick_gelu", False)), looked_in=looked)
     w.file = _locate(fetch, cache_dir)
     return w
+
+
+def _apply_run_params(w: Weights) -> None:
+    """A run's ``<run>/checkpoints/epoch_N.pt``: the model it was trained as, with the overrides (QuickGELU, image
+    size, context length) and preprocessing of its ``params.txt``, read the way patentclip-export reads them --
+    so that a second stage started from it builds the same architecture (e.g. an OpenAI-initialised stage 1
+    trained with QuickGELU)."""
+    params = read_params_txt(os.path.dirname(os.path.dirname(w.file)))
+    name = params.get("model")
+    if not name or name not in open_clip.list_models():
+        return
+    kwargs = model_kwargs_from_params(params, name)
+    w.model_cfg = final_model_config(name, kwargs)
+    w.quick_gelu = bool(w.model_cfg.get("quick_gelu", False))
+    w.preprocess = {k: kwargs[attr] for k, attr in PREPROCESS_ARGS.items() if kwargs.get(attr) is not None}
+    w.recorded_name = name
 
 
 def _preprocess_of(cfg: Dict) -> Dict:

@@ -243,3 +243,58 @@ def test_text_tower_from_a_cached_hub_model_by_model_tag(tmp_path):
     assert_same(clip_sd, model, P.text_keys(model))
     assert P.split_model_tag("ViT-B-32:openai") == ("ViT-B-32", "openai")
     assert P.split_model_tag("hf-hub:org/repo") == (None, "hf-hub:org/repo")
+
+
+SLURM = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "slurm")
+PLAN = """
+import json, sys
+from patentclip.launch.args import parse_train_args
+from patentclip.plugins import pretrained as P
+out = {}
+for script, argv in json.loads(sys.argv[1]).items():
+    args = parse_train_args(["--train-data", "x.tar", *argv])
+    out[script] = P.missing_message(P.plan_start(args).missing(), args.cache_dir, offline=True)
+print(json.dumps(out))
+"""
+
+
+def test_slurm_scripts_name_the_commands_the_trainer_prints(tmp_path):
+    """The login-node commands in a SLURM script's header are exactly those patentclip-train prints when the
+    script's starting weights are not cached."""
+    scripts = ["train_vitl.sh", "train_vitb.sh", "train_llm_informed.sh"]
+    headers, argvs = {}, {}
+    for script in scripts:
+        path = os.path.join(SLURM, script)
+        text = open(path).read()
+        headers[script] = [line[1:].split("  #")[0].strip() for line in text.splitlines()
+                           if line.startswith("#") and "python -c" in line]
+        assert headers[script], script
+        r = subprocess.run(["bash", "-c", f"source <(sed '/^source/d' {path}); printf '%s\\n' \"${{TRAIN_ARGS[@]}}\""],
+                           capture_output=True, text=True, check=True)
+        argvs[script] = r.stdout.splitlines()
+    (tmp_path / "hf").mkdir()
+    r = subprocess.run([sys.executable, "-c", PLAN, json.dumps(argvs)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    messages = json.loads(r.stdout.strip().splitlines()[-1])
+    for script in scripts:
+        printed = [line.strip() for line in messages[script].splitlines() if line.strip().startswith("python -c")]
+        for cmd in headers[script]:
+            assert cmd in printed, (script, cmd, printed)
+
+
+def test_a_runs_checkpoint_brings_its_architecture(tmp_path):
+    """--pretrained <run>/checkpoints/epoch_N.pt (a second stage): the run's params.txt says how it was built
+    (here QuickGELU and 96 px images, as an OpenAI-initialised stage 1 at another size would have), and the new run
+    takes that over, --model included when not given."""
+    sd = seeded_state("patentclip-tiny", force_quick_gelu=True, force_image_size=96)
+    (tmp_path / "stage1" / "checkpoints").mkdir(parents=True)
+    torch.save({"epoch": 1, "state_dict": sd, "model": "patentclip-tiny"},
+               tmp_path / "stage1" / "checkpoints" / "epoch_1.pt")
+    (tmp_path / "stage1" / "params.txt").write_text("model: patentclip-tiny\npretrained: None\nforce_quick_gelu: True\n"
+                                                    "force_image_size: [96]\nimage_mean: None\n")
+    args = train_args("--pretrained", tmp_path / "stage1" / "checkpoints" / "epoch_1.pt")
+    model, _ = build(args)
+    assert args.model == "patentclip-tiny" and args.force_quick_gelu and args.force_image_size == 96
+    assert_same(sd, model)
+    assert type(model.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
