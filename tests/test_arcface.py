@@ -235,3 +235,71 @@ def test_two_stage_designclip_then_arcface(synthetic_shards, tmp_path):
     with torch.no_grad():
         ours = model.encode_image(torch.rand(2, 3, 64, 64, generator=g), normalize=True)
     torch.testing.assert_close(torch.load(tmp_path / "emb.pt"), ours, rtol=1e-5, atol=1e-6)
+
+
+# -- two processes -----------------------------------------------------------------------------------------------
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _linear_setup(train_data, rank, world):
+    """Features of a small linear "model" and an ArcFace loss whose label table rank 0 lists from the shards."""
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(12, 64, generator=g).requires_grad_()
+    x = torch.randn(8, 12, generator=g)
+    torch.manual_seed(3)
+    classes = ClassTable([ClassInfo(0, "01-01", "a", 1)])
+    loss = LOSSES.build("arcface", loss_args(train_data=train_data, rank=rank, world_size=world,
+                                             arcface_scale=30.0, arcface_margin=0.3), classes)
+    table = A.patent_table_from_shards(train_data, progress=False)
+    pids = [table.names[i] for i in (0, 5, 0, 9, 2, 5, 7, 1)]
+    return w, x, loss, pids
+
+
+def _worker(train_data, rank, world, port, out):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    w, x, loss, pids = _linear_setup(train_data, rank, world)
+    rows = slice(rank * 4, rank * 4 + 4)
+    feats = {"image_features": torch.nn.functional.normalize(x[rows] @ w, dim=-1)}
+    value = loss(feats, {"patent_id": pids[rows]})["arcface"]
+    value.backward()
+    grads = [w.grad, loss.centres.grad]
+    for gr in grads:  # what DDP / DeepSpeed do: average over the ranks
+        dist.all_reduce(gr)
+        gr /= world
+    v = value.detach().clone()
+    dist.all_reduce(v)
+    torch.save({"loss": v / world, "w": grads[0], "centres": grads[1], "names": loss.table.names}, out)
+    dist.destroy_process_group()
+
+
+def test_two_ranks_equal_one_process(synthetic_shards, tmp_path):
+    """2 gloo processes, each on half of the batch, label table listed by rank 0 and broadcast: the rank-averaged
+    loss and gradients (model and centres) equal one process on the whole batch."""
+    port = _free_port()
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_arcface as t; "
+            "t._worker(sys.argv[2], int(sys.argv[3]), 2, int(sys.argv[4]), sys.argv[5])")
+    here = os.path.dirname(os.path.abspath(__file__))
+    procs = [subprocess.Popen([sys.executable, "-c", code, here, synthetic_shards["train"], str(r), str(port),
+                               str(tmp_path / f"r{r}.pt")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    w, x, loss, pids = _linear_setup(synthetic_shards["train"], 0, 1)
+    value = loss({"image_features": torch.nn.functional.normalize(x @ w, dim=-1)}, {"patent_id": pids})["arcface"]
+    value.backward()
+    for r in range(2):
+        got = torch.load(tmp_path / f"r{r}.pt")
+        assert got["names"] == loss.table.names
+        torch.testing.assert_close(got["loss"], value.detach(), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(got["w"], w.grad, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(got["centres"], loss.centres.grad, rtol=1e-5, atol=1e-7)
