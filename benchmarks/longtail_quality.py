@@ -12,9 +12,12 @@ Stage 1 (the "pretrained" models, built once, kept in ``--work``):
       the same 24 design families, the same kind of captions, the same Zipf class sizes), all of it for training;
     * ``patentclip-tiny`` trained on it with ``--recipe clip``: the pretrained CLIP (its ``epoch_N.pt``), whose
       text tower the LLM-informed runs keep frozen -- now a meaningful one;
-    * each test-size timm backbone (``patentclip-tiny-{resnet,efficientnet,vit,swinv2}``) trained on it as a
-      classifier of the 24 classes (``--recipe arcface --arcface-labels class``), its trunk saved as a timm state
-      dict: the stand-in for timm's ImageNet weights (``--pretrained-image-source``).
+    * each test-size timm backbone (``patentclip-tiny-{resnet,efficientnet,vit,swinv2}``) trained on it with
+      ArcFace over its patents (``--recipe arcface``: one centre per stage-1 patent, a label space other than the
+      design classes, as ImageNet's is), its trunk saved as a timm state dict: the stand-in for timm's ImageNet
+      weights (``--pretrained-image-source``). (A first version trained them as classifiers of the 24 design
+      classes: supervised pretraining on the very classes that retrieval is judged by, which ImageNet weights do
+      not have; docs/benchmarks.md keeps its two runs as a caveat.)
 
 Stage 2 (the study): the long-tailed set of the earlier study (1200 patents x 4 views, 24 classes, Zipf 1.1, data
 seed 0, split by patent 80/20; head = the 40 % largest classes), every configuration below for the same number of
@@ -197,9 +200,9 @@ def stage1(work: Path, s1: Dict, a, pool: cf.ThreadPoolExecutor) -> Dict:
     backbone_epochs = ["--epochs", a.stage1_backbone_epochs, "--save-frequency", a.stage1_backbone_epochs]
     jobs = {"clip": (clip_epochs + ["--model", "patentclip-tiny", "--recipe", "clip"], "patentclip-tiny")}
     for b in a.backbones:
-        jobs[b] = (backbone_epochs + ["--model", f"patentclip-tiny-{b}", "--recipe", "arcface", "--arcface-labels", "class",
-                    "--arcface-scale", "16", "--arcface-margin", "0.1", "--aug-random-erasing", "0",
-                    "--aug-gridmask", "0"], f"patentclip-tiny-{b}")
+        jobs[b] = (backbone_epochs + ["--model", f"patentclip-tiny-{b}", "--recipe", "arcface", "--arcface-labels",
+                                      "patent", "--arcface-scale", "30", "--arcface-margin", "0.2",
+                                      "--aug-random-erasing", "0", "--aug-gridmask", "0"], f"patentclip-tiny-{b}")
     futs = {}
     for name, (extra, model) in jobs.items():
         settings = {"stage": 1, "job": name, "data": s1["digest"], "argv": [str(x) for x in common + extra]}
@@ -212,7 +215,7 @@ def stage1(work: Path, s1: Dict, a, pool: cf.ThreadPoolExecutor) -> Dict:
     out["clip"] = out["runs"]["clip"]["checkpoint"]
     out["backbones"] = {b: trunk_file(out["runs"][b]["checkpoint"], work / "stage1" / f"{b}-trunk.pth")
                         for b in a.backbones}
-    out["digest"] = digest({n: r["settings"] for n, r in out["runs"].items()})
+    out["digests"] = {n: digest(r["settings"]) for n, r in out["runs"].items()}
     return out
 
 
@@ -239,7 +242,10 @@ def run_config(config: str, seed: int, data: Dict, s1: Dict, a, work: Path, deps
     if start.startswith("after:"):
         after = deps[(start[len("after:"):], seed)].result()["checkpoint"]
     argv = stage2_argv(config, seed, data, s1, a, after)
-    settings = {"stage": 2, "config": config, "seed": seed, "stage1": s1["digest"],
+    c = CONFIGS[config]
+    uses = (["clip"] if c["start"] in ("clip", "backbone+text") or start.startswith("after:") else []) + \
+        ([c["backbone"]] if "backbone" in c else [])
+    settings = {"stage": 2, "config": config, "seed": seed, "stage1": {u: s1["digests"][u] for u in uses},
                 "argv": [str(x) for x in argv if str(x) != after], "after": digest(after) if after else None}
     out = work / "runs" / f"{config.replace('+', 'plus-').replace(' ', '_').replace('(', '').replace(')', '')}-seed{seed}"
     info = train_run(out, settings, argv, a)
