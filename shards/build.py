@@ -50,6 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from patentclip.plugins.remote_io import is_remote, retry
+from patentclip.plugins.seeding import uniform01
+
 from .captions import (DEFAULT_MAX_CHARS, DEFAULT_TEMPLATES, JOIN_MODES, CaptionIndex, CaptionReader,
                        clean_captions, join_captions, load_templates, parse_templates, render_templates,
                        template_fields)
@@ -65,15 +68,10 @@ _TAR_MTIME = 1262304000  # 2010-01-01: fixed so that the same input gives byte-i
 _SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{6})\.tar$")
 
 
-def _u01(*parts) -> float:
-    h = hashlib.blake2b("\x1f".join(str(p) for p in parts).encode(), digest_size=8).digest()
-    return (int.from_bytes(h, "little") >> 11) / float(1 << 53)
-
-
 def assign_split(patent_id: str, splits: Sequence[Tuple[str, float]], seed: int) -> str:
     """The split of a patent: a seeded hash of its id against the cumulative split fractions."""
     total = sum(f for _, f in splits)
-    u = _u01("split", seed, patent_id) * total
+    u = uniform01("split", seed, patent_id) * total
     acc = 0.0
     for name, frac in splits:
         acc += frac
@@ -100,13 +98,8 @@ def encode_image(path: Path, image_format: str) -> Tuple[bytes, Tuple[int, int]]
 # --------------------------------------------------------------------------------------------------------------
 
 
-def is_url(path) -> bool:
-    s = str(path)
-    return "://" in s and not s.startswith("file://")
-
-
 def _join(base: str, *parts: str) -> str:
-    if is_url(base):
+    if is_remote(base):
         return posixpath.join(base.rstrip("/"), *parts)
     return os.path.join(base, *parts)
 
@@ -128,20 +121,10 @@ def storage_options_from(endpoint_url: Optional[str] = None, region: Optional[st
     return opts
 
 
-def _retry(fn, what: str, attempts: Optional[int] = None, backoff: Optional[float] = None):
-    """Call ``fn`` with retries and exponential backoff (``PATENTCLIP_IO_RETRIES``, default 5 attempts;
-    ``PATENTCLIP_IO_BACKOFF``, default 0.5 s: the variables the shard reader uses)."""
-    attempts = max(1, int(os.environ.get("PATENTCLIP_IO_RETRIES", "5"))) if attempts is None else attempts
-    backoff = float(os.environ.get("PATENTCLIP_IO_BACKOFF", "0.5")) if backoff is None else backoff
-    for i in range(attempts):
-        try:
-            return fn()
-        except (FileNotFoundError, PermissionError):
-            raise
-        except Exception as exc:
-            if i == attempts - 1:
-                raise OSError(f"{what} failed after {attempts} attempts: {type(exc).__name__}: {exc}") from exc
-            time.sleep(backoff * 2 ** i)
+def _retry(fn, what: str):
+    """Call ``fn`` with patentclip's retry rule (plugins/remote_io.py: ``PATENTCLIP_IO_RETRIES`` retries, default 8,
+    exponential backoff from ``PATENTCLIP_IO_BACKOFF``); a missing file or a refused permission is not retried."""
+    return retry(fn, what, give_up=(FileNotFoundError, PermissionError))
 
 
 class Output:
@@ -151,8 +134,8 @@ class Output:
         s = str(out)
         if s.startswith("file://"):
             s = s[len("file://"):]
-        self.url = s.rstrip("/") if is_url(s) else str(Path(s))
-        self.local = not is_url(s)
+        self.url = s.rstrip("/") if is_remote(s) else str(Path(s))
+        self.local = not is_remote(s)
         self.storage_options = dict(storage_options or {})
         self._fs = None
 
@@ -324,7 +307,7 @@ def plan_shards(by_split: Dict[str, List[PatentRecord]], samples_per_shard: int,
     """The shard jobs of every split (see the module docstring); independent of the number of workers."""
     jobs: List[ShardJob] = []
     for split, records in by_split.items():
-        order = sorted(records, key=lambda r: (_u01("order", seed, r.patent_id), r.patent_id))
+        order = sorted(records, key=lambda r: (uniform01("order", seed, r.patent_id), r.patent_id))
         current: List[PatentRecord] = []
         count = 0
         index = 0
@@ -873,7 +856,7 @@ def shard_pattern(folder, names: Optional[Sequence[str]] = None) -> str:
     """Brace pattern covering a split folder's shards (from its sizes.json unless names are given); the folder
     may be a local path or an fsspec URL."""
     folder = str(folder)
-    remote = is_url(folder)
+    remote = is_remote(folder)
     join = (lambda a, b: posixpath.join(a.rstrip("/"), b)) if remote else (lambda a, b: str(Path(a) / b))
     if names is None:
         if remote:
