@@ -21,8 +21,8 @@ import fsspec
 import torch
 
 from patentclip.launch.args import parse_train_args, strip_flag
-from patentclip.launch.checkpoint import is_remote
 from patentclip.launch.signals import EXIT_REQUEUE, StopSignal, synchronized
+from patentclip.plugins.remote_io import is_remote
 
 
 def _free_port() -> int:

@@ -25,6 +25,8 @@ import tarfile
 from collections import Counter
 from typing import Any, Dict, List, Optional, Tuple
 
+from patentclip.plugins.remote_io import is_remote
+
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 _KEY_RE = re.compile(r"^(?P<pid>[A-Za-z0-9][A-Za-z0-9_-]*)_(?P<idx>\d{2,})$")
 
@@ -191,7 +193,7 @@ def _resolve(spec: str, storage_options=None) -> Tuple[Dict[str, Dict[str, Any]]
     """split name -> {folder, urls, sizes, classes}, plus problems."""
     problems: List[str] = []
     splits: Dict[str, Dict[str, Any]] = {}
-    remote = "://" in spec and not spec.startswith("file://")
+    remote = is_remote(spec)
     j = (lambda a, b: posixpath.join(a.rstrip("/"), b))
     if "{" in spec or spec.endswith(".tar"):
         urls = _expand(spec)
