@@ -1,6 +1,6 @@
 """Build WebDataset shards (``patentclip-shards build``): plan, encode in parallel, write atomically, resume.
 
-One sample per drawing::
+One sample per drawing (the format: shards/sample_format.py)::
 
     <patent_id>_<NN>.png | .jpg | .webp   the drawing, normalised (docs/manifest.md, "Images")
     <patent_id>_<NN>.txt                  its first caption (what vanilla open_clip trains on)
@@ -56,6 +56,7 @@ from patentclip.plugins.seeding import uniform01
 from .captions import (DEFAULT_MAX_CHARS, DEFAULT_TEMPLATES, JOIN_MODES, CaptionIndex, CaptionReader,
                        clean_captions, join_captions, load_templates, parse_templates, render_templates,
                        template_fields)
+from . import sample_format as SF
 from .images import DEFAULT_MAX_SIDE, ImageError, ImageOptions, normalize_image
 from .importers import ImportOptions, import_records
 from .manifest import PatentRecord, Problem
@@ -404,7 +405,7 @@ def run_job(job: ShardJob, settings: BuildSettings) -> Dict[str, Any]:
                 for r in job.records:
                     samples = []
                     for d in r.drawings:
-                        key = f"{r.patent_id}_{d.index:02d}"
+                        key = SF.sample_key(r.patent_id, d.index)
                         try:
                             data, orig, size = normalize_image(r.image_path(d), settings.image)
                         except ImageError as exc:
@@ -431,31 +432,27 @@ def run_job(job: ShardJob, settings: BuildSettings) -> Dict[str, Any]:
                             problems.append(_drawing_problem(r, d, "no caption (none given and no template applies)",
                                                              "no_caption", "drawing"))
                             continue
-                        meta = {"patent_id": r.patent_id, "drawing_index": d.index, "num_drawings": 0,
-                                "view": d.view, "class_id": settings.class_ids[r.class_code],
-                                "class_code": r.class_code, "class_name": r.class_name,
-                                "category": settings.categories[r.class_code], "grant_date": r.grant_date,
-                                "title": r.title, "captions": captions, "orig_size": list(orig),
-                                "size": list(size)}
+                        meta = {SF.PATENT_ID: r.patent_id, SF.DRAWING_INDEX: d.index, SF.NUM_DRAWINGS: 0,
+                                SF.VIEW: d.view, SF.CLASS_ID: settings.class_ids[r.class_code],
+                                SF.CLASS_CODE: r.class_code, SF.CLASS_NAME: r.class_name,
+                                SF.CATEGORY: settings.categories[r.class_code], SF.GRANT_DATE: r.grant_date,
+                                SF.TITLE: r.title, SF.CAPTIONS: captions, SF.ORIG_SIZE: list(orig),
+                                SF.SIZE: list(size)}
                         for k, v in list(r.extra.items()) + list(d.extra.items()):
                             if not k.startswith("_") and k not in meta:
                                 meta[k] = v
-                        samples.append((key, data, captions[0], meta))
+                        samples.append((key, data, meta))
                     if not samples:
                         src = r.extra.get("_source")
                         problems.append(Problem(r.line, r.patent_id, f"{src + ' ' if src else ''}line {r.line}: "
                                                 f"patent {r.patent_id}: no drawing could be written; record skipped",
                                                 "no_drawings", "record", source=src).to_dict())
                         continue
-                    for key, data, txt, meta in samples:
-                        meta["num_drawings"] = len(samples)
-                        cid = str(meta["class_id"]).encode()
-                        # members in sorted extension order, like webdataset's TarWriter
-                        members = sorted([("cls", cid), ("json", json.dumps(meta, ensure_ascii=False).encode()),
-                                          (ext, data), ("txt", txt.encode("utf-8"))])
-                        for e, b in members:
-                            _add_member(tar, f"{key}.{e}", b)
-                        views[meta["view"]] += 1
+                    for key, data, meta in samples:
+                        meta[SF.NUM_DRAWINGS] = len(samples)
+                        for name, b in SF.encode_members(key, ext, data, meta):
+                            _add_member(tar, name, b)
+                        views[meta[SF.VIEW]] += 1
                     class_counts[r.class_code] += len(samples)
                     dates.append(r.grant_date)
                     records_written += 1
