@@ -22,6 +22,8 @@ import torch
 
 from patentclip.launch.args import parse_train_args, strip_flag
 from patentclip.launch.signals import EXIT_REQUEUE, StopSignal, synchronized
+from patentclip.plugins.data.batch import KEY
+from patentclip.plugins.image_transport import transport_of
 from patentclip.plugins.remote_io import is_remote
 
 
@@ -326,7 +328,8 @@ def train(args) -> int:
             if not args.skip_scheduler:
                 scheduler(step)
             data_time_m.update(time.time() - end)
-            total_loss, terms, features = train_step_accum(engine, micro, args, device, input_dtype)
+            total_loss, terms, features = train_step_accum(engine, micro, args, device, input_dtype,
+                                                           transport_of(dataloader))
 
             batch_time_m.update(time.time() - end)
             end = time.time()
@@ -337,7 +340,7 @@ def train(args) -> int:
                 step_log.write(json.dumps({"step": step, "epoch": epoch, **values}) + "\n")
                 step_log.flush()
             if is_master and (i % args.log_every_n_steps == 0 or batch_count == steps_per_epoch):
-                n = sum(len(b["key"]) for b in micro)
+                n = sum(len(b[KEY]) for b in micro)
                 num_samples = batch_count * args.batch_size * args.accum_freq * args.world_size
                 percent_complete = 100.0 * batch_count / steps_per_epoch
                 for k, v in values.items():

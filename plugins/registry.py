@@ -75,7 +75,8 @@ LOSSES = Registry("loss")
 
 def load_builtin_plugins() -> None:
     """Import the modules that register the built-in plugins."""
-    from patentclip.plugins import losses, patent_data, samplers  # noqa: F401
+    from patentclip.plugins import losses, samplers  # noqa: F401
+    from patentclip.plugins.data import builder  # noqa: F401
 
 
 def import_plugin_modules(modules: Iterable[str]) -> None:
