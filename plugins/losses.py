@@ -36,7 +36,7 @@ from open_clip.loss import gather_features
 from torch import nn
 
 from patentclip.plugins.classes import ClassTable
-from patentclip.plugins.data.batch import CLASS_ID, HAS_VIEW2
+from patentclip.plugins.data.batch import CLASS_ID, HAS_VIEW2, IMAGE2
 from patentclip.plugins.heads import AttentionFusionHead
 from patentclip.plugins.registry import LOSSES
 
@@ -286,7 +286,7 @@ class MultiviewContrastive(ClassAwareContrastive):
     def forward(self, features: Dict, batch: Dict) -> Dict[str, torch.Tensor]:
         if "image2_features" not in features:
             raise KeyError("multiview_contrastive needs the second view of each patent (features['image2_features']"
-                           " from batch['image2']): run the data pipeline in multi-view mode (args.multiview)")
+                           f" from batch[{IMAGE2!r}]): run the data pipeline in multi-view mode (args.multiview)")
         mask = None
         if self.single == "drop" and HAS_VIEW2 in batch:
             device = features["image_features"].device
