@@ -186,7 +186,7 @@ class _ContrastiveBase(nn.Module):
         """The batch's class ids (long, on ``device``), checked against classes.json."""
         def compute():
             if CLASS_ID not in batch:
-                raise KeyError(f"loss {type(self).__name__} needs batch[{CLASS_ID!r}] (the patent pipeline provides it)")
+                raise KeyError(f"loss {type(self).__name__} needs batch[{CLASS_ID!r}] (the patent pipeline has it)")
             cls = batch[CLASS_ID].to(device=device, dtype=torch.long)
             check_class_ids(cls, self.num_classes, self.class_source)
             return cls
@@ -433,7 +433,7 @@ class LossSet(nn.Module):
 
     @property
     def needs_second_view(self) -> bool:
-        """True when a selected loss needs the second view (batch field ``IMAGE2``) (the trainer then sets ``args.multiview``)."""
+        """True when a selected loss needs the second view, ``IMAGE2`` (the trainer then sets ``args.multiview``)."""
         return any(getattr(loss, "needs_second_view", False) for loss in self.losses.values())
 
     def forward(self, features: Dict, batch: Dict) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
