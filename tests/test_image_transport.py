@@ -16,7 +16,8 @@ from patentclip.plugins.grey_preprocess import GreyAwarePreprocess
 from patentclip.plugins.image_transport import FINISH_KEY, DeviceNormalize, finish_images, split_for_uint8
 from patentclip.plugins.models import register_model_configs
 from patentclip.plugins.patent_data import collate_patent_batch
-from patentclip.plugins.registry import DATASETS, load_builtin_plugins
+from patentclip.plugins.builtin import load_builtin_plugins
+from patentclip.plugins.registry import DATASETS
 from test_grey_preprocess import drawing, transforms
 
 load_builtin_plugins()

@@ -9,7 +9,8 @@ import torch
 
 import conftest
 from patentclip.plugins.classes import load_class_table
-from patentclip.plugins.registry import DATASETS, load_builtin_plugins
+from patentclip.plugins.builtin import load_builtin_plugins
+from patentclip.plugins.registry import DATASETS
 from patentclip.plugins.samplers import ClassAwareSampler, spread_repeats, uniform01
 
 load_builtin_plugins()
