@@ -8,10 +8,11 @@ import torch
 
 from conftest import data_args
 from patentclip.plugins.classes import load_class_table
+from patentclip.plugins.builtin import load_builtin_plugins
 from patentclip.plugins.data.batch import IMAGE
 from patentclip.plugins.data.examples import grant_day
+from patentclip.plugins.registry import DATASETS, SAMPLERS
 from patentclip.plugins.seeding import stable_index
-from patentclip.plugins.registry import DATASETS, SAMPLERS, load_builtin_plugins
 
 load_builtin_plugins()
 
