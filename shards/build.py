@@ -51,8 +51,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .captions import (DEFAULT_MAX_CHARS, DEFAULT_TEMPLATES, JOIN_MODES, CaptionIndex, CaptionReader,
-                       clean_captions, clean_captions_traced, join_captions, line_provenance, load_templates,
-                       parse_templates, render_templates, template_fields)
+                       clean_captions, clean_captions_traced, drawing_fields, join_captions, line_provenance,
+                       load_templates, parse_templates, render_templates)
 from .images import DEFAULT_MAX_SIDE, ImageError, ImageOptions, normalize_image
 from .importers import ImportOptions, import_records
 from .manifest import PatentRecord, Problem
@@ -428,11 +428,7 @@ def run_job(job: ShardJob, settings: BuildSettings) -> Dict[str, Any]:
                             problems.append(_drawing_problem(r, d, f"{exc.kind.replace('_', ' ')} ({exc})", exc.kind,
                                                              "drawing"))
                             continue
-                        fields = template_fields(title=None if r.extra.get("_title_generated") else r.title,
-                                                 obj=d.extra.get("object") or r.object, view=d.view,
-                                                 class_name=r.class_name, class_code=r.class_code,
-                                                 caption=d.extra.get("caption"), patent_id=r.patent_id)
-                        own = list(d.captions) or render_templates(settings.templates, fields)
+                        own = list(d.captions) or render_templates(settings.templates, drawing_fields(r, d))
                         line = reader.read_line(job.caption_offsets[key]) if reader and key in job.caption_offsets \
                             else None
                         joined = list(line.get("captions") or []) if line is not None else None

@@ -101,6 +101,15 @@ def template_fields(*, title=None, obj=None, view=None, class_name=None, class_c
     return f
 
 
+def drawing_fields(record, drawing) -> Dict[str, str]:
+    """The known template fields of a drawing of a :class:`~patentclip.shards.manifest.PatentRecord` (a generated
+    title, ``Design DP-17``, is not a title; the drawing's own ``object`` wins over the record's)."""
+    return template_fields(title=None if record.extra.get("_title_generated") else record.title,
+                           obj=drawing.extra.get("object") or record.object, view=drawing.view,
+                           class_name=record.class_name, class_code=record.class_code,
+                           caption=drawing.extra.get("caption"), patent_id=record.patent_id)
+
+
 def render_templates(templates: Sequence[str], fields: Mapping[str, str]) -> List[str]:
     """The captions of the templates whose fields are all known, first letter upper-case, duplicates dropped."""
     out: List[str] = []
