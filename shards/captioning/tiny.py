@@ -19,8 +19,8 @@ from typing import Dict, List
 
 import torch
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
-from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlamaForCausalLM, LlavaConfig,
-                          LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+from transformers import (CLIPImageProcessor, CLIPVisionConfig, GenerationConfig, LlamaConfig, LlamaForCausalLM,
+                          LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
 
 from .instructions import BUILTIN_DIR
 
@@ -45,6 +45,12 @@ CORPUS = [
     "8. A top view of a table, used for dining, with an oval top.",
     "9. 10. 11. 12. 13. 14. 15. 16. 17. 18. 19. 20.",
 ]
+
+
+#: The models' default generation settings (servers such as ``transformers serve`` use them): sampling, as the
+#: generation_config.json of instruction-tuned models usually says.
+SAMPLING = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, bos_token_id=1, eos_token_id=2,
+                            pad_token_id=3)
 
 
 def corpus() -> List[str]:
@@ -74,6 +80,7 @@ def make_tiny_models(out, seed: int = 0, hidden: int = 32, layers: int = 2) -> D
     tok = make_tokenizer()
     torch.manual_seed(seed)
     lm = LlamaForCausalLM(_text_config(len(tok), hidden, layers))
+    lm.generation_config = SAMPLING
     lm.save_pretrained(out / "lm")
     tok.save_pretrained(out / "lm")
     vision = CLIPVisionConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
@@ -82,6 +89,7 @@ def make_tiny_models(out, seed: int = 0, hidden: int = 32, layers: int = 2) -> D
                          image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
                          vision_feature_select_strategy="default")
     vlm = LlavaForConditionalGeneration(config)
+    vlm.generation_config = SAMPLING
     vlm.save_pretrained(out / "vlm")
     processor = LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
                                                                   crop_size={"height": 32, "width": 32}),

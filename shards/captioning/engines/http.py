@@ -22,7 +22,8 @@ the attempt (spread, yet repeatable). Other statuses fail the request at once (i
 by a rerun), except 401 and 403 (credentials refused) and 404 (no such endpoint or model), which stop the run
 with :class:`EngineError` and the models the endpoint lists.
 
-**Counts**: tokens from the responses' ``usage``, the cost at ``price_in`` / ``price_out`` per million tokens,
+Before the run, one 1-token request checks that the endpoint serves the model (a wrong name stops the run at once,
+with the models the endpoint lists). **Counts**: tokens from the responses' ``usage``, the cost at ``price_in`` / ``price_out`` per million tokens,
 retries by status, and ``generate_seconds`` = the time during which at least one request was in flight.
 """
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import aiohttp
 
-from .base import Engine, EngineError, Request, Result, openai_messages
+from .base import Engine, EngineError, EngineStats, Request, Result, openai_messages
 
 RETRY_STATUSES = (408, 409, 425, 429, 500, 502, 503, 504)
 FATAL_STATUSES = (401, 403, 404)
@@ -130,7 +131,7 @@ class HTTPEngine(Engine):
                  max_retries: int = 6, backoff: float = 1.0, backoff_max: float = 60.0, timeout: float = 600.0,
                  requests_per_minute: float = 0.0, tokens_per_minute: float = 0.0,
                  max_tokens_field: str = "max_tokens", extra_body: Optional[Dict[str, Any]] = None,
-                 vision: bool = True, **kw):
+                 vision: bool = True, probe: bool = True, **kw):
         super().__init__(model, **kw)
         self.base_url = base_url.rstrip("/")
         self.api_key_env = api_key_env
@@ -147,7 +148,14 @@ class HTTPEngine(Engine):
         self._in_flight = 0
         self._busy_since = 0.0
         self._buckets: Optional[Tuple[TokenBucket, TokenBucket]] = None
-        self.listed_models = self.loop.run_until_complete(self._list_models())
+        try:
+            self.listed_models = self.loop.run_until_complete(self._list_models())
+            if probe:
+                self._probe()
+        except EngineError:
+            self.close()
+            raise
+        self.stats = EngineStats()  # the probe is not part of the run
 
     # ---- connection ----------------------------------------------------------------------------------------------
     def _headers(self) -> Dict[str, str]:
@@ -181,6 +189,19 @@ class HTTPEngine(Engine):
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, AttributeError) as exc:
             raise EngineError(f"http: cannot reach {self.base_url}/models ({type(exc).__name__}: {exc}); is the "
                               "server running and --url its OpenAI base URL (ending in /v1)?") from None
+
+    def _probe(self) -> None:
+        """One 1-token request before the run: a wrong model name or an endpoint that cannot serve it stops the run
+        here, with the models the endpoint lists, instead of failing every drawing after its retries."""
+        retries, self.max_retries = self.max_retries, min(self.max_retries, 2)
+        try:
+            r = self.loop.run_until_complete(self._one(Request([{"role": "user", "content": "Hello"}], 0, 1, 0.0),
+                                                       asyncio.Semaphore(1)))
+        finally:
+            self.max_retries = retries
+        if r.finish_reason == "error":
+            listed = f"; the endpoint lists: {', '.join(self.listed_models)}" if self.listed_models else ""
+            raise EngineError(f"http: {self.base_url} cannot serve model {self.model!r}: {r.error}{listed}")
 
     def identity(self) -> Dict[str, Any]:
         return {"engine": self.name, "model": self.model, "url": self.base_url,
