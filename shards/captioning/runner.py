@@ -3,7 +3,8 @@ commit, and merge when everything is done (:mod:`.report`).
 
 Drawings are read ahead: while the models generate a batch, a background thread decodes the next batch's
 drawings, so the models do not wait for the disk. The progress bar counts drawings (drawings/s and the ETA of this
-worker's parts) and shows the captions kept per drawing and the re-asks.
+worker's parts) and shows the captions kept per drawing and the re-asks; when the output is not a terminal (a
+SLURM log) the same figures are logged as a line a minute.
 
 **Stopping.** SIGTERM, SIGUSR1 (SLURM's warning signal, ``#SBATCH --signal``) and SIGINT make the worker finish
 the batch it is generating, journal it, and stop (``stopped`` names the signal; the CLI exits with 3 so that
@@ -17,6 +18,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,6 +53,40 @@ class StopFlag:
         self.previous.clear()
 
 
+class LogProgress:
+    """Progress for a log file (a SLURM job's output): one line every ``every`` seconds with drawings done, the rate
+    and the ETA, instead of a terminal progress bar's carriage returns. Mirrors the part of tqdm's API used here."""
+
+    def __init__(self, total: int, desc: str, every: float = 60.0):
+        self.total, self.desc, self.every = total, desc, every
+        self.n, self.t0, self.last, self.postfix = 0, time.perf_counter(), time.perf_counter(), ""
+
+    def update(self, n: int) -> None:
+        self.n += n
+        now = time.perf_counter()
+        if now - self.last >= self.every:
+            self.last = now
+            rate = self.n / max(1e-9, now - self.t0)
+            eta = (self.total - self.n) / rate if rate > 0 else float("inf")
+            print(f"[{self.desc}] {self.n}/{self.total} drawings, {rate:.2f} drawings/s, ETA {eta / 60:.1f} min"
+                  + (f", {self.postfix}" if self.postfix else ""), file=sys.stderr, flush=True)
+
+    def set_postfix_str(self, s: str, refresh: bool = False) -> None:
+        self.postfix = s
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, desc: str, progress: bool):
+    if progress and not sys.stderr.isatty():
+        return LogProgress(total, desc)
+    return tqdm(total=total, desc=desc, unit="drawing", disable=not progress, smoothing=0.1, dynamic_ncols=True)
+
+
 def _batches(tasks: List[DrawingTask], size: int, captioner: Captioner, max_side: int):
     """``(batch, images or None)``, the next batch's drawings decoded in a background thread."""
     chunks = [tasks[i:i + size] for i in range(0, len(tasks), size)]
@@ -80,9 +116,8 @@ def run_worker(tasks: List[DrawingTask], plan: Plan, out_dir, captioner: Caption
     t0, started = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
     order = part_order(plan.num_parts, worker, workers, steal)
     own = set(part_order(plan.num_parts, worker, workers, False))
-    bar = tqdm(total=sum(plan.part_range(p)[1] - plan.part_range(p)[0] for p in own if not store.is_done(p, fp)),
-               desc=f"captions [{worker + 1}/{workers}]", unit="drawing", disable=not progress, smoothing=0.1,
-               dynamic_ncols=True)
+    bar = _progress(sum(plan.part_range(p)[1] - plan.part_range(p)[0] for p in own if not store.is_done(p, fp)),
+                    f"captions {worker + 1}/{workers}", progress)
     generated = committed = failed_batches = kept = answers = reasked = 0
     open_errors: List[Dict[str, str]] = []
     busy: List[int] = []

@@ -1,0 +1,188 @@
+"""patentclip-caption end to end on tiny local models: the captions file, its join into shards with provenance,
+reruns, split workers, a worker killed mid-part (real process, SIGKILL), and a SLURM array (slurm/caption.sh)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from patentclip.shards.build import build_shards
+from patentclip.shards.captioning.cli import main
+from patentclip.shards.captioning.parsing import REASONS
+from patentclip.shards.captioning.prompts import request_seed
+from patentclip.shards.synth import generate_synthetic_patents
+
+REPO = Path(__file__).resolve().parents[1]
+# 12 patents x 2 views = 24 drawings; parts of 12, batches of 4: 2 parts of 3 batches.
+SETTINGS = ["--num-captions", "5", "--min-captions", "2", "--max-attempts", "2", "--captioner-max-tokens", "16",
+            "--llm-max-tokens", "40", "--batch-size", "4", "--part-size", "12", "--device", "cpu", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def caption_input(tmp_path_factory):
+    root = tmp_path_factory.mktemp("caption-input")
+    manifest = generate_synthetic_patents(root / "patents", num_patents=12, num_classes=3, image_size=48,
+                                          views=("front", "side"), seed=1)
+    lines = [json.loads(ln) for ln in Path(manifest).read_text().splitlines()]
+    broken = root / "patents" / lines[3]["drawings"][1]["path"]
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")  # an unreadable drawing: reported, never captioned
+    keys = [f"{r['patent_id']}_{i:02d}" for r in lines for i in range(len(r["drawings"]))]
+    return {"manifest": manifest, "keys": keys, "broken": f"{lines[3]['patent_id']}_01"}
+
+
+def args_for(caption_input, models, out, *extra):
+    return ["run", "--manifest", str(caption_input["manifest"]), "--out", str(out), "--captioner-model",
+            str(models["vlm"]), "--llm-model", str(models["lm"]), *SETTINGS, "--no-progress", *extra]
+
+
+def lines_of(path):
+    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+
+
+@pytest.fixture(scope="module")
+def reference(caption_input, tiny_caption_models, tmp_path_factory):
+    """One uninterrupted single-worker run."""
+    out = tmp_path_factory.mktemp("reference")
+    assert main(args_for(caption_input, tiny_caption_models, out)) == 0
+    return out
+
+
+def test_captions_file_report_and_provenance(reference, caption_input, tiny_caption_models):
+    lines = lines_of(reference / "captions.jsonl")
+    keys = [ln["key"] for ln in lines]
+    assert len(keys) == len(set(keys)) and set(keys) <= set(caption_input["keys"])
+    assert keys == [k for k in caption_input["keys"] if k in set(keys)]  # input order
+    report = json.loads((reference / "caption_report.json").read_text())
+    t = report["totals"]
+    assert t["drawings"] == 24 == t["ok"] + t["below_min"] + t["failed"]
+    assert len(lines) == t["ok"] + t["below_min"] == report["lines"]
+    assert {"key": caption_input["broken"], "kind": "unreadable_image"}.items() <= t["failed_list"][0].items()
+    assert caption_input["broken"] not in keys
+    assert set(t["dropped_by_reason"]) <= set(REASONS)
+    assert t["candidates"] == t["captions"] + sum(v for k, v in t["dropped_by_reason"].items() if k != "surplus")
+    assert sum(len(ln["captions"]) for ln in lines) == t["captions"]
+    below = set(t["below_min_keys"])
+    for ln in lines:
+        assert 1 <= len(ln["captions"]) <= 5 and len(ln["provenance"]) == len(ln["captions"])
+        assert (len(ln["captions"]) < 2) == (ln["key"] in below)
+        for p in ln["provenance"]:
+            assert p["stage"] == "llm" and p["engine"] == "transformers" and p["model"] == str(tiny_caption_models["lm"])
+            assert p["instruction"].startswith("enrich-v1@")
+            assert p["seed"] in {request_seed(0, ln["key"], "llm", a) for a in range(2)}
+        if "description" in ln:
+            d = ln["description_provenance"]
+            assert d["instruction"].startswith("captioner-v1@") and d["seed"] == request_seed(0, ln["key"],
+                                                                                               "captioner")
+    llm = t["engines"]["transformers:" + str(tiny_caption_models["lm"])]
+    assert llm["requests"] == sum(int(k) * v for k, v in t["llm_answers"].items()) and llm["completion_tokens"] > 0
+    runs = t["runs"]
+    assert len(runs) == 1 and runs[0]["drawings_generated"] == 24 and runs[0]["generate_seconds"] > 0
+    text = (reference / "caption_report.txt").read_text()
+    assert "drawings: 24:" in text and "unreadable_image: 1" in text and "outside generate" in text
+
+
+def test_shards_built_from_it_carry_the_provenance(reference, caption_input, tmp_path):
+    rep = build_shards(caption_input["manifest"], tmp_path / "shards", samples_per_shard=100, progress=False,
+                       captions=str(reference / "captions.jsonl"), splits=(("train", 1.0),))
+    by_key = {ln["key"]: ln for ln in lines_of(reference / "captions.jsonl")}
+    assert rep["captions"]["drawings_matched"] == len(by_key)
+    seen = 0
+    for tar in sorted((tmp_path / "shards" / "train").glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            for m in tf.getmembers():
+                if m.name.endswith(".json"):
+                    meta = json.loads(tf.extractfile(m).read())
+                    key = m.name[:-5]
+                    if key in by_key:
+                        seen += 1
+                        assert meta["captions"] == by_key[key]["captions"]
+                        assert meta["caption_provenance"] == by_key[key]["provenance"]
+                    else:
+                        assert "caption_provenance" not in meta  # its own captions
+    assert seen == len(by_key)
+
+
+def test_rerun_skips_what_is_done_and_refuses_other_settings(reference, caption_input, tiny_caption_models,
+                                                             capsys):
+    before = (reference / "captions.jsonl").read_bytes()
+    assert main(args_for(caption_input, tiny_caption_models, reference)) == 0
+    assert (reference / "captions.jsonl").read_bytes() == before
+    runs = [json.loads(p.read_text()) for p in sorted((reference / "runs").glob("*.json"))]
+    assert sorted(r["drawings_generated"] for r in runs) == [0, 24]
+    capsys.readouterr()
+    assert main(args_for(caption_input, tiny_caption_models, reference, "--num-captions", "7")) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "caption.n: 5 -> 7" in err
+
+
+def test_workers_split_the_parts_and_write_the_same_file(reference, caption_input, tiny_caption_models, tmp_path,
+                                                         capsys):
+    out = tmp_path / "split"
+    assert main(args_for(caption_input, tiny_caption_models, out, "--task-index", "1", "--num-tasks", "2",
+                         "--no-steal")) == 0
+    assert not (out / "captions.jsonl").exists()  # part 0 is worker 0's
+    assert main(["status", str(out)]) == 0
+    assert "1 done, 0 open [], 1 not started" in capsys.readouterr().out
+    assert main(args_for(caption_input, tiny_caption_models, out, "--task-index", "0", "--num-tasks", "2")) == 0
+    assert (out / "captions.jsonl").read_bytes() == (reference / "captions.jsonl").read_bytes()
+
+
+def test_a_killed_worker_loses_at_most_its_batch(reference, caption_input, tiny_caption_models, tmp_path):
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "patentclip.shards.captioning.cli",
+                             *args_for(caption_input, tiny_caption_models, out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    journal = out / "parts" / "part-000000.journal"
+    deadline = time.time() + 240
+    n = 0
+    while time.time() < deadline and proc.poll() is None:
+        n = journal.read_bytes().count(b"\n") if journal.exists() else 0
+        if n >= 4:  # one batch of part 0 is on disk, the next is being generated
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    log = proc.communicate()[0].decode(errors="replace")
+    assert proc.returncode == -signal.SIGKILL, log[-3000:]
+    assert not (out / "parts" / "part-000000.jsonl").exists(), "part 0 committed before the kill: machine too slow?"
+    journaled = journal.read_bytes().count(b"\n")
+    assert journaled >= 4 and journaled % 4 == 0  # whole batches only
+    assert main(args_for(caption_input, tiny_caption_models, out)) == 0
+    runs = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
+    assert [r["drawings_generated"] for r in runs] == [24 - journaled]  # nothing journaled was captioned again
+    assert (out / "captions.jsonl").read_bytes() == (reference / "captions.jsonl").read_bytes()
+    assert not journal.exists()
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    from slurm_cluster import SlurmCluster
+
+    cluster = SlurmCluster(str(tmp_path_factory.mktemp("slurm")), gpus=2).up()
+    yield cluster
+    cluster.down()
+
+
+@pytest.mark.slow
+def test_slurm_array_of_workers(slurm_cluster, reference, caption_input, tiny_caption_models, tmp_path):
+    """slurm/caption.sh as submitted on a cluster (2 array tasks, one GPU each as the script asks; the models run
+    on the CPU here): the tasks split the parts and the file equals the single worker's."""
+    out = tmp_path / "array"
+    env = {"PATENTCLIP_HOME": str(REPO), "PATENTCLIP_PYTHON": sys.executable, "HF_HUB_OFFLINE": "1",
+           "PATENTCLIP_CAPTION_INPUT": str(caption_input["manifest"]), "PATENTCLIP_CAPTION_OUT": str(out),
+           "PATENTCLIP_CAPTION_ENGINE": "transformers", "PATENTCLIP_CAPTIONER_MODEL": str(tiny_caption_models["vlm"]),
+           "PATENTCLIP_LLM_MODEL": str(tiny_caption_models["lm"]), "PATENTCLIP_CAPTION_ARGS": " ".join(SETTINGS),
+           "OMP_NUM_THREADS": "1"}
+    r = slurm_cluster.sbatch("--wait", "--array=0-1", "--cpus-per-task=1", "-D", tmp_path, "-o",
+                             tmp_path / "task-%a.out", REPO / "slurm" / "caption.sh", env_extra=env)
+    logs = "\n".join(p.read_text() for p in sorted(tmp_path.glob("task-*.out")))
+    assert r.returncode == 0, r.stderr + logs[-4000:]
+    assert "array task 0 of 2" in logs and "array task 1 of 2" in logs and "worker 1 of 2 (SLURM array)" in logs
+    assert (out / "captions.jsonl").read_bytes() == (reference / "captions.jsonl").read_bytes()
+    runs = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
+    assert sorted(r["worker"] for r in runs) == ["0/2", "1/2"] and sum(r["drawings_generated"] for r in runs) == 24
