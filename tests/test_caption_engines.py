@@ -247,3 +247,38 @@ def test_http_credentials_and_model_names(model_server, tiny_caption_models, tmp
         make_engine("http", "m", base_url="http://127.0.0.1:9/v1")
     with pytest.raises(EngineError, match="unknown engine 'ollama'; engines: transformers, vllm, http"):
         make_engine("ollama", "m")
+
+
+# ---- a caption run through HTTP endpoints ------------------------------------------------------------------------
+
+def test_caption_run_through_http_endpoints_survives_faults(model_server, tiny_caption_models, tmp_path):
+    import json
+
+    from patentclip.shards.captioning.cli import main
+    from patentclip.shards.synth import generate_synthetic_patents
+
+    manifest = generate_synthetic_patents(tmp_path / "in", num_patents=12, num_classes=3, image_size=48,
+                                          views=("front",), seed=2)
+    out = tmp_path / "run"
+    # the two engines' probes pass; the first batch's three captioner requests get 500s (no retries allowed)
+    with FaultProxy(model_server.url, tmp_path, script="ok,ok,500,500,500").start() as proxy:
+        args = ["run", "--manifest", str(manifest), "--out", str(out), "--limit", "6", "--no-progress",
+                "--captioner-engine", "http", "--captioner-url", proxy.url, "--captioner-model",
+                str(tiny_caption_models["vlm"]), "--llm-engine", "http", "--llm-url", proxy.url, "--llm-model",
+                str(tiny_caption_models["lm"]), "--num-captions", "4", "--min-captions", "1", "--max-attempts", "1",
+                "--captioner-max-tokens", "12", "--llm-max-tokens", "32", "--batch-size", "3", "--part-size", "6",
+                "--concurrency", "3", "--max-retries", "0", "--llm-price", "1,4"]
+        assert main(args) == 1  # three drawings failed in the engine: they stay open
+        assert not (out / "captions.jsonl").exists()
+        assert (out / "parts" / "part-000000.journal").read_bytes().count(b"\n") == 3
+        assert main(args) == 0  # the rerun generates only them
+    lines = [json.loads(ln) for ln in (out / "captions.jsonl").read_text().splitlines()]
+    assert lines and all(p["engine"] == "http" for ln in lines for p in ln["provenance"])
+    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]  # <host>-<pid>-<time_ns>
+    assert [r["drawings_generated"] for r in runs] == [3, 3] and runs[0]["open_errors"] == 3
+    assert "HTTP 500" in runs[0]["open_error_examples"][0]["error"]
+    report = json.loads((out / "caption_report.json").read_text())
+    llm = report["totals"]["engines"]["http:" + str(tiny_caption_models["lm"])]
+    assert llm["prompt_tokens"] > 0 and llm["cost"] == pytest.approx(
+        (llm["prompt_tokens"] + 4 * llm["completion_tokens"]) / 1e6)
+    assert report["totals"]["engines"]["http:" + str(tiny_caption_models["vlm"])]["errors"] == 3
