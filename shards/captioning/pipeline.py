@@ -27,8 +27,8 @@ one provenance object per caption (the seed is the request's: :func:`~.prompts.r
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..images import ImageError, decode_drawing
 from .engines import Engine, Request, Result
@@ -80,6 +80,18 @@ def _provenance(stage: str, engine: Engine, instruction: Instruction, seed: int)
             "seed": seed}
 
 
+@dataclass
+class Prepared:
+    """A batch after :meth:`Captioner.prepare`: the drawings ready for the captioner with their seeds, their requests
+    and the engine's encoding of them, and the drawings that could not be read."""
+
+    tasks: List[DrawingTask]
+    ready: List[Tuple[DrawingTask, int]] = field(default_factory=list)
+    requests: List[Request] = field(default_factory=list)
+    encoded: Any = None
+    unreadable: Dict[str, ImageError] = field(default_factory=dict)
+
+
 class Captioner:
     """Runs the stages above over batches (the engines may be the same object when one model does both)."""
 
@@ -105,9 +117,33 @@ class Captioner:
                 out.append(pair[0])
         return out
 
-    def caption_batch(self, tasks: List[DrawingTask], images: Optional[List[Any]] = None
+    def prepare(self, tasks: List[DrawingTask]) -> "Prepared":
+        """The part of a batch that needs no model output: the drawings decoded, the captioner's requests built and
+        encoded by its engine (tokenised, images preprocessed or put in data URLs). The runner calls it for the next
+        batch in a background thread while the models generate the current one."""
+        s = self.s
+        prep = Prepared(tasks)
+        if self.captioner is None:
+            return prep
+        engine, instruction = self.captioner
+        for t in tasks:
+            im = load_image(t, s.image_max_side)
+            if isinstance(im, ImageError):
+                prep.unreadable[t.key] = im
+                continue
+            sd = request_seed(s.seed, t.key, "captioner")
+            prep.ready.append((t, sd))
+            prep.requests.append(Request(captioner_messages(t, instruction, im, s.system_role), sd,
+                                         s.captioner_max_tokens, s.captioner_temperature, s.top_p))
+        prep.encoded = engine.prepare(prep.requests)
+        return prep
+
+    def caption_batch(self, tasks: Union[List[DrawingTask], "Prepared"]
                       ) -> Tuple[List[Dict[str, Any]], List[Tuple[DrawingTask, str]]]:
-        """Journal entries of the drawings that are finished, and ``(task, error)`` of those an engine failed on."""
+        """Journal entries of the drawings that are finished, and ``(task, error)`` of those an engine failed on.
+        ``tasks``: a batch, or what :meth:`prepare` made of it."""
+        prep = tasks if isinstance(tasks, Prepared) else self.prepare(tasks)
+        tasks = prep.tasks
         s = self.s
         entries: Dict[str, Dict[str, Any]] = {}
         errors: List[Tuple[DrawingTask, str]] = []
@@ -128,18 +164,13 @@ class Captioner:
         descriptions: Dict[str, Tuple[Optional[str], Optional[Dict]]] = {t.key: (None, None) for t in tasks}
         if self.captioner is not None:
             engine, instruction = self.captioner
-            ready = []
-            for t, im in zip(live, images if images is not None else [load_image(t, s.image_max_side) for t in live]):
-                if isinstance(im, ImageError):
+            for t in tasks:
+                if t.key in prep.unreadable:
+                    im = prep.unreadable[t.key]
                     fail(t, im.kind, f"drawing {t.path or t.image_path}: {im}")
-                else:
-                    ready.append((t, im))
-            seeds = [request_seed(s.seed, t.key, "captioner") for t, _ in ready]
-            results = engine.generate([Request(captioner_messages(t, instruction, im, s.system_role), sd,
-                                               s.captioner_max_tokens, s.captioner_temperature, s.top_p)
-                                       for (t, im), sd in zip(ready, seeds)])
+            results = engine.generate(prep.requests, prep.encoded)
             live = []
-            for (t, _), sd, r in zip(ready, seeds, results):
+            for (t, sd), r in zip(prep.ready, results):
                 tally(t, "captioner", r)
                 if r.finish_reason == "error":
                     errors.append((t, f"captioner: {r.error}"))

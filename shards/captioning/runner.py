@@ -1,8 +1,9 @@
 """One worker of a caption run: take parts (:mod:`.work`), caption them in batches (:mod:`.pipeline`), journal,
 commit, and merge when everything is done (:mod:`.report`).
 
-Drawings are read ahead: while the models generate a batch, a background thread decodes the next batch's
-drawings, so the models do not wait for the disk. The progress bar counts drawings (drawings/s and the ETA of this
+Batches are prepared ahead: while the models generate a batch, a background thread decodes the next batch's
+drawings and has the captioner's engine encode its requests (tokenising, image preprocessing or data URLs), so the
+models do not wait for the disk or the tokeniser. The progress bar counts drawings (drawings/s and the ETA of this
 worker's parts) and shows the captions kept per drawing and the re-asks; when the output is not a terminal (a
 SLURM log) the same figures are logged as a line a minute.
 
@@ -26,7 +27,7 @@ from typing import Any, Dict, List, Optional
 
 from tqdm import tqdm
 
-from .pipeline import Captioner, load_image
+from .pipeline import Captioner
 from .prompts import DrawingTask
 from .report import merge, part_stats
 from .work import RUNS_DIR, PartStore, Plan, atomic_write, part_order
@@ -87,22 +88,19 @@ def _progress(total: int, desc: str, progress: bool):
     return tqdm(total=total, desc=desc, unit="drawing", disable=not progress, smoothing=0.1, dynamic_ncols=True)
 
 
-def _batches(tasks: List[DrawingTask], size: int, captioner: Captioner, max_side: int):
-    """``(batch, images or None)``, the next batch's drawings decoded in a background thread."""
+def _batches(tasks: List[DrawingTask], size: int, captioner: Captioner):
+    """The batches of ``tasks``, each prepared (:meth:`Captioner.prepare`: drawings decoded, captioner requests
+    encoded) in a background thread while the previous one generates."""
     chunks = [tasks[i:i + size] for i in range(0, len(tasks), size)]
     if not chunks:
         return
-    if not captioner.needs_images:
-        for c in chunks:
-            yield c, None
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="patentclip-drawings") as pool:
-        ahead = pool.submit(lambda c: [load_image(t, max_side) for t in c], chunks[0])
-        for k, c in enumerate(chunks):
-            images = ahead.result()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="patentclip-read-ahead") as pool:
+        ahead = pool.submit(captioner.prepare, chunks[0])
+        for k in range(len(chunks)):
+            prepared = ahead.result()
             if k + 1 < len(chunks):
-                ahead = pool.submit(lambda c: [load_image(t, max_side) for t in c], chunks[k + 1])
-            yield c, images
+                ahead = pool.submit(captioner.prepare, chunks[k + 1])
+            yield chunks[k], prepared
 
 
 def run_worker(tasks: List[DrawingTask], plan: Plan, out_dir, captioner: Captioner, *, batch_size: int = 32,
@@ -144,8 +142,8 @@ def run_worker(tasks: List[DrawingTask], plan: Plan, out_dir, captioner: Caption
                 else:
                     bar.total += len(todo)
                 bar.refresh()
-                for batch, images in _batches(todo, batch_size, captioner, captioner.s.image_max_side):
-                    entries, errors = captioner.caption_batch(batch, images)
+                for batch, prepared in _batches(todo, batch_size, captioner):
+                    entries, errors = captioner.caption_batch(prepared)
                     store.append(p, entries)
                     for e in entries:
                         journal[e["key"]] = e

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -95,7 +96,7 @@ class EngineStats:
 
 class Engine:
     """Base of the engines (module docstring). Subclasses set ``name``, ``model``, ``vision`` and implement
-    :meth:`_generate`."""
+    :meth:`_generate` (and :meth:`_prepare`, the model-free work that can run ahead in another thread)."""
 
     name = "engine"
 
@@ -105,16 +106,26 @@ class Engine:
         self.price_in = price_in
         self.price_out = price_out
         self.stats = EngineStats()
+        self._prepare_lock = threading.Lock()
 
-    def generate(self, requests: List[Request]) -> List[Result]:
-        """One result per request, in order (module docstring)."""
+    def prepare(self, requests: List[Request]) -> Any:
+        """Whatever the engine can do with ``requests`` before the model runs (tokenising, image preprocessing,
+        encoding the request bodies); thread-safe, so that it can run while :meth:`generate` runs."""
+        with self._prepare_lock:
+            return self._prepare(requests) if requests else None
+
+    def generate(self, requests: List[Request], prepared: Any = None) -> List[Result]:
+        """One result per request, in order (module docstring); ``prepared``: :meth:`prepare` of ``requests``."""
         if not requests:
             return []
-        results = self._generate(requests)
+        results = self._generate(requests, self.prepare(requests) if prepared is None else prepared)
         self.stats.count(results, self.price_in, self.price_out)
         return results
 
-    def _generate(self, requests: List[Request]) -> List[Result]:
+    def _prepare(self, requests: List[Request]) -> Any:
+        return None
+
+    def _generate(self, requests: List[Request], prepared: Any) -> List[Result]:
         raise NotImplementedError
 
     def identity(self) -> Dict[str, Any]:

@@ -116,10 +116,14 @@ class TransformersEngine(Engine):
         return {"engine": self.name, "model": self.model, "config_sha256": self._config_sha,
                 "dtype": str(self.dtype).replace("torch.", "")}
 
-    def _generate(self, requests: List[Request]) -> List[Result]:
+    def _prepare(self, requests: List[Request]) -> List[Any]:
+        """The model inputs of each micro-batch of ``batch_size`` requests (tokenised, images preprocessed)."""
+        return [self._encode(requests[i:i + self.batch_size]) for i in range(0, len(requests), self.batch_size)]
+
+    def _generate(self, requests: List[Request], prepared: List[Any]) -> List[Result]:
         out: List[Result] = []
-        for i in range(0, len(requests), self.batch_size):
-            out.extend(self._batch(requests[i:i + self.batch_size]))
+        for k, enc in enumerate(prepared):
+            out.extend(self._batch(requests[k * self.batch_size:(k + 1) * self.batch_size], enc))
         return out
 
     def _encode(self, requests: List[Request]):
@@ -134,8 +138,8 @@ class TransformersEngine(Engine):
                                                   return_dict=True, return_tensors="pt", padding=True)
 
     @torch.inference_mode()
-    def _batch(self, requests: List[Request]) -> List[Result]:
-        enc = self._encode(requests).to(self.device)
+    def _batch(self, requests: List[Request], enc) -> List[Result]:
+        enc = enc.to(self.device)
         if "pixel_values" in enc and enc["pixel_values"].is_floating_point():
             enc["pixel_values"] = enc["pixel_values"].to(self.dtype)
         r0 = requests[0]

@@ -195,8 +195,8 @@ class HTTPEngine(Engine):
         here, with the models the endpoint lists, instead of failing every drawing after its retries."""
         retries, self.max_retries = self.max_retries, min(self.max_retries, 2)
         try:
-            r = self.loop.run_until_complete(self._one(Request([{"role": "user", "content": "Hello"}], 0, 1, 0.0),
-                                                       asyncio.Semaphore(1)))
+            probe = Request([{"role": "user", "content": "Hello"}], 0, 1, 0.0)
+            r = self.loop.run_until_complete(self._one(probe, asyncio.Semaphore(1), self._prepare([probe])[0]))
         finally:
             self.max_retries = retries
         if r.finish_reason == "error":
@@ -208,12 +208,16 @@ class HTTPEngine(Engine):
                 "extra_body": self.extra_body or None}
 
     # ---- requests ------------------------------------------------------------------------------------------------
-    def _generate(self, requests: List[Request]) -> List[Result]:
-        return self.loop.run_until_complete(self._all(requests))
+    def _prepare(self, requests: List[Request]) -> List[Tuple[str, int]]:
+        """Each request's JSON body (drawings as PNG data URLs) and its token estimate."""
+        return [(json.dumps(self._body(r)), estimate_tokens(r.messages, r.max_tokens)) for r in requests]
 
-    async def _all(self, requests: List[Request]) -> List[Result]:
+    def _generate(self, requests: List[Request], prepared) -> List[Result]:
+        return self.loop.run_until_complete(self._all(requests, prepared))
+
+    async def _all(self, requests: List[Request], prepared) -> List[Result]:
         sem = asyncio.Semaphore(self.concurrency)
-        return list(await asyncio.gather(*(self._one(r, sem) for r in requests)))
+        return list(await asyncio.gather(*(self._one(r, sem, p) for r, p in zip(requests, prepared))))
 
     def _enter(self) -> None:
         if self._in_flight == 0:
@@ -233,11 +237,10 @@ class HTTPEngine(Engine):
         body.update(self.extra_body)
         return body
 
-    async def _one(self, req: Request, sem: asyncio.Semaphore) -> Result:
+    async def _one(self, req: Request, sem: asyncio.Semaphore, prepared: Tuple[str, int]) -> Result:
         session = self._sess()
         rpm, tpm = self._buckets
-        body = json.dumps(self._body(req))
-        estimate = estimate_tokens(req.messages, req.max_tokens)
+        body, estimate = prepared
         last = ""
         for attempt in range(self.max_retries + 1):
             await rpm.take(1)

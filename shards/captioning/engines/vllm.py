@@ -59,18 +59,23 @@ class VLLMEngine(Engine):
         return {"engine": self.name, "model": self.model, "vllm": getattr(self._vllm, "__version__", "?"),
                 "args": {k: v for k, v in self._args.items() if k not in ("model",)}}
 
-    def _generate(self, requests: List[Request]) -> List[Result]:
+    def _prepare(self, requests: List[Request]):
+        """The conversations in OpenAI form (drawings as data URLs) and one ``SamplingParams`` per request."""
         params = [self._vllm.SamplingParams(n=1, temperature=r.temperature, top_p=r.top_p if r.temperature > 0 else 1.0,
                                             max_tokens=r.max_tokens, seed=r.seed) for r in requests]
-        conversations = [openai_messages(r.messages) for r in requests]
+        return [openai_messages(r.messages) for r in requests], params
+
+    def _generate(self, requests: List[Request], prepared) -> List[Result]:
+        conversations, params = prepared
         t = time.perf_counter()
         try:
             outputs = self.llm.chat(conversations, sampling_params=params, use_tqdm=False)
         except (ValueError, RuntimeError) as exc:  # e.g. a prompt longer than max_model_len fails the whole call
+            self.stats.generate_seconds += time.perf_counter() - t
             if len(requests) == 1:
                 return [Result(finish_reason="error", error=f"vllm: {type(exc).__name__}: {exc}")]
-            self.stats.generate_seconds += time.perf_counter() - t
-            return [r for req in requests for r in self._generate([req])]
+            return [r for k, req in enumerate(requests)
+                    for r in self._generate([req], ([conversations[k]], [params[k]]))]
         self.stats.generate_seconds += time.perf_counter() - t
         results = []
         for o in outputs:
