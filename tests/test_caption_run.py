@@ -1,5 +1,7 @@
 """patentclip-caption end to end on tiny local models: the captions file, its join into shards with provenance,
 reruns, split workers, a worker killed mid-part (real process, SIGKILL), and a SLURM array (slurm/caption.sh)."""
+import ast
+import csv
 import json
 import os
 import signal
@@ -13,8 +15,9 @@ import pytest
 
 from patentclip.shards.build import build_shards
 from patentclip.shards.captioning.cli import main
-from patentclip.shards.captioning.parsing import REASONS
+from patentclip.shards.captioning.parsing import REASONS, clean_description
 from patentclip.shards.captioning.prompts import request_seed
+from patentclip.shards.importers import ImportOptions
 from patentclip.shards.synth import generate_synthetic_patents
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,3 +189,50 @@ def test_slurm_array_of_workers(slurm_cluster, reference, caption_input, tiny_ca
     assert (out / "captions.jsonl").read_bytes() == (reference / "captions.jsonl").read_bytes()
     runs = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
     assert sorted(r["worker"] for r in runs) == ["0/2", "1/2"] and sum(r["drawings_generated"] for r in runs) == 24
+
+
+def realdata() -> Path:
+    """``../shared/realdata`` beside the repository (CI), or beside the main checkout of this git worktree."""
+    common = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--path-format=absolute", "--git-common-dir"],
+                            capture_output=True, text=True).stdout.strip()
+    for root in (REPO.parent, Path(common).parent.parent if common else None):
+        if root is not None and (root / "shared" / "realdata" / "impact_sample").is_dir():
+            return root / "shared" / "realdata"
+    pytest.fail("../shared/realdata/impact_sample not found beside the repository")
+
+
+def test_real_uspto_drawings_and_a_real_captioners_descriptions(tiny_caption_models, tmp_path, capsys):
+    """IMPACT's sample (DesignCLIP's authors): real USPTO grant drawings (CCITT G4 TIFF sheets) imported from a CSV
+    as users do, captioned and joined into shards; and its LLaVA descriptions, real captioner output, survive
+    clean_description (the cleaning must not drop what a real captioner writes)."""
+    impact = realdata() / "impact_sample"
+    csv.field_size_limit(1 << 30)
+    rows = list(csv.DictReader(open(impact / "sample_data.csv", encoding="utf-8")))
+    kept = [clean_description(r["caption"], "stop") for r in rows]
+    assert len(rows) == 50 and all(text for text, _ in kept), [r["caption"] for r, (t, _) in zip(rows, kept) if not t]
+    chosen = {r["title"]: r for r in rows if r["title"] in ("Garment with a side pocket", "Bat", "Wheel")}
+    table = tmp_path / "drawings.csv"
+    patents = set()
+    with open(table, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["full_path", "cat", "title"])
+        for title, r in chosen.items():
+            for name in ast.literal_eval(r["file_names"])[1:3]:
+                folder = name.rsplit("-D", 1)[0]
+                patents.add(folder.split("-")[0])
+                code = ast.literal_eval(r["class_search"])[0]
+                w.writerow([f"{folder}/{name}", f"{code[:2]}-{code[2:]}", title])
+    common = ["--format", "csv", "--input", str(table), "--images-root", str(impact), "--title-column", "title"]
+    assert main(["preview", *common, "--limit", "1"]) == 0
+    assert "the patent is titled \"Garment with a side pocket\"; Locarno class 02-02" in capsys.readouterr().out
+    out = tmp_path / "run"
+    assert main(["run", *common, "--out", str(out), "--captioner-model", str(tiny_caption_models["vlm"]),
+                 "--llm-model", str(tiny_caption_models["lm"]), *SETTINGS, "--no-progress"]) == 0
+    report = json.loads((out / "caption_report.json").read_text())["totals"]
+    assert report["drawings"] == 6 and report["failed"] == 0  # the G4 TIFF sheets decode for the captioner
+    keys = [ln["key"] for ln in lines_of(out / "captions.jsonl")]
+    assert keys and {k.split("_")[0] for k in keys} <= patents and len(patents) == 3
+    rep = build_shards(str(table), tmp_path / "shards", input_format="csv", progress=False,
+                       captions=str(out / "captions.jsonl"), splits=(("train", 1.0),), samples_per_shard=100,
+                       import_options=ImportOptions(images_root=str(impact), title_column="title"))
+    assert rep["captions"]["drawings_matched"] == len(keys) and rep["drawings_written_total"] == 6
