@@ -236,3 +236,27 @@ def test_real_uspto_drawings_and_a_real_captioners_descriptions(tiny_caption_mod
                        captions=str(out / "captions.jsonl"), splits=(("train", 1.0),), samples_per_shard=100,
                        import_options=ImportOptions(images_root=str(impact), title_column="title"))
     assert rep["captions"]["drawings_matched"] == len(keys) and rep["drawings_written_total"] == 6
+
+
+def test_provenance_through_the_join_modes_and_a_malformed_list(caption_input, tmp_path):
+    k1, k2 = caption_input["keys"][0], caption_input["keys"][2]
+    prov = {"stage": "llm", "engine": "http", "model": "m", "instruction": "enrich-v1@0", "seed": 1}
+    cap = tmp_path / "c.jsonl"
+    cap.write_text(json.dumps({"key": k1, "captions": ["A cup.", "  ", "A mug."],
+                               "provenance": [prov, {**prov, "seed": 2}, {**prov, "seed": 3}]}) + "\n"
+                   + json.dumps({"key": k2, "captions": ["A jug."], "provenance": [prov, prov]}) + "\n")
+    rep = build_shards(caption_input["manifest"], tmp_path / "s", samples_per_shard=100, progress=False,
+                       captions=str(cap), captions_join="prepend", splits=(("train", 1.0),))
+    metas = {}
+    for tar in (tmp_path / "s" / "train").glob("*.tar"):
+        with tarfile.open(tar) as tf:
+            metas.update({m.name[:-5]: json.loads(tf.extractfile(m).read()) for m in tf.getmembers()
+                          if m.name.endswith(".json")})
+    m1 = metas[k1]
+    assert m1["captions"][:2] == ["A cup.", "A mug."] and len(m1["captions"]) > 2  # then its own
+    assert m1["caption_provenance"][:2] == [prov, {**prov, "seed": 3}]  # the empty caption and its entry went
+    assert m1["caption_provenance"][2:] == [None] * (len(m1["captions"]) - 2)
+    assert metas[k2]["captions"][0] == "A jug." and "caption_provenance" not in metas[k2]
+    dropped = [p for p in rep["repairs"] if p["kind"] == "caption_provenance_dropped"]
+    assert len(dropped) == 1 and dropped[0]["reason"].endswith(
+        "captions file: provenance is not a list of 1 objects (one per caption); ignored")
