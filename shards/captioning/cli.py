@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..captions import load_templates
 from ..cli import add_import_arguments, import_options_from
-from ..importers import import_records
+from ..importers import formats, import_records
 from .engines import EngineError, make_engine
 from .instructions import builtin_names, load_instruction, resolve
 from .pipeline import Captioner, CaptionSettings
@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(rerun to retry them), 2 bad arguments or configuration, 3 stopped by SIGTERM/"
                                    "SIGUSR1 (requeue), 130 Ctrl-C.")
     g = r.add_argument_group("input and output")
-    g.add_argument("--format", dest="input_format", default="manifest",
-                   choices=["manifest", "deeppatent2", "deeppatent", "csv"], help="input format (default: manifest)")
+    g.add_argument("--format", dest="input_format", default="manifest", choices=formats(),
+                   help="input format, a registered importer (default: manifest)")
     g.add_argument("--manifest", "--input", dest="inputs", action="append", required=True, metavar="FILE",
                    help="input file; repeat for several (as for patentclip-shards build)")
     g.add_argument("--out", required=True, help="run folder (shared by all workers): plan, parts, captions.jsonl")
@@ -181,8 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("preview", help="print the prompts of the first drawings (no model)",
                        description="Render the captioner's and the language model's prompts for the first drawings "
                                    "of an input, as run would send them (the description is a placeholder).")
-    v.add_argument("--format", dest="input_format", default="manifest",
-                   choices=["manifest", "deeppatent2", "deeppatent", "csv"])
+    v.add_argument("--format", dest="input_format", default="manifest", choices=formats())
     v.add_argument("--manifest", "--input", dest="inputs", action="append", required=True, metavar="FILE")
     v.add_argument("--limit", type=int, default=2)
     v.add_argument("--captioner-instruction", default=None)
