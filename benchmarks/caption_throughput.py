@@ -29,18 +29,29 @@ import tempfile
 import time
 from pathlib import Path
 
+os.environ["HF_HUB_OFFLINE"] = "1"  # the tiny models are local; nothing is downloaded
+
+import torch  # noqa: E402
+
+from patentclip.shards.captioning.cli import run_settings  # noqa: E402
+from patentclip.shards.captioning.engines import EngineStats, make_engine  # noqa: E402
+from patentclip.shards.captioning.instructions import load_instruction  # noqa: E402
+from patentclip.shards.captioning.pipeline import Captioner, CaptionSettings  # noqa: E402
+from patentclip.shards.captioning.prompts import drawing_tasks  # noqa: E402
+from patentclip.shards.captioning.runner import run_worker  # noqa: E402
+from patentclip.shards.captioning.tiny import make_tiny_models  # noqa: E402
+from patentclip.shards.captioning.work import make_plan  # noqa: E402
+from patentclip.shards.manifest import read_manifest  # noqa: E402
+from patentclip.shards.synth import generate_synthetic_patents  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
 from _common import below, exit_on_sigterm, parse_args, row, write_json  # noqa: E402
+from model_server import ModelServer  # noqa: E402
 
 
 def run_once(engine_pair, tasks, out, settings, batch_size):
-    from patentclip.shards.captioning.cli import run_settings
-    from patentclip.shards.captioning.engines import EngineStats
-    from patentclip.shards.captioning.pipeline import Captioner
-    from patentclip.shards.captioning.runner import run_worker
-    from patentclip.shards.captioning.work import make_plan
-
     (cap, cap_i), (llm, llm_i) = engine_pair
     for e in (cap, llm):
         e.stats = EngineStats()
@@ -73,18 +84,6 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="write the figures and the summary rows here")
     a = parse_args(p, argv, dict(drawings=16, repeats=1, batch_size=8, num_captions=5, llm_max_tokens=32,
                                  captioner_max_tokens=16))
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
-    import torch
-
-    from patentclip.shards.captioning.engines import make_engine
-    from patentclip.shards.captioning.instructions import load_instruction
-    from patentclip.shards.captioning.pipeline import CaptionSettings
-    from patentclip.shards.captioning.prompts import drawing_tasks
-    from patentclip.shards.captioning.tiny import make_tiny_models
-    from patentclip.shards.manifest import read_manifest
-    from patentclip.shards.synth import generate_synthetic_patents
-
     torch.set_num_threads(a.threads)
     engines = [e.strip() for e in a.engines.split(",") if e.strip()]
     work = Path(tempfile.mkdtemp(prefix="patentclip-caption-bench-"))
@@ -105,9 +104,6 @@ def main(argv=None) -> int:
             pairs["transformers"] = ((make_engine("transformers", str(models["vlm"]), **kw), instr[0]),
                                      (make_engine("transformers", str(models["lm"]), **kw), instr[1]))
         if "http" in engines:
-            sys.path.insert(0, str(HERE.parent / "tests"))
-            from model_server import ModelServer
-
             server = ModelServer(work / "serve").start()
             kw = dict(base_url=server.url, concurrency=a.concurrency)
             pairs["http"] = ((make_engine("http", str(models["vlm"]), **kw), instr[0]),

@@ -29,6 +29,8 @@ import urllib.request
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from aiohttp import ClientSession, ClientTimeout, web
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -122,8 +124,6 @@ class FaultProxy(_Process):
 
 
 def _serve_proxy(args) -> None:
-    from aiohttp import ClientSession, ClientTimeout, web
-
     script = [s for s in args.script.split(",") if s]
     state = {"chat": 0, "in_flight": 0}
     log = open(args.log, "a", buffering=1)

@@ -297,6 +297,10 @@ def cmd_run(args) -> int:
     except (ValueError, EngineError) as exc:
         print(f"patentclip-caption run: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        print(f"\n[patentclip-caption] {exc or 'interrupted'}; the journaled batches are kept: run again to "
+              "continue", file=sys.stderr)
+        return 130
     finally:
         stop.restore()
         for e in captioner.engines():

@@ -9,7 +9,8 @@ SLURM log) the same figures are logged as a line a minute.
 
 **Stopping.** SIGTERM, SIGUSR1 (SLURM's warning signal, ``#SBATCH --signal``) and SIGINT make the worker finish
 the batch it is generating, journal it, and stop (``stopped`` names the signal; the CLI exits with 3 so that
-``slurm/caption.sh`` requeues the task, 130 for Ctrl-C). A SIGKILL loses that batch only. When the engine fails
+``slurm/caption.sh`` requeues the task, 130 for Ctrl-C; a second Ctrl-C stops at once, losing the batch). A
+SIGKILL loses that batch only. When the engine fails
 ``max_failed_batches`` whole batches in a row (an endpoint down, not one bad drawing), the worker stops instead of
 burning through the input: the drawings stay open for the next run.
 """
@@ -46,7 +47,10 @@ class StopFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
-        self.signal = signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if name == "SIGINT" and self.signal == "SIGINT":
+            raise KeyboardInterrupt("a second Ctrl-C: stopped without finishing the batch")
+        self.signal = name
 
     def restore(self) -> None:
         for sig, h in self.previous.items():

@@ -204,8 +204,9 @@ class HTTPEngine(Engine):
             raise EngineError(f"http: {self.base_url} cannot serve model {self.model!r}: {r.error}{listed}")
 
     def identity(self) -> Dict[str, Any]:
-        return {"engine": self.name, "model": self.model, "url": self.base_url,
-                "extra_body": self.extra_body or None}
+        """The model name and the extra body fields (the URL is not part of it: an endpoint that moved to another
+        node continues the same run)."""
+        return {"engine": self.name, "model": self.model, "extra_body": self.extra_body or None}
 
     # ---- requests ------------------------------------------------------------------------------------------------
     def _prepare(self, requests: List[Request]) -> List[Tuple[str, int]]:

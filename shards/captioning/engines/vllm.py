@@ -24,6 +24,10 @@ from .base import Engine, EngineError, Request, Result, openai_messages
 from .hf import is_vision_language
 
 
+#: ``vllm.LLM`` arguments that change what the model writes (part of the run's settings).
+OUTPUT_ARGS = ("dtype", "seed", "quantization", "revision", "tokenizer", "max_model_len", "hf_overrides")
+
+
 def import_vllm():
     """The ``vllm`` module, or :class:`EngineError` saying how to get it."""
     try:
@@ -56,8 +60,10 @@ class VLLMEngine(Engine):
         self._args = {k: v for k, v in args.items() if isinstance(v, (str, int, float, bool, dict))}
 
     def identity(self) -> Dict[str, Any]:
+        """Model, vLLM version and the arguments that change the numbers (not memory or parallelism settings:
+        a rerun with another ``gpu_memory_utilization`` continues the same run)."""
         return {"engine": self.name, "model": self.model, "vllm": getattr(self._vllm, "__version__", "?"),
-                "args": {k: v for k, v in self._args.items() if k not in ("model",)}}
+                **{k: self._args[k] for k in OUTPUT_ARGS if k in self._args}}
 
     def _prepare(self, requests: List[Request]):
         """The conversations in OpenAI form (drawings as data URLs) and one ``SamplingParams`` per request."""
