@@ -236,3 +236,14 @@ def test_token_bucket_rate():
 def test_drawing_task_is_plain_data():
     t = DrawingTask(0, "K_00", "/x.png", {"object": "cup"})
     assert t.key == "K_00" and t.fields == {"object": "cup"}
+
+
+def test_progress_as_log_lines(capsys):
+    from patentclip.shards.captioning.runner import LogProgress
+
+    p = LogProgress(total=10, desc="captions 1/2", every=0.0)
+    p.set_postfix_str("captions/drawing 4.0")
+    p.update(4)
+    line = capsys.readouterr().err
+    assert line.startswith("[captions 1/2] 4/10 drawings, ") and " drawings/s, ETA " in line
+    assert line.rstrip().endswith("captions/drawing 4.0")
