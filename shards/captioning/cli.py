@@ -114,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="caption patterns shown to the language model (one per line or a JSON list), instead of "
                         "the instruction's")
     g.add_argument("--keep-description", action="store_true",
-                   help="also keep the captioner's description as a caption (it is always in the line's "
-                        "'description')")
+                   help="also keep the captioner's description as a caption, the last one (it is always in the "
+                        "line's 'description')")
     g.add_argument("--seed", type=int, default=0, help="run seed; each request's seed derives from it, the drawing "
                                                        "and the attempt (default: %(default)s)")
     g.add_argument("--temperature", type=float, default=0.7, help="language model (default: %(default)s)")

@@ -221,8 +221,8 @@ class Captioner:
                 continue  # an engine error: not journaled, the next run generates it
             caps, provs = captions[t.key], provenance[t.key]
             text, dprov = descriptions[t.key]
-            if text and (self.llm is None or s.keep_description):
-                caps, provs = [text] + caps, [dprov] + provs
+            if text and (self.llm is None or s.keep_description):  # last: the first caption is the shard's txt
+                caps, provs = caps + [text], provs + [dprov]
             c = counts[t.key]
             c["kept"] = len(caps)
             if not caps:
