@@ -260,3 +260,18 @@ def test_provenance_through_the_join_modes_and_a_malformed_list(caption_input, t
     dropped = [p for p in rep["repairs"] if p["kind"] == "caption_provenance_dropped"]
     assert len(dropped) == 1 and dropped[0]["reason"].endswith(
         "captions file: provenance is not a list of 1 objects (one per caption); ignored")
+
+
+def test_captioner_only_and_kept_descriptions(caption_input, tiny_caption_models, tmp_path):
+    base = ["run", "--manifest", str(caption_input["manifest"]), "--captioner-model", str(tiny_caption_models["vlm"]),
+            "--llm-model", str(tiny_caption_models["lm"]), *SETTINGS, "--no-progress", "--limit", "4"]
+    assert main([*base, "--out", str(tmp_path / "only"), "--llm-engine", "none"]) == 0
+    only = lines_of(tmp_path / "only" / "captions.jsonl")
+    assert only and all(ln["captions"] == [ln["description"]] for ln in only)
+    assert all(ln["provenance"] == [ln["description_provenance"]] for ln in only)
+    assert json.loads((tmp_path / "only" / "plan.json").read_text())["settings"]["llm"] is None
+    assert main([*base, "--out", str(tmp_path / "kept"), "--keep-description"]) == 0
+    for ln in lines_of(tmp_path / "kept" / "captions.jsonl"):
+        if "description" in ln:
+            assert ln["captions"][-1] == ln["description"] and ln["provenance"][-1]["stage"] == "captioner"
+            assert all(p["stage"] == "llm" for p in ln["provenance"][:-1])
