@@ -275,3 +275,33 @@ def test_captioner_only_and_kept_descriptions(caption_input, tiny_caption_models
         if "description" in ln:
             assert ln["captions"][-1] == ln["description"] and ln["provenance"][-1]["stage"] == "captioner"
             assert all(p["stage"] == "llm" for p in ln["provenance"][:-1])
+
+
+def test_warning_signal_stops_after_the_batch_and_the_rerun_continues(reference, caption_input,
+                                                                      tiny_caption_models, tmp_path):
+    """SIGUSR1 (SLURM's warning signal; SIGTERM alike) sent to this very process mid-part: the worker journals the
+    batch it is generating, exits with 3 (slurm/caption.sh requeues on it), and the rerun finishes the file."""
+    import threading
+
+    out = tmp_path / "signalled"
+    journal = out / "parts" / "part-000000.journal"
+
+    def signal_after_first_batch():
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if journal.exists() and journal.read_bytes().count(b"\n") >= 4:
+                os.kill(os.getpid(), signal.SIGUSR1)
+                return
+            time.sleep(0.01)
+
+    t = threading.Thread(target=signal_after_first_batch, daemon=True)
+    t.start()
+    assert main(args_for(caption_input, tiny_caption_models, out)) == 3
+    t.join()
+    journaled = journal.read_bytes().count(b"\n")
+    assert journaled % 4 == 0 and 4 <= journaled < 24 and not (out / "captions.jsonl").exists()
+    run = json.loads(next((out / "runs").glob("*.json")).read_text())
+    assert run["stopped"] == "SIGUSR1" and run["drawings_generated"] == journaled
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # the handlers are restored
+    assert main(args_for(caption_input, tiny_caption_models, out)) == 0
+    assert (out / "captions.jsonl").read_bytes() == (reference / "captions.jsonl").read_bytes()
