@@ -6,6 +6,7 @@ import json
 import os
 import sys
 
+from patentclip.plugins.registry import import_plugin_modules
 from patentclip.shards.build import build_shards, shard_pattern, storage_options_from, summary
 from patentclip.shards.importers import ImportOptions, formats
 from patentclip.shards.inspect import format_findings, inspect_shards
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "or repaired and reported, never dropped silently; exit status 1 only when nothing was written.")
     b.add_argument("--format", dest="input_format", default="manifest",
                    choices=formats(), help="input format, a registered importer (default: manifest)")
+    b.add_argument("--plugins", default="",
+                   help="comma-separated Python modules to import first: they register their own input formats "
+                        "(docs/extending.md)")
     b.add_argument("--manifest", "--input", dest="inputs", action="append", required=True, metavar="FILE",
                    help="input file; repeat for several (DeepPatent2 JSON files, DeepPatent lists, CSVs)")
     b.add_argument("--out", required=True, help="output folder or URL (one sub-folder per split)")
@@ -153,6 +157,9 @@ def parse_splits(items):
 
 
 def main(argv=None) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugins", default="")
+    import_plugin_modules(pre.parse_known_args(argv)[0].plugins.split(","))  # before --format's choices are listed
     args = build_parser().parse_args(argv)
     if args.command == "synth":
         views = tuple(v.strip() for v in args.views.split(",") if v.strip())
