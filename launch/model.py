@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from patentclip.plugins.data.batch import IMAGE2
 from patentclip.plugins.losses import LossSet
 
 
@@ -99,8 +100,8 @@ class PatentTrainModule(nn.Module):
     def compute_features(self, images: torch.Tensor, texts: torch.Tensor, batch: Dict) -> Dict:
         # losses that use no text embeddings (arcface) skip the text tower: text_features is then None
         features = self.clip(images, texts if self.criterion.needs_text else None)
-        if "image2" in batch:
-            features["image2_features"] = self.clip.encode_image(batch["image2"], normalize=True)
+        if IMAGE2 in batch:
+            features["image2_features"] = self.clip.encode_image(batch[IMAGE2], normalize=True)
         return features
 
     def forward(self, images: torch.Tensor, texts: torch.Tensor, batch: Dict, accum: Optional[Dict] = None,

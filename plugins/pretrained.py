@@ -380,7 +380,7 @@ def plan_start(args) -> StartPlan:
     if model_cfg is None:
         raise ValueError(f"unknown model {args.model!r}; registered models include "
                          f"{', '.join(m for m in open_clip.list_models() if m.startswith('patentclip'))} and open_clip's own")
-    image_source = getattr(args, "pretrained_image_source", None)
+    image_source = args.pretrained_image_source
     if args.pretrained_image or image_source:
         timm_name = timm_tower_name(model_cfg)
         if timm_name is None:
@@ -390,7 +390,7 @@ def plan_start(args) -> StartPlan:
             raise ValueError("--pretrained-image with --pretrained: the whole-model checkpoint already holds an image "
                              "tower; give one of them")
         plan.image = resolve_timm_weights(timm_name, image_source, cache_dir)
-    text_source = getattr(args, "pretrained_text", None)
+    text_source = args.pretrained_text
     if text_source:
         src_model, tag = split_model_tag(text_source)
         plan.text = resolve_clip_weights(tag if src_model else text_source, src_model, cache_dir, "text tower")
@@ -432,7 +432,7 @@ def fetch_start(plan: StartPlan, args) -> StartPlan:
 
     if not plan.missing():
         return plan
-    if int(getattr(args, "local_rank", 0) or 0) == 0:
+    if int(args.local_rank) == 0:
         for w in plan.missing():
             logging.info("Downloading the %s weights %s", w.role, w.spec)
             try:
@@ -493,7 +493,7 @@ def reconcile_config(args, w: Weights) -> None:
             continue
         attr = CONFIG_OVERRIDES.get(key)
         if attr and w.role == "model":
-            if not getattr(args, attr, None):
+            if not getattr(args, attr):
                 logging.info("--pretrained %s: %s = %s (the folder's model) -> --%s", w.spec, ".".join(key), b,
                              attr.replace("_", "-"))
                 setattr(args, attr, b)

@@ -1,7 +1,6 @@
 """ArcFace (plugins/arcface.py): the loss against a brute-force per-sample reference and against
 pytorch-metric-learning's ArcFaceLoss, the patent-id label space, the plugin in a LossSet, and a two-stage run
 (designclip, then ArcFace fine-tuning of the stage-1 image tower) end to end with resume and export."""
-import argparse
 import json
 import math
 import os
@@ -14,12 +13,13 @@ import torch
 
 from conftest import read_jsonl, run_cli
 
-from patentclip.launch.args import parse_train_args
+from patentclip.launch.args import default_args, parse_train_args
 from patentclip.plugins import arcface as A
 from patentclip.plugins.classes import ClassInfo, ClassTable
 from patentclip.plugins.losses import LossSet
 from patentclip.plugins.models import register_model_configs
-from patentclip.plugins.registry import LOSSES, load_builtin_plugins
+from patentclip.plugins.builtin import load_builtin_plugins
+from patentclip.plugins.registry import LOSSES
 
 register_model_configs()
 load_builtin_plugins()
@@ -116,10 +116,8 @@ def test_patent_table_from_the_shards(synthetic_shards):
 
 
 def loss_args(**kw):
-    base = dict(model="patentclip-tiny", arcface_labels="patent", arcface_scale=64.0, arcface_margin=0.5,
-                arcface_label_table=None, train_data=None, rank=0, world_size=1, logs=None, name=None)
-    base.update(kw)
-    return argparse.Namespace(**base)
+    """patentclip-train's flags at their defaults (one process), with ``kw``."""
+    return default_args(**{"model": "patentclip-tiny", "logs": None, "name": None, **kw})
 
 
 def test_plugin_in_a_loss_set(tmp_path):
