@@ -171,6 +171,9 @@ def build_label_table(args, class_table: ClassTable) -> LabelTable:
     if args.rank == 0:
         if args.arcface_label_table:
             table = LabelTable.load_patents(args.arcface_label_table)
+        elif not args.train_data:
+            raise ValueError("arcface with --arcface-labels patent needs the training shards (--train-data) or a "
+                             "label table (--arcface-label-table)")
         else:
             table = patent_table_from_shards(args.train_data)
     if args.world_size > 1 and dist.is_initialized():

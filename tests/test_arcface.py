@@ -146,6 +146,8 @@ def test_plugin_in_a_loss_set(tmp_path):
     assert c.table.names == classes.codes and c.labels({"class_id": torch.tensor([3, 0])}, "cpu").tolist() == [3, 0]
     with pytest.raises(ValueError, match="outside"):
         c.labels({"class_id": torch.tensor([4])}, "cpu")
+    with pytest.raises(ValueError, match="--train-data"):
+        LossSet("arcface", loss_args(), classes)
     with pytest.raises(ValueError, match="margin"):
         LossSet("arcface", loss_args(arcface_labels="class", arcface_margin=2.0), classes)
 
