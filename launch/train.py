@@ -193,7 +193,7 @@ def train(args) -> int:
     from open_clip_train.train import AverageMeter
 
     from patentclip.launch import checkpoint as ckpt
-    from patentclip.launch.evaluate import evaluate_during_training
+    from patentclip.evaluation.during_training import evaluate_during_training
     from patentclip.launch.step import accumulate_batches, train_step_accum
     from patentclip.launch.model import (PatentTrainModule, head_state, load_head_state, lock_towers,
                                          make_logit_scale_nonscalar, optimizer_param_groups)

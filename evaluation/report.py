@@ -362,7 +362,7 @@ def write_report(out_dir: str, result, class_table, *, baseline=None, images: Op
                  baseline_label: Optional[str] = None, map_method: str = "pca", map_points: int = 3000) -> str:
     """Write ``index.html`` and its PNG figures into ``out_dir``; returns the page's path.
 
-    ``result`` / ``baseline``: :class:`patentclip.launch.evaluate.EvalResult` (``features`` needed for the map,
+    ``result`` / ``baseline``: :class:`patentclip.evaluation.run.EvalResult` (``features`` needed for the map,
     ``examples`` for the retrieval examples); ``images``: key -> HxWx3 uint8 of the drawings in the examples.
     """
     os.makedirs(out_dir, exist_ok=True)
