@@ -37,7 +37,8 @@ from patentclip.evaluation.loading import LoadedModel, load_for_eval
 from patentclip.evaluation.run import format_table, run_evaluation
 from patentclip.evaluation.settings import DEFAULT_TEMPLATES, EvalSettings
 from patentclip.plugins.classes import ClassTable, load_class_table
-from patentclip.plugins.registry import DATASETS, load_builtin_plugins
+from patentclip.plugins.builtin import load_builtin_plugins
+from patentclip.plugins.registry import DATASETS
 
 
 def build_parser() -> argparse.ArgumentParser:

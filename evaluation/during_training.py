@@ -24,9 +24,8 @@ def evaluate_during_training(engine, val_data, class_table, tokenizer, epoch, ar
     """
     if args.rank != 0:
         return {}
-    templates = args.eval_zeroshot_templates.split("|") if getattr(args, "eval_zeroshot_templates", None) \
-        else DEFAULT_TEMPLATES
-    settings = EvalSettings(templates=tuple(templates), seed=getattr(args, "seed", 0))
+    templates = args.eval_zeroshot_templates.split("|") if args.eval_zeroshot_templates else DEFAULT_TEMPLATES
+    settings = EvalSettings(templates=tuple(templates), seed=args.seed)
     model = engine.module.clip
     head = find_classification_head(getattr(engine.module, "criterion", None))
     was_training = model.training

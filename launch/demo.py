@@ -79,7 +79,8 @@ def main(argv=None) -> int:
     from patentclip.evaluation.run import evaluate_model, format_table
     from patentclip.plugins.classes import load_class_table
     from patentclip.plugins.models import register_model_configs
-    from patentclip.plugins.registry import DATASETS, load_builtin_plugins
+    from patentclip.plugins.builtin import load_builtin_plugins
+    from patentclip.plugins.registry import DATASETS
 
     load_builtin_plugins()
     register_model_configs()
