@@ -131,10 +131,14 @@ class LocalLock:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(rec))
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(rec))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:  # a full disk: leave no empty lock behind for the next start to wait on
+            os.unlink(self.path)
+            raise RunLockError(f"cannot write the run lock {self.path}: {exc}") from exc
         return True
 
     def acquire(self, me: Dict) -> Optional[str]:
@@ -307,6 +311,7 @@ class RunLocks:
         self.run = run
         self.on_lost: Optional[Callable[[str], None]] = None
         self.lost: Optional[str] = None
+        self.took_over: List[str] = []  # what acquire() took from stale owners, for the caller to log
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -318,7 +323,7 @@ class RunLocks:
                 took = lock.acquire(me)
                 taken.append(lock)
                 if took:
-                    logging.warning("took over %s from a stale owner (%s)", lock.where, took)
+                    self.took_over.append(f"took over {lock.where} from a stale owner ({took})")
         except BaseException:
             for lock in taken:
                 lock.release()

@@ -69,3 +69,35 @@ def s3_server(tmp_path_factory):
     server = S3Server(str(tmp_path_factory.mktemp("s3"))).start()
     yield server
     server.stop()
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """``small_disk(mib)``: a real filesystem of that size (tmpfs) mounted in the test's folder; unmounted after.
+
+    Needs the right to mount: root, or passwordless sudo. Skips with the reason when neither works."""
+    import shutil
+    import subprocess
+
+    mounted = []
+
+    def run(*cmd):
+        r = subprocess.run(list(cmd), capture_output=True, text=True)
+        if r.returncode != 0 and os.geteuid() != 0 and shutil.which("sudo"):
+            r = subprocess.run(["sudo", "-n", *cmd], capture_output=True, text=True)
+        return r
+
+    def make(mib: int) -> Path:
+        d = tmp_path / f"disk{len(mounted)}"
+        d.mkdir()
+        r = run("mount", "-t", "tmpfs", "-o", f"size={mib}m,uid={os.getuid()},gid={os.getgid()},mode=0755",
+                "tmpfs", str(d))
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a {mib} MiB tmpfs for the full-disk test (needs root or passwordless sudo): "
+                        f"{r.stderr.strip()}")
+        mounted.append(d)
+        return d
+
+    yield make
+    for d in mounted:
+        run("umount", "-l", str(d))

@@ -1,6 +1,5 @@
 """One owner per run (launch/runlock.py): real lock files, real processes, a real S3 server for the lease."""
 import json
-import logging
 import os
 import signal
 import socket
@@ -49,7 +48,7 @@ def stale_record(host="node-17", pid=4242, age=300.0, **kw):
             "started": now - age, "heartbeat": now - age, "stale_after": 120.0, **kw}
 
 
-def test_a_live_owner_is_refused_and_a_killed_one_is_taken_over(tmp_path, caplog):
+def test_a_live_owner_is_refused_and_a_killed_one_is_taken_over(tmp_path):
     holder = start_holder(tmp_path)
     try:
         with pytest.raises(RunLockError) as err:
@@ -60,9 +59,8 @@ def test_a_live_owner_is_refused_and_a_killed_one_is_taken_over(tmp_path, caplog
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert (tmp_path / LOCK_NAME).exists()  # kill -9 leaves the lock behind
-    with caplog.at_level(logging.WARNING):
-        locks = RunLocks([LocalLock(str(tmp_path))]).acquire()
-    assert f"its process {holder.pid} on this host is gone" in caplog.text
+    locks = RunLocks([LocalLock(str(tmp_path))]).acquire()
+    assert f"its process {holder.pid} on this host is gone" in locks.took_over[0]
     rec = json.loads((tmp_path / LOCK_NAME).read_text())
     assert rec["pid"] == os.getpid() and rec["host"] == socket.gethostname()
     locks.verify()
@@ -71,25 +69,23 @@ def test_a_live_owner_is_refused_and_a_killed_one_is_taken_over(tmp_path, caplog
     assert [p.name for p in tmp_path.iterdir()] == []  # no stale or heartbeat files left behind
 
 
-def test_another_hosts_owner_is_live_until_its_heartbeat_is_stale(tmp_path, caplog):
+def test_another_hosts_owner_is_live_until_its_heartbeat_is_stale(tmp_path):
     lock = tmp_path / LOCK_NAME
     lock.write_text(json.dumps(stale_record(age=10)))
     with pytest.raises(RunLockError, match=r"host node-17 pid 4242, last heartbeat 1\d s ago"):
         RunLocks([LocalLock(str(tmp_path))]).acquire()
     lock.write_text(json.dumps(stale_record(age=300)))
-    with caplog.at_level(logging.WARNING):
-        locks = RunLocks([LocalLock(str(tmp_path))]).acquire()
-    assert "no heartbeat for 300 s (stale after 120 s)" in caplog.text
+    locks = RunLocks([LocalLock(str(tmp_path))]).acquire()
+    assert "no heartbeat for 300 s (stale after 120 s)" in locks.took_over[0]
     locks.release()
 
 
-def test_a_requeued_slurm_job_takes_over_from_its_earlier_run(tmp_path, monkeypatch, caplog):
+def test_a_requeued_slurm_job_takes_over_from_its_earlier_run(tmp_path, monkeypatch):
     (tmp_path / LOCK_NAME).write_text(json.dumps(stale_record(age=1, job="4711", restart="0")))
     monkeypatch.setenv("SLURM_JOB_ID", "4711")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    with caplog.at_level(logging.WARNING):
-        locks = RunLocks([LocalLock(str(tmp_path))]).acquire()
-    assert "earlier run of this SLURM job 4711" in caplog.text
+    locks = RunLocks([LocalLock(str(tmp_path))]).acquire()
+    assert "earlier run of this SLURM job 4711" in locks.took_over[0]
     locks.release()
     # another job with the same run name is refused while it is live
     (tmp_path / LOCK_NAME).write_text(json.dumps(stale_record(age=1, job="4700", restart=None)))
@@ -139,7 +135,7 @@ def s3env(s3_server, monkeypatch):
     return s3_server
 
 
-def test_object_store_lease_refuses_a_live_owner_and_swaps_out_a_stale_one(s3env, caplog):
+def test_object_store_lease_refuses_a_live_owner_and_swaps_out_a_stale_one(s3env):
     fs = s3env.filesystem()
     url = "s3://leases/run-a"
     a = RunLocks([ObjectLease(url)], stale_after=60).acquire()
@@ -150,9 +146,8 @@ def test_object_store_lease_refuses_a_live_owner_and_swaps_out_a_stale_one(s3env
     # the owner goes silent: its record is stale; a new owner replaces it by compare-and-swap on the ETag
     a._stop.set()
     fs.pipe_file(f"leases/run-a/{LEASE_NAME}", json.dumps(stale_record(age=500, host="node-9")).encode())
-    with caplog.at_level(logging.WARNING):
-        b = RunLocks([ObjectLease(url)], stale_after=60).acquire()
-    assert "took over" in caplog.text and "host node-9" in caplog.text
+    b = RunLocks([ObjectLease(url)], stale_after=60).acquire()
+    assert "took over" in b.took_over[0] and "host node-9" in b.took_over[0]
     # the old owner's renewal fails: its ETag is not the object's any more
     with pytest.raises(RunLockError, match="no longer holds its lease"):
         a.locks[0].beat()
