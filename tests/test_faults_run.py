@@ -44,11 +44,11 @@ def test_second_start_is_refused_a_killed_owner_is_taken_over_and_a_failed_start
         lock = run / "run.lock"
         wait_for(lambda: lock.exists() and lock.stat().st_size > 0, 300, "the first run's lock", first)
         first.send_signal(signal.SIGSTOP)  # alive but paused: its lock is live (heartbeat younger than 120 s)
-        log_before = (run / "out.log").read_bytes() if (run / "out.log").exists() else b""
+        log_before = (run / "out.log").read_bytes() if (run / "out.log").exists() else None
         second = run_cli(TRAIN, *args)
         assert second.returncode != 0
         assert "is in use by another live run" in second.stderr and f"pid {first.pid}" in second.stderr
-        assert (run / "out.log").read_bytes() == log_before if log_before else not (run / "out.log").exists()
+        assert ((run / "out.log").read_bytes() if (run / "out.log").exists() else None) == log_before
     finally:
         first.send_signal(signal.SIGKILL)
         first.communicate()
