@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = b.add_argument_group("importers (docs/importers.md)")
     g.add_argument("--images-root", default=None, help="folder the image paths are relative to (default: the "
                                                        "input file's folder)")
+    g.add_argument("--allow-root", action="append", default=[], metavar="DIR",
+                   help="a folder besides the input's (or --images-root) that drawings may lie in; repeatable. An "
+                        "image path that resolves elsewhere (a symlink pointing out of the data folder, an absolute "
+                        "path) is refused and reported (outside_root)")
     g.add_argument("--locarno-table", default=None, metavar="FILE",
                    help="patent id -> Locarno class (CSV/TSV with header, JSON object or JSON Lines)")
     g.add_argument("--locarno-id-column", default="patent_id", help="(default: %(default)s)")
@@ -153,7 +157,8 @@ def main(argv=None) -> int:
         return 1 if findings["problems"] else 0
 
     try:
-        iopts = ImportOptions(images_root=args.images_root, locarno_table=args.locarno_table,
+        iopts = ImportOptions(images_root=args.images_root, allowed_roots=tuple(args.allow_root),
+                              locarno_table=args.locarno_table,
                               locarno_id_column=args.locarno_id_column,
                               locarno_class_column=args.locarno_class_column, class_names=args.class_names,
                               missing_class=args.missing_class, default_date=args.default_date,
@@ -173,7 +178,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as exc:
         print(f"\n{exc or 'interrupted'}", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
         print(f"patentclip-shards build: {exc}", file=sys.stderr)
         return 2
     print(summary(report))
