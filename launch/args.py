@@ -19,6 +19,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from open_clip_train.params import parse_args as openclip_parse_args
 
+from patentclip.launch.safe_load import TRUST_FLAG, TRUST_HELP
 from patentclip.plugins.builtin import load_builtin_plugins
 from patentclip.plugins.losses import parse_loss_spec
 from patentclip.plugins.recipes import add_recipe_args, apply_recipe, flag_of, flags_given
@@ -110,6 +111,7 @@ def build_plugin_parser() -> argparse.ArgumentParser:
                         "a heartbeat every quarter of this time; a second start of the same run is refused while "
                         "the lock is live and takes it over once its heartbeat is this old, its process is gone "
                         "(same host) or it is an earlier run of the same SLURM job. Default: %(default)s.")
+    g.add_argument(TRUST_FLAG, action="store_true", help=TRUST_HELP)
     g.add_argument("--deepspeed-config", default=None,
                    help="A DeepSpeed JSON config merged over the one patentclip derives from the flags.")
     g.add_argument("--plugins", default="",

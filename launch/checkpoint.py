@@ -57,6 +57,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from patentclip.launch import safe_load
 from patentclip.launch.diskspace import free_bytes, human, is_disk_full, write_atomic
 from patentclip.launch.model import load_open_clip_state_dict, open_clip_state_dict
 
@@ -532,17 +533,18 @@ def resolve_zero_stage(args, target) -> int:
     return stage
 
 
-def load_weights_before_engine(model, target) -> int:
+def load_weights_before_engine(model, target, trust: bool = False) -> Tuple[int, Dict]:
     """For ``--resume <file.pt>``: load open_clip weights into the model BEFORE the DeepSpeed engine is built
-    (the engine copies parameters into its fp32/bf16 partitions at init). Returns the checkpoint's epoch."""
+    (the engine copies parameters into its fp32/bf16 partitions at init). Returns the checkpoint's epoch and the
+    checkpoint (for the classification head it may carry). Read weights-only (``launch/safe_load.py``)."""
     _, path, _ = target
     with fsspec.open(path, "rb") as f:
-        ckpt = torch.load(f, map_location="cpu", weights_only=False)
+        ckpt = safe_load.load(f, path, trust=trust, map_location="cpu")
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
     load_open_clip_state_dict(model, sd)
     epoch = int(ckpt.get("epoch", 0)) if isinstance(ckpt, dict) else 0
     logging.info("Loaded open_clip weights from %s (epoch %d); optimizer state starts fresh", path, epoch)
-    return epoch
+    return epoch, ckpt if isinstance(ckpt, dict) else {}
 
 
 def restore_engine(engine, target, store: CheckpointStore) -> Tuple[int, int, Dict]:
@@ -551,7 +553,8 @@ def restore_engine(engine, target, store: CheckpointStore) -> Tuple[int, int, Di
     _, path, tag = target
     local = store.fetch(path, tag)
     try:
-        load_path, client_state = engine.load_checkpoint(local, tag=tag)
+        with safe_load.weights_only_loads(os.path.join(local, tag), trust=store.args.trust_checkpoint):
+            load_path, client_state = engine.load_checkpoint(local, tag=tag)
     except RuntimeError as exc:
         if "size mismatch" not in str(exc) and "Missing key" not in str(exc) and "Unexpected key" not in str(exc):
             raise

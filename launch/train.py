@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable, Dict, Optional, Tuple
 
-import fsspec
 import torch
 from open_clip import create_model_and_transforms, get_input_dtype, get_tokenizer
 from open_clip_train.distributed import broadcast_object, init_distributed_device, is_master
@@ -42,6 +41,7 @@ from patentclip.launch.evaluate import evaluate_during_training
 from patentclip.launch.model import (PatentTrainModule, head_state, load_head_state, lock_towers,
                                      make_logit_scale_nonscalar, optimizer_param_groups)
 from patentclip.launch.runlock import LocalLock, ObjectLease, RunLockError, RunLocks
+from patentclip.launch.safe_load import UntrustedCheckpoint
 from patentclip.launch.signals import EXIT_REQUEUE, RunAborted, StopSignal, synchronized
 from patentclip.launch.step import accumulate_batches, train_step_accum
 from patentclip.plugins.augment import rrc_aug_cfg, with_patent_augmentations
@@ -325,9 +325,9 @@ def build_run(args) -> Run:
     store = ckpt.CheckpointStore(args, fence=locks.verify if locks is not None else None)
     resume_target = ckpt.resolve_resume(args, store)
     args.zero_stage = ckpt.resolve_zero_stage(args, resume_target)
-    start_epoch, start_step = 0, 0
+    start_epoch, start_step, oc = 0, 0, None
     if resume_target and resume_target[0] == "open_clip":
-        start_epoch = ckpt.load_weights_before_engine(model, resume_target)
+        start_epoch, oc = ckpt.load_weights_before_engine(model, resume_target, trust=args.trust_checkpoint)
     random_seed(args.seed, args.rank)
     lock_towers(model, args)
     if args.grad_checkpointing:
@@ -338,10 +338,8 @@ def build_run(args) -> Run:
         logging.info("a selected loss needs a second view: multi-view pairs switched on")
         args.multiview = True
     module = PatentTrainModule(model, criterion).to(device)
-    if resume_target and resume_target[0] == "open_clip":  # the classification head travels in epoch_N.pt
-        with fsspec.open(resume_target[1], "rb") as f:
-            oc = torch.load(f, map_location="cpu", weights_only=False)
-        load_head_state(module, oc.get("patentclip_head") if isinstance(oc, dict) else None)
+    if oc is not None:  # the classification head travels in epoch_N.pt
+        load_head_state(module, oc.get("patentclip_head"))
     check_checkpoint_space(args, store, module)
 
     optimizer = torch.optim.AdamW(optimizer_param_groups(module, args.wd), lr=args.lr,
@@ -541,7 +539,7 @@ def train(args) -> int:
 
 #: Faults that end a run with their message and exit code 1, no traceback: each says what happened, where, and
 #: what was kept (docs/faults.md).
-CLEAN_FAULTS = (ckpt.CheckpointError, DiskFullError, RunLockError, RunAborted)
+CLEAN_FAULTS = (ckpt.CheckpointError, DiskFullError, RunLockError, RunAborted, UntrustedCheckpoint)
 
 
 def main(argv=None) -> int:
