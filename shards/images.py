@@ -145,11 +145,11 @@ def _flatten_reduced(im: Image.Image, mode: str, factor: Tuple[int, int]) -> Ima
     return out
 
 
-def normalize_image(source, opts: ImageOptions) -> Tuple[bytes, Tuple[int, int], Tuple[int, int]]:
-    """Decode ``source`` (a path or bytes), normalise it and encode it.
-
-    Returns ``(encoded bytes, original (w, h), written (w, h))``. Raises :class:`ImageError`.
-    """
+def decode_drawing(source, mode: str = "L", max_side: int = DEFAULT_MAX_SIDE) -> Tuple[Image.Image, Tuple[int, int]]:
+    """Decode ``source`` (a path or bytes) completely and normalise it (module docstring): flattened onto white,
+    converted to ``mode``, shrunk to ``max_side`` (0 = keep the size), in bounded memory. Returns
+    ``(image, original (w, h))``. Raises :class:`ImageError`. The shard builder encodes the result; the captioner
+    shows it to a model."""
     if isinstance(source, (bytes, bytearray)):
         data = bytes(source)
     else:
@@ -175,13 +175,13 @@ def normalize_image(source, opts: ImageOptions) -> Tuple[bytes, Tuple[int, int],
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)  # multi-page TIFF: the first page is the drawing
             orig = (w, h)
-            target = target_size(orig, opts.max_side)
+            target = target_size(orig, max_side)
             if target is not None and im.format == "JPEG":  # decode at a DCT scale >= REDUCING_GAP x the target
                 im.draft(None, (int(target[0] * REDUCING_GAP), int(target[1] * REDUCING_GAP)))
             im.load()
             factor = _reduce_factor(im.size, target)
             decoded = im.size
-            out = _flatten_reduced(im, opts.mode, factor)
+            out = _flatten_reduced(im, mode, factor)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -192,6 +192,15 @@ def normalize_image(source, opts: ImageOptions) -> Tuple[bytes, Tuple[int, int],
     if target is not None:  # the Lanczos resize of the reduced image, on the box the whole source maps to
         box = (0.0, 0.0, decoded[0] / factor[0], decoded[1] / factor[1])
         out = out.resize(target, Image.LANCZOS, box=box)
+    return out, orig
+
+
+def normalize_image(source, opts: ImageOptions) -> Tuple[bytes, Tuple[int, int], Tuple[int, int]]:
+    """Decode ``source`` (a path or bytes), normalise it (:func:`decode_drawing`) and encode it.
+
+    Returns ``(encoded bytes, original (w, h), written (w, h))``. Raises :class:`ImageError`.
+    """
+    out, orig = decode_drawing(source, opts.mode, opts.max_side)
     buf = io.BytesIO()
     if opts.ext == "png":
         out.save(buf, format="PNG", compress_level=6)
