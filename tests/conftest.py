@@ -73,34 +73,25 @@ def s3_server(tmp_path_factory):
 
 @pytest.fixture()
 def small_disk(tmp_path):
-    """``small_disk(mib)``: a real filesystem of that size (tmpfs) mounted in the test's folder; unmounted after.
+    """``small_disk(mib)``: a real filesystem of that size (tmpfs), mounted for the test (tests/small_disk.py: as
+    root, with passwordless sudo, or unprivileged in a user namespace); returns where it is reached."""
+    from small_disk import MountImpossible, SmallDisk
 
-    Needs the right to mount: root, or passwordless sudo. Skips with the reason when neither works."""
-    import shutil
-    import subprocess
-
-    mounted = []
-
-    def run(*cmd):
-        r = subprocess.run(list(cmd), capture_output=True, text=True)
-        if r.returncode != 0 and os.geteuid() != 0 and shutil.which("sudo"):
-            r = subprocess.run(["sudo", "-n", *cmd], capture_output=True, text=True)
-        return r
+    disks = []
 
     def make(mib: int) -> Path:
-        d = tmp_path / f"disk{len(mounted)}"
-        d.mkdir()
-        r = run("mount", "-t", "tmpfs", "-o", f"size={mib}m,uid={os.getuid()},gid={os.getgid()},mode=0755",
-                "tmpfs", str(d))
-        if r.returncode != 0:
-            pytest.skip(f"cannot mount a {mib} MiB tmpfs for the full-disk test (needs root or passwordless sudo): "
-                        f"{r.stderr.strip()}")
-        mounted.append(d)
-        return d
+        disk = SmallDisk(tmp_path / f"disk{len(disks)}", mib)
+        try:
+            path = disk.mount()
+        except MountImpossible as exc:
+            pytest.skip(f"cannot mount a {mib} MiB tmpfs for the full-disk test (root, passwordless sudo or "
+                        f"unprivileged user namespaces needed): {exc}")
+        disks.append(disk)
+        return path
 
     yield make
-    for d in mounted:
-        run("umount", "-l", str(d))
+    for disk in disks:
+        disk.unmount()
 
 
 @pytest.fixture(scope="session")
