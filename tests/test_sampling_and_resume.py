@@ -135,7 +135,7 @@ def test_no_batch_holds_a_drawing_twice(synthetic_shards, parts, workers, kw, mo
     would be each other's negatives), while the plain group shuffle does put some in one batch. (With 2
     workers the epoch is shortened so that no worker rolls over into a second pass of its shards, where a
     drawing can meet its copy from the first pass at a group boundary: documented in samplers.py.)"""
-    from patentclip.plugins import patent_data
+    from patentclip.plugins.data import patents
 
     table = load_class_table(synthetic_shards["train"])
     args = data_args(synthetic_shards["train"], sampler="class_aware", sampler_beta=1.2, workers=workers,
@@ -144,7 +144,7 @@ def test_no_batch_holds_a_drawing_twice(synthetic_shards, parts, workers, kw, mo
     keys = [k for b in batches for k in b["key"]]
     assert len(keys) > len(set(keys))  # the sampler did repeat drawings
     assert all(len(set(b["key"])) == len(b["key"]) for b in batches)
-    monkeypatch.setattr(patent_data, "spread_repeats", lambda items, key, distance: list(items))
+    monkeypatch.setattr(patents, "spread_repeats", lambda items, key, distance: list(items))
     plain = list(loader(args, parts, table).dataloader)
     assert len(plain) == len(batches)
     assert any(len(set(b["key"])) < len(b["key"]) for b in plain)
@@ -260,7 +260,7 @@ def test_loader_resume_continues_exactly(synthetic_shards, parts, parts_uint8, w
 
 def test_resume_does_not_reread_consumed_shard_groups(synthetic_shards, parts, monkeypatch):
     """After resuming late in the epoch, only the current shard group (and later ones) are read."""
-    from patentclip.plugins import patent_data
+    from patentclip.plugins.data import tars
 
     table = load_class_table(synthetic_shards["train"])
     args = data_args(synthetic_shards["train"], shuffle_group_shards=1)
@@ -274,8 +274,8 @@ def test_resume_does_not_reread_consumed_shard_groups(synthetic_shards, parts, m
         next(it)
     state = part.state_dict()
     opened = []
-    real = patent_data._tar_samples
-    monkeypatch.setattr(patent_data, "_tar_samples", lambda url, skips: (opened.append(url), real(url, skips))[1])
+    real = tars.tar_samples
+    monkeypatch.setattr(tars, "tar_samples", lambda url, skips: (opened.append(url), real(url, skips))[1])
     fresh = loader(args, parts, table).dataloader
     fresh.load_state_dict(state)
     rest = list(fresh)
