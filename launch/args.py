@@ -21,6 +21,7 @@ from open_clip_train.params import parse_args as openclip_parse_args
 
 from patentclip.launch.safe_load import TRUST_FLAG, TRUST_HELP
 from patentclip.plugins.builtin import load_builtin_plugins
+from patentclip.plugins.data.tars import DEFAULT_MAX_UNREADABLE
 from patentclip.plugins.losses import parse_loss_spec
 from patentclip.plugins.recipes import add_recipe_args, apply_recipe, flag_of, flags_given
 from patentclip.plugins.registry import DATASETS, LOSSES, SAMPLERS, import_plugin_modules
@@ -64,6 +65,10 @@ def build_plugin_parser() -> argparse.ArgumentParser:
     g.add_argument("--shuffle-group-shards", type=int, default=4,
                    help="Shards per shuffle group: examples are shuffled within groups of this many shards per "
                         "data-loader worker (the unit of exact resume). Default: %(default)s.")
+    g.add_argument("--max-unreadable-shards", type=float, default=DEFAULT_MAX_UNREADABLE, metavar="FRACTION",
+                   help="A shard that is not a tar, is empty or is missing is skipped and logged with its URL; when "
+                        "more than this fraction of a data-loader worker's shards in an epoch are (one is always "
+                        "tolerated), the run ends naming them. Default: %(default)s.")
     g.add_argument("--multiview", action="store_true",
                    help="Pair every drawing with another view of the same patent (batch keys image2/view2/"
                         "has_view2). Switched on automatically when a selected loss needs it.")
@@ -209,6 +214,7 @@ RULES: Tuple[Tuple[str, Callable], ...] = (
     ("sampler_beta", _number(0)),
     ("loss_beta", _number(0)),
     ("shuffle_group_shards", _int_at_least(1)),
+    ("max_unreadable_shards", _number(0, 1)),
     ("aug_hflip", _number(0, 1)),
     ("aug_random_erasing", _number(0, 1)),
     ("aug_gridmask", _number(0, 1)),

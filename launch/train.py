@@ -42,7 +42,9 @@ from patentclip.launch.signals import (EXIT_REQUEUE, RunAborted, StopSignal, mar
 from patentclip.launch.step import accumulate_batches, train_step_accum
 from patentclip.plugins.augment import rrc_aug_cfg, with_patent_augmentations
 from patentclip.plugins.builtin import load_builtin_plugins
-from patentclip.plugins.classes import load_class_table
+from patentclip.plugins.classes import ClassMismatch, load_class_table
+from patentclip.plugins.data.stream import EmptyStream
+from patentclip.plugins.data.tars import UnreadableShards
 from patentclip.plugins.image_transport import transport_of
 from patentclip.plugins.losses import LossSet
 from patentclip.plugins.models import register_model_configs
@@ -413,7 +415,8 @@ def train(args) -> int:
 
 #: Faults that end a run with their message and exit code 1, no traceback: each says what happened, where, and
 #: what was kept (docs/faults.md).
-CLEAN_FAULTS = (ckpt.CheckpointError, DiskFullError, RunLockError, RunAborted, UntrustedCheckpoint)
+CLEAN_FAULTS = (ckpt.CheckpointError, DiskFullError, RunLockError, RunAborted, UntrustedCheckpoint, EmptyStream,
+                UnreadableShards, ClassMismatch)
 
 
 def main(argv=None) -> int:

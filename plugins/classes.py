@@ -18,6 +18,10 @@ import torch
 from open_clip_train.data import expand_urls
 
 
+class ClassMismatch(ValueError):
+    """A sample's class code or name is not the one classes.json gives its class id."""
+
+
 @dataclass(frozen=True)
 class ClassInfo:
     id: int
@@ -50,6 +54,19 @@ class ClassTable:
 
     def counts(self) -> torch.Tensor:
         return torch.tensor([c.count for c in self.classes], dtype=torch.float64)
+
+    def check_class(self, class_id: int, code: Optional[str], name: Optional[str], where: str = "") -> int:
+        """``check_id``, and the code and name a sample's metadata gives for its class id (when it gives them)
+        against this table's: a classes.json of another build, or one whose names were swapped, would otherwise
+        train and evaluate every class under another's name. Raises :class:`ClassMismatch`."""
+        cid = self.check_id(class_id, where)
+        c = self.classes[cid]
+        if (code is not None and str(code) != c.code) or (name is not None and str(name) != c.name):
+            raise ClassMismatch(
+                f"{where + ': ' if where else ''}class id {cid} is {code} {name!r} in the shard but {c.code} "
+                f"{c.name!r} in {self.source}: were the shards built with another classes.json, or were its names "
+                f"edited? Use the classes.json the shards were built with (--classes-json).")
+        return cid
 
     def check_id(self, class_id: int, where: str = "") -> int:
         if not 0 <= int(class_id) < len(self.classes):
