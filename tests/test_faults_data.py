@@ -118,7 +118,8 @@ def test_a_stream_that_yields_nothing_ends_within_seconds(synthetic_shards, part
     (folder / "sizes.json").write_text(json.dumps({"train-000000.tar": 0}))
     shutil.copy(synthetic_shards["train_dir"] / "classes.json", folder / "classes.json")
     t0 = time.time()
-    with pytest.raises(EmptyStream, match=r"data-loader worker 0 of rank 0: .*train-000000.tar\) and found no sample"):
+    with pytest.raises(EmptyStream, match=r"data-loader worker 0 of rank 0 read a whole pass over its shards "
+                                          r"\(.*train-000000.tar\) and found no sample to train on"):
         read_all(str(folder / "train-000000.tar"), parts, 8)
     assert time.time() - t0 < 10
 

@@ -89,12 +89,12 @@ def made(items: Iterable[Positioned], make: Callable[[Example], Dict], skips: ta
         yield gidx, offset, item
 
 
-def progressing(items: Iterable[Tuple[int, int, Optional[Dict]]], groups_per_pass: int, shards: Callable[[], str]
-                ) -> Iterator[Tuple[int, int, Optional[Dict]]]:
+def progressing(items: Iterable[Tuple[int, int, Optional[Dict]]], groups_per_pass: int, who: str,
+                shards: Sequence[str]) -> Iterator[Tuple[int, int, Optional[Dict]]]:
     """The items, ending with :class:`EmptyStream` once ``groups_per_pass`` groups in a row (a whole pass over the
     worker's shards) ended without one usable example: a training worker with a batch quota would otherwise read
     its shards again and again, forever, deaf to the stop signal (the only shard an empty tar, every shard
-    unreadable, every drawing undecodable). ``shards()`` describes them for the message."""
+    unreadable, every drawing undecodable). ``who`` and ``shards`` (the worker and its shards) for the message."""
     empty_groups, usable = 0, False
     for gidx, offset, item in items:
         if item is not None:
@@ -103,8 +103,9 @@ def progressing(items: Iterable[Tuple[int, int, Optional[Dict]]], groups_per_pas
             empty_groups = 0 if usable else empty_groups + 1
             usable = False
             if empty_groups >= groups_per_pass:
+                listed = ", ".join(shards[:8]) + (f" and {len(shards) - 8} more" if len(shards) > 8 else "")
                 raise EmptyStream(
-                    f"read a whole pass over its shards ({shards()}) and found no sample to train on: every shard "
+                    f"{who} read a whole pass over its shards ({listed}) and found no sample to train on: every shard "
                     f"is empty, unreadable or without a usable drawing (the log says which were skipped). Check "
                     f"them with `patentclip-shards inspect`.")
         yield gidx, offset, item
@@ -199,9 +200,8 @@ class PatentStream(IterableDataset):
                               Cursor(**cursor.to_dict()))
         items = made(examples, lambda ex: self.make(ex, epoch), skips)
         if self.plan.repeat or self.plan.resampled:  # a stream that would never end: it must make progress
-            who = f"data-loader worker {worker} of rank {self.plan.rank}"
             items = progressing(items, max(1, math.ceil(len(shards) / self.plan.group_shards)),
-                                lambda: f"{who}: {', '.join(shards[:8])}{' ...' if len(shards) > 8 else ''}")
+                                f"data-loader worker {worker} of rank {self.plan.rank}", shards)
         for pending in batched(items, cursor, batch_size=self.batch_size, quota=self.num_worker_batches,
                                keep_partial=not self.is_train):
             batch = collate_patent_batch(pending)
