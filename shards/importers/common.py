@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ..captions import article
-from ..manifest import Drawing, PatentRecord, Problem
+from ..manifest import Drawing, PatentRecord, Problem, outside_roots
 
 #: The 32 Locarno classes (and 99), 13th edition headings, lower case: the fallback class names.
 LOCARNO_CLASSES = {
@@ -270,6 +270,7 @@ class ImportOptions:
     """Options shared by the importers (CLI flags of the same names)."""
 
     images_root: Optional[str] = None
+    allowed_roots: Tuple[str, ...] = ()  # folders besides the input's (or images_root) that images may be in
     locarno_table: Optional[str] = None
     locarno_id_column: str = "patent_id"
     locarno_class_column: str = "class"
@@ -297,6 +298,10 @@ class ImportOptions:
             raise ValueError(f"default date {self.default_date!r} is not a date (YYYY-MM-DD)")
 
 
+class OutsideRoot(Exception):
+    """An image path that resolves outside the allowed folders (the message is where it really is)."""
+
+
 class Collector:
     """Groups drawings into patents and turns them into PatentRecords with problems."""
 
@@ -322,19 +327,28 @@ class Collector:
     def resolve(self, rel: str) -> Optional[str]:
         """The image's path relative to the root (or absolute) if the file exists, else None. Files not at
         ``root/rel`` are looked up by name anywhere under the root (an index built once); a name that occurs more
-        than once there is not resolved."""
+        than once there is not resolved. A file that resolves outside the root and ``allowed_roots`` (a symlink,
+        an absolute path elsewhere) raises :class:`OutsideRoot`."""
         p = Path(rel)
         full = p if p.is_absolute() else self.root / p
         if full.is_file():
-            return str(rel)
-        if self._basename_index is None:
-            self._basename_index = {}
-            for dirpath, _, files in os.walk(self.root):
-                for f in files:
-                    rel_f = os.path.relpath(os.path.join(dirpath, f), self.root)
-                    # a name found twice is ambiguous (D00001.png in every patent folder): not resolved by name
-                    self._basename_index[f] = None if f in self._basename_index else rel_f
-        return self._basename_index.get(p.name)
+            found = str(rel)
+        else:
+            if self._basename_index is None:
+                self._basename_index = {}
+                for dirpath, _, files in os.walk(self.root):
+                    for f in files:
+                        rel_f = os.path.relpath(os.path.join(dirpath, f), self.root)
+                        # a name found twice is ambiguous (D00001.png in every patent folder): not resolved by name
+                        self._basename_index[f] = None if f in self._basename_index else rel_f
+            found = self._basename_index.get(p.name)
+            if found is None:
+                return None
+            full = self.root / found
+        real = outside_roots(full, [self.root, *self.opts.allowed_roots])
+        if real is not None:
+            raise OutsideRoot(real)
+        return found
 
     def add(self, line: int, pid: str, *, date: Optional[str], code: Optional[str], title: Optional[str],
             obj: Optional[str], path: str, view: str, captions: Tuple[str, ...], extra: Dict[str, Any],
@@ -397,7 +411,13 @@ class Collector:
             drawings = []
             ordered = sorted(p["drawings"], key=lambda d: d[0]) if any(d[0] for d in p["drawings"]) else p["drawings"]
             for order, dline, rel, view, captions, extra in ordered:
-                found = self.resolve(rel)
+                try:
+                    found = self.resolve(rel)
+                except OutsideRoot as real:
+                    self.problem(dline, pid, "outside_root", "drawing", f"patent {pid}: image {rel!r} resolves to "
+                                 f"{real}, outside {self.root} (a symlink?); refused (--allow-root DIR admits "
+                                 f"another folder)", path=rel)
+                    continue
                 if found is None:
                     self.problem(dline, pid, "missing_file", "drawing", f"patent {pid}: image {rel!r}: file not found "
                                  f"under {self.root}", path=rel)
