@@ -37,8 +37,9 @@ from patentclip.evaluation.loading import LoadedModel, load_for_eval
 from patentclip.evaluation.run import format_table, run_evaluation
 from patentclip.evaluation.settings import DEFAULT_TEMPLATES, EvalSettings
 from patentclip.plugins.classes import ClassTable, load_class_table
+from patentclip.evaluation.extra_metrics import check_metric_names, metric_names
 from patentclip.plugins.builtin import load_builtin_plugins
-from patentclip.plugins.registry import DATASETS
+from patentclip.plugins.registry import DATASETS, import_plugin_modules
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +103,11 @@ Examples:
     g.add_argument("--map-method", choices=["pca", "tsne"], default="pca",
                    help="2-D embedding map: PCA (torch) or t-SNE (needs scikit-learn).")
     g.add_argument("--map-points", type=int, default=3000, help="At most this many drawings in the embedding map.")
+    g = p.add_argument_group("extra metrics (docs/extending.md)")
+    g.add_argument("--metrics", default="",
+                   help="Comma-separated registered extra metrics to compute besides the built-in ones.")
+    g.add_argument("--plugins", default="",
+                   help="Comma-separated Python modules to import first: they register their own metrics.")
     return p
 
 
@@ -150,13 +156,16 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(message)s")
     load_builtin_plugins()
     try:
+        import_plugin_modules(args.plugins.split(","))
+        extra = metric_names(args.metrics)
+        check_metric_names(extra)
         settings = EvalSettings(relevance=args.relevance, prior_art=args.prior_art,
                                 ks=tuple(int(k) for k in args.ks.split(",") if k.strip()), mrr_k=args.mrr_k,
                                 templates=tuple(args.templates.split("|")) if args.templates else DEFAULT_TEMPLATES,
                                 linear_probe=args.linear_probe, probe_folds=args.probe_folds,
-                                max_chunk_bytes=args.max_chunk_mb << 20, seed=args.seed)
-    except ValueError as exc:
-        print(f"patentclip-eval: {exc}", file=sys.stderr)
+                                max_chunk_bytes=args.max_chunk_mb << 20, seed=args.seed, extra_metrics=extra)
+    except (ValueError, KeyError, ImportError) as exc:
+        print(f"patentclip-eval: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
     device = torch.device(args.device)
     class_table = load_class_table(args.val_data, args.classes_json)

@@ -10,6 +10,7 @@ import os
 from typing import Dict
 
 from patentclip.evaluation.classification import find_classification_head
+from patentclip.evaluation.extra_metrics import metric_names
 from patentclip.evaluation.run import evaluate_model
 from patentclip.evaluation.settings import DEFAULT_TEMPLATES, EvalSettings
 
@@ -25,7 +26,8 @@ def evaluate_during_training(engine, val_data, class_table, tokenizer, epoch, ar
     if args.rank != 0:
         return {}
     templates = args.eval_zeroshot_templates.split("|") if args.eval_zeroshot_templates else DEFAULT_TEMPLATES
-    settings = EvalSettings(templates=tuple(templates), seed=args.seed)
+    settings = EvalSettings(templates=tuple(templates), seed=args.seed,
+                            extra_metrics=metric_names(args.eval_metrics))
     model = engine.module.clip
     head = find_classification_head(getattr(engine.module, "criterion", None))
     was_training = model.training

@@ -17,6 +17,7 @@ from patentclip.evaluation.classification import classification_from_features
 from patentclip.evaluation.features import extract_features, zero_shot_classifier
 from patentclip.evaluation.image_text import image_text_from_features
 from patentclip.evaluation.retrieval import retrieval_examples, retrieval_from_features
+from patentclip.evaluation.extra_metrics import extra_from_features
 from patentclip.evaluation.settings import DEFAULT_TEMPLATES, EvalSettings
 
 # the headline metrics printed in tables, in this order
@@ -66,6 +67,7 @@ def run_evaluation(model, dataloader, class_table, tokenizer, device, input_dtyp
     metrics.update(cls_metrics)
     ret = retrieval_from_features(feats, db, settings, is_head, compute_device)
     metrics.update(ret["metrics"])
+    metrics.update(extra_from_features(settings.extra_metrics, feats, class_table))
     metrics["num_samples"] = float(len(feats["key"]))
     metrics = {k: float(v) for k, v in metrics.items()}
 

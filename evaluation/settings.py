@@ -26,6 +26,7 @@ class EvalSettings:
     probe_folds: int = 2
     max_chunk_bytes: int = 1 << 30    # memory of one retrieval chunk (metrics.retrieval_metrics)
     seed: int = 0
+    extra_metrics: Tuple[str, ...] = ()  # registered extra metrics (evaluation/extra_metrics.py)
 
     def __post_init__(self):
         if self.relevance not in ("class", "patent"):
@@ -39,6 +40,7 @@ class EvalSettings:
             raise ValueError(f"linear_probe must be 'auto' or 'off', got {self.linear_probe!r}")
         self.ks = tuple(int(k) for k in self.ks)
         self.templates = tuple(self.templates)
+        self.extra_metrics = tuple(self.extra_metrics)
 
     @property
     def use_prior_art(self) -> bool:

@@ -125,6 +125,9 @@ def build_plugin_parser() -> argparse.ArgumentParser:
     g.add_argument("--nproc-per-node", type=int, default=1,
                    help="Start this many local processes with torchrun (CPU: gloo, GPU: NCCL). Leave at 1 "
                         "when already launched by torchrun or srun.")
+    g.add_argument("--eval-metrics", default="",
+                   help="Comma-separated registered extra metrics (patentclip.evaluation.extra_metrics) added to "
+                        "the per-epoch validation; --plugins can register your own (docs/extending.md).")
     g.add_argument("--eval-zeroshot-templates", default=None,
                    help="Zero-shot prompt templates separated by '|', with {} for the class name "
                         "(default: patentclip.evaluation.settings.DEFAULT_TEMPLATES).")

@@ -30,6 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 from patentclip.launch import checkpoint as ckpt
 from patentclip.launch.args import parse_train_args
 from patentclip.evaluation.during_training import evaluate_during_training
+from patentclip.evaluation.extra_metrics import check_metric_names, metric_names
 from patentclip.launch.diskspace import DiskFullError, quiet_failing_log_files, write_atomic
 from patentclip.launch.model import (PatentTrainModule, head_state, load_head_state, lock_towers,
                                      make_logit_scale_nonscalar, optimizer_param_groups)
@@ -230,6 +231,7 @@ def build_run(args) -> Run:
     register_model_configs()
     load_builtin_plugins()
     import_plugin_modules(args.plugins.split(","))
+    check_metric_names(metric_names(args.eval_metrics))  # before any folder is made
     device, locks = setup_run(args)
     deepspeed = init_deepspeed(args, device)
     class_table = load_class_table(args.train_data, args.classes_json)
