@@ -332,7 +332,7 @@ def main(argv=None) -> int:
 
     from patentclip.launch.train import init_deepspeed
     from patentclip.plugins.models import register_model_configs
-    from patentclip.plugins.registry import load_builtin_plugins
+    from patentclip.plugins.builtin import load_builtin_plugins
 
     logging.basicConfig(level=logging.WARNING)
     register_model_configs()

@@ -59,7 +59,8 @@ def main(argv=None) -> int:
     from patentclip.plugins import openclip_compat
     from patentclip.plugins.classes import load_class_table
     from patentclip.plugins.models import register_model_configs
-    from patentclip.plugins.registry import DATASETS, load_builtin_plugins
+    from patentclip.plugins.builtin import load_builtin_plugins
+    from patentclip.plugins.registry import DATASETS
 
     sys.path.insert(0, str(HERE.parent / "tests"))
     from s3_server import S3Server

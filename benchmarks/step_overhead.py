@@ -233,7 +233,7 @@ def main(argv=None) -> int:
     import torch
 
     from patentclip.plugins.models import register_model_configs
-    from patentclip.plugins.registry import load_builtin_plugins
+    from patentclip.plugins.builtin import load_builtin_plugins
 
     logging.basicConfig(level=logging.WARNING)
     for name in list(logging.root.manager.loggerDict):

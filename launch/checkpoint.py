@@ -180,8 +180,8 @@ class CheckpointStore:
     def __init__(self, args):
         self.args = args
         self.local = args.checkpoint_path
-        self.remote = args.checkpoint_dir if is_remote(getattr(args, "checkpoint_dir", None)) else None
-        self.keep = int(getattr(args, "keep_checkpoints", 0) or 0)
+        self.remote = args.checkpoint_dir if is_remote(args.checkpoint_dir) else None
+        self.keep = int(args.keep_checkpoints)
         self.retries = int(os.environ.get(UPLOAD_RETRIES_ENV, "5"))
 
     @property

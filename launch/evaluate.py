@@ -690,7 +690,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(message)s")
     from patentclip.plugins.classes import ClassTable, load_class_table
-    from patentclip.plugins.registry import load_builtin_plugins
+    from patentclip.plugins.builtin import load_builtin_plugins
 
     load_builtin_plugins()
     try:

@@ -152,4 +152,4 @@ def natural_sampler(args, class_table):
 
 @SAMPLERS.register("class_aware")
 def class_aware_sampler(args, class_table):
-    return ClassAwareSampler(class_table.counts(), getattr(args, "sampler_beta", 1.0))
+    return ClassAwareSampler(class_table.counts(), args.sampler_beta)

@@ -6,6 +6,11 @@ import json
 import os
 import sys
 
+from patentclip.shards.build import build_shards, shard_pattern, storage_options_from, summary
+from patentclip.shards.importers import ImportOptions, formats
+from patentclip.shards.inspect import format_findings, inspect_shards
+from patentclip.shards.synth import generate_synthetic_patents
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="patentclip-shards", description=__doc__, allow_abbrev=False)
@@ -37,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "keeps the complete shards and rebuilds the rest. Bad records, drawings and captions are skipped "
                     "or repaired and reported, never dropped silently; exit status 1 only when nothing was written.")
     b.add_argument("--format", dest="input_format", default="manifest",
-                   choices=["manifest", "deeppatent2", "deeppatent", "csv"], help="input format (default: manifest)")
+                   choices=formats(), help="input format, a registered importer (default: manifest)")
     b.add_argument("--manifest", "--input", dest="inputs", action="append", required=True, metavar="FILE",
                    help="input file; repeat for several (DeepPatent2 JSON files, DeepPatent lists, CSVs)")
     b.add_argument("--out", required=True, help="output folder or URL (one sub-folder per split)")
@@ -133,28 +138,19 @@ def parse_splits(items):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "synth":
-        from patentclip.shards.synth import generate_synthetic_patents
-
         views = tuple(v.strip() for v in args.views.split(",") if v.strip())
         path = generate_synthetic_patents(args.out, num_patents=args.num_patents, num_classes=args.num_classes,
                                           views=views, image_size=args.image_size, seed=args.seed, progress=True)
         print(path)
         return 0
-    from patentclip.shards.build import storage_options_from
-
     so = storage_options_from(args.endpoint_url, args.region, args.profile)
     if args.command == "inspect":
-        from patentclip.shards.inspect import format_findings, inspect_shards
-
         findings = inspect_shards(args.shards, workers=args.workers, storage_options=so)
         print(format_findings(findings, max_problems=args.max_problems))
         if args.json_out:
             with open(args.json_out, "w", encoding="utf-8") as f:
                 json.dump(findings, f, indent=1, ensure_ascii=False)
         return 1 if findings["problems"] else 0
-
-    from patentclip.shards.build import build_shards, shard_pattern, summary
-    from patentclip.shards.importers import ImportOptions
 
     try:
         iopts = ImportOptions(images_root=args.images_root, locarno_table=args.locarno_table,

@@ -1,6 +1,5 @@
 """The uint8 image transport: workers stop at the uint8 pixels, the step normalises them on the device, and the
 model sees bit for bit the tensors of open_clip's float preprocess."""
-import argparse
 import logging
 
 import pytest
@@ -10,13 +9,14 @@ from PIL import Image
 from conftest import data_args
 from patentclip.launch.report import to_uint8
 from patentclip.launch.step import move_batch
-from patentclip.plugins.augment import with_patent_augmentations
+from patentclip.plugins.augment import add_augmentations
 from patentclip.plugins.classes import load_class_table
 from patentclip.plugins.grey_preprocess import GreyAwarePreprocess
 from patentclip.plugins.image_transport import FINISH_KEY, DeviceNormalize, finish_images, split_for_uint8
 from patentclip.plugins.models import register_model_configs
 from patentclip.plugins.patent_data import collate_patent_batch
-from patentclip.plugins.registry import DATASETS, load_builtin_plugins
+from patentclip.plugins.builtin import load_builtin_plugins
+from patentclip.plugins.registry import DATASETS
 from test_grey_preprocess import drawing, transforms
 
 load_builtin_plugins()
@@ -37,10 +37,10 @@ def test_uint8_transport_is_bit_identical_to_float_preprocess(which, mode):
     train, val = transforms()
     pre = val if which == "val" else train
     if which == "train+flip+gridmask":
-        pre = with_patent_augmentations(pre, argparse.Namespace(aug_hflip=0.5, aug_gridmask=0.9))
+        pre = add_augmentations(pre, hflip=0.5, gridmask=0.9)
     if which == "train+all+two-erasings":  # the patent augmentations plus a second, per-channel erasing
-        pre = with_patent_augmentations(pre, argparse.Namespace(aug_hflip=0.5, aug_gridmask=0.5,
-                                                                aug_random_erasing=0.8))
+        pre = add_augmentations(pre, hflip=0.5, gridmask=0.5,
+                                                                random_erasing=0.8)
         pre = T.Compose(list(pre.transforms) + [T.RandomErasing(p=0.7, value=(0.5, -1.0, 2.0), scale=(0.3, 0.6))])
     float_path, uint8_path = GreyAwarePreprocess(pre), GreyAwarePreprocess(pre, uint8=True)
     assert uint8_path.finish is not None and uint8_path.uint8_refused == ""
@@ -68,7 +68,7 @@ def test_uint8_transport_is_bit_identical_to_float_preprocess(which, mode):
 
 def test_gridmask_paints_white_on_the_pixels():
     """GridMask fills with 1.0 before Normalize; on the pixels that is 255, and some drawings do get masked."""
-    pre = with_patent_augmentations(transforms()[1], argparse.Namespace(aug_gridmask=1.0))
+    pre = add_augmentations(transforms()[1], gridmask=1.0)
     fast = GreyAwarePreprocess(pre, uint8=True)
     img = Image.new("L", (224, 224), 0)  # black: only the mask is white
     torch.manual_seed(0)
@@ -113,8 +113,8 @@ def test_pipeline_batches_match_across_transports(synthetic_shards, workers):
 
     tok = open_clip.get_tokenizer("patentclip-tiny")
     _, train, val = open_clip.create_model_and_transforms("patentclip-tiny")
-    train = with_patent_augmentations(train, argparse.Namespace(aug_hflip=0.5, aug_gridmask=0.5,
-                                                                aug_random_erasing=0.5))
+    train = add_augmentations(train, hflip=0.5, gridmask=0.5,
+                                                                random_erasing=0.5)
     table = load_class_table(synthetic_shards["train"])
     for is_train, pre, shards in ((True, train, synthetic_shards["train"]), (False, val, synthetic_shards["val"])):
         out = {}
@@ -182,8 +182,8 @@ def test_report_shows_uint8_pixels_as_they_are():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU machine)")
 def test_finish_on_cuda_matches_the_cpu_float_preprocess():
     train, _ = transforms()
-    pre = with_patent_augmentations(train, argparse.Namespace(aug_hflip=0.5, aug_gridmask=0.9,
-                                                              aug_random_erasing=0.7))
+    pre = add_augmentations(train, hflip=0.5, gridmask=0.9,
+                                                              random_erasing=0.7)
     float_path, uint8_path = GreyAwarePreprocess(pre), GreyAwarePreprocess(pre, uint8=True)
     want, pixels, boxes = [], [], []
     for seed in range(8):

@@ -1,7 +1,6 @@
 """Loss plugins against brute-force references written independently here (loops over pairs), values and
 gradients; the classification head against a hand-written attention; learned uncertainty weights; the
 feature-cache accumulation of PatentTrainModule; edge cases."""
-import argparse
 import math
 from dataclasses import dataclass
 
@@ -9,10 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from patentclip.launch.args import default_args
 from patentclip.plugins.classes import ClassInfo, ClassTable
 from patentclip.plugins.heads import AttentionFusionHead, build_head, load_head
 from patentclip.plugins.losses import (LossSet, class_balance_weights, class_categories, parse_loss_spec)
-from patentclip.plugins.registry import LOSSES, load_builtin_plugins
+from patentclip.plugins.builtin import load_builtin_plugins
+from patentclip.plugins.registry import LOSSES
 
 load_builtin_plugins()
 
@@ -30,7 +31,7 @@ def args(**kw):
     base = dict(world_size=1, rank=0, local_loss=False, gather_with_grad=False, loss_beta=1.0, embed_dim=D,
                 head_num_heads=2, head_text_dropout=0.0)
     base.update(kw)
-    return argparse.Namespace(**base)
+    return default_args(**base)
 
 
 def features(n=6, d=D, seed=0):

@@ -10,7 +10,8 @@ from conftest import data_args
 from patentclip.plugins.classes import load_class_table
 from patentclip.plugins.image_transport import finish_images
 from patentclip.plugins.patent_data import grant_day, stable_index
-from patentclip.plugins.registry import DATASETS, SAMPLERS, load_builtin_plugins
+from patentclip.plugins.builtin import load_builtin_plugins
+from patentclip.plugins.registry import DATASETS, SAMPLERS
 
 load_builtin_plugins()
 

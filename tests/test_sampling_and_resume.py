@@ -1,6 +1,5 @@
 """Issue: the streaming patent pipeline. Class-aware sampling statistics, multi-view pairs, augmentation
 determinism, exact mid-epoch resume of the loader, and streaming from a real S3 server (with an outage)."""
-import argparse
 import math
 import random
 
@@ -9,7 +8,8 @@ import torch
 
 import conftest
 from patentclip.plugins.classes import load_class_table
-from patentclip.plugins.registry import DATASETS, load_builtin_plugins
+from patentclip.plugins.builtin import load_builtin_plugins
+from patentclip.plugins.registry import DATASETS
 from patentclip.plugins.samplers import ClassAwareSampler, spread_repeats, uniform01
 
 load_builtin_plugins()
@@ -23,13 +23,13 @@ def data_args(train, **kw):
 def parts():
     import open_clip
 
-    from patentclip.plugins.augment import with_patent_augmentations
+    from patentclip.plugins.augment import add_augmentations
     from patentclip.plugins.models import register_model_configs
 
     register_model_configs()
     _, preprocess, _ = open_clip.create_model_and_transforms("patentclip-tiny")
-    aug = with_patent_augmentations(preprocess, argparse.Namespace(aug_hflip=0.5, aug_gridmask=0.5,
-                                                                   aug_random_erasing=0.3))
+    aug = add_augmentations(preprocess, hflip=0.5, gridmask=0.5,
+                                                                   random_erasing=0.3)
     return aug, open_clip.get_tokenizer("patentclip-tiny")
 
 
@@ -38,10 +38,10 @@ def parts_uint8(parts):
     """Flip and GridMask without random erasing: a preprocess the uint8 image transport takes."""
     import open_clip
 
-    from patentclip.plugins.augment import with_patent_augmentations
+    from patentclip.plugins.augment import add_augmentations
 
     _, preprocess, _ = open_clip.create_model_and_transforms("patentclip-tiny")
-    return with_patent_augmentations(preprocess, argparse.Namespace(aug_hflip=0.5, aug_gridmask=0.5)), parts[1]
+    return add_augmentations(preprocess, hflip=0.5, gridmask=0.5), parts[1]
 
 
 def loader(args, parts, table, epoch=0):
