@@ -594,7 +594,7 @@ def main(argv=None) -> int:
             return rebuild(args.index, args)
         if getattr(args, "nproc", None) and args.nproc > 1 and "RANK" not in os.environ:
             return relaunch(argv, args.nproc)
-        from patentclip.plugins.registry import load_builtin_plugins
+        from patentclip.plugins.builtin import load_builtin_plugins
 
         load_builtin_plugins()
         if args.command == "build":

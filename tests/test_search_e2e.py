@@ -88,7 +88,8 @@ def meta_of(idx):
 def test_index_holds_every_drawing_as_eval_embeds_it(full, synthetic_shards, tiny_model):
     from patentclip.launch import evaluate as E
     from patentclip.plugins.classes import load_class_table
-    from patentclip.plugins.registry import DATASETS, load_builtin_plugins
+    from patentclip.plugins.builtin import load_builtin_plugins
+    from patentclip.plugins.registry import DATASETS
 
     from conftest import data_args
 
