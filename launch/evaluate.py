@@ -60,6 +60,7 @@ class EvalSettings:
     linear_probe: str = "auto"        # "auto": train features if given, else cross-validation; "off"
     probe_folds: int = 2
     max_chunk_bytes: int = 1 << 30    # memory of one retrieval chunk (metrics.retrieval_metrics)
+    ranking: str = "count"            # metrics.retrieval_metrics's method: "count", "sort" (reference), "topk"
     seed: int = 0
 
     def __post_init__(self):
@@ -72,6 +73,8 @@ class EvalSettings:
                              "patent share its grant date, so none of them is prior art to another")
         if self.linear_probe not in ("auto", "off"):
             raise ValueError(f"linear_probe must be 'auto' or 'off', got {self.linear_probe!r}")
+        if self.ranking not in ("count", "sort", "topk"):
+            raise ValueError(f"ranking must be 'count', 'sort' or 'topk', got {self.ranking!r}")
         self.ks = tuple(int(k) for k in self.ks)
         self.templates = tuple(self.templates)
 
@@ -240,6 +243,7 @@ def retrieval_from_features(query: Dict, db: Optional[Dict], settings: EvalSetti
     kw = {k: ({n: m for n, m in v.items()} if isinstance(v, dict) else v.to(dev)) for k, v in kw.items()}
     r = M.retrieval_metrics(query["image_features"][qidx].to(dev), dbf.to(dev), labels_q.to(dev), labels_db.to(dev),
                             ks=settings.ks, mrr_k=settings.mrr_k, max_chunk_bytes=settings.max_chunk_bytes,
+                            method=settings.ranking,
                             return_per_query=True, **kw)
     pq = r.pop("per_query")
     out = {f"i2i_{k}": float(v) for k, v in r.items()}
@@ -307,7 +311,7 @@ def retrieval_examples(query: Dict, db: Optional[Dict], settings: EvalSettings, 
         out.append({"key": query["key"][qi], "class_id": cid, "patent_id": query["patent_id"][qi],
                     "grant_day": int(query["grant_day"][qi]),
                     "is_head": None if is_head is None else bool(is_head[cid]),
-                    "ap": float(per_query["ap"][s]), "num_relevant": int(per_query["num_relevant"][s]),
+                    "ap": float(per_query["ap"][s]) if "ap" in per_query else None, "num_relevant": int(per_query["num_relevant"][s]),
                     "num_candidates": int(per_query["num_candidates"][s]), "results": results})
     return out
 
@@ -447,8 +451,10 @@ def run_evaluation(model, dataloader, class_table, tokenizer, device, input_dtyp
     pq, qidx = ret["per_query"], ret["qidx"]
     valid = pq["num_relevant"] > 0
     q_cls = feats["class_id"][qidx].long()
-    ap_sum = torch.zeros(n_cls, dtype=torch.float64).index_add_(0, q_cls[valid], pq["ap"][valid])
-    ap_cnt = torch.bincount(q_cls[valid], minlength=n_cls)
+    ap_sum = torch.zeros(n_cls, dtype=torch.float64)
+    if "ap" in pq:  # not with --ranking topk
+        ap_sum.index_add_(0, q_cls[valid], pq["ap"][valid])
+    ap_cnt = torch.bincount(q_cls[valid], minlength=n_cls) if "ap" in pq else torch.zeros(n_cls, dtype=torch.long)
     eval_counts = torch.bincount(feats["class_id"].long(), minlength=n_cls)
     tc = class_table.counts() if train_counts is None else torch.as_tensor(train_counts, dtype=torch.float64)
     per_class = []
@@ -623,7 +629,11 @@ Examples:
     g.add_argument("--ks", default="5,10", help="Cut-offs K of R@K / HitRate@K / P@K. Default: %(default)s.")
     g.add_argument("--mrr-k", type=int, default=10, help="K of MRR@K. Default: %(default)s.")
     g.add_argument("--max-chunk-mb", type=int, default=1024,
-                   help="Memory of one retrieval chunk (queries x database scores and sort). Default: %(default)s.")
+                   help="Memory of one retrieval chunk (queries x database scores and masks). Default: %(default)s.")
+    g.add_argument("--ranking", choices=["count", "sort", "topk"], default="count",
+                   help="How rows are ranked: count (mAP by counting, top K by torch.topk, no full sort), sort (a "
+                        "full stable sort of every row: the reference, same results), topk (R@K, HitRate@K, P@K "
+                        "and MRR@K only, no mAP: cheapest at scale). Default: %(default)s.")
     g = p.add_argument_group("classification")
     g.add_argument("--templates", default=None, help="Zero-shot templates separated by '|', with {} for the class name.")
     g.add_argument("--linear-probe", choices=["auto", "off"], default="auto",
@@ -698,7 +708,7 @@ def main(argv=None) -> int:
                                 ks=tuple(int(k) for k in args.ks.split(",") if k.strip()), mrr_k=args.mrr_k,
                                 templates=tuple(args.templates.split("|")) if args.templates else DEFAULT_TEMPLATES,
                                 linear_probe=args.linear_probe, probe_folds=args.probe_folds,
-                                max_chunk_bytes=args.max_chunk_mb << 20, seed=args.seed)
+                                max_chunk_bytes=args.max_chunk_mb << 20, ranking=args.ranking, seed=args.seed)
     except ValueError as exc:
         print(f"patentclip-eval: {exc}", file=sys.stderr)
         return 2

@@ -396,6 +396,14 @@ def test_protocol_on_real_features_against_brute_force(run_dir, synthetic_shards
     loader = DATASETS.get("patent-wds")(data_args, loaded.preprocess, False, tokenizer=loaded.tokenizer,
                                         class_table=ct).dataloader
     f = E.extract_features(loaded.model, loader, "cpu")
+    # the ranking methods give the same numbers, bit for bit, on the model's own (float32) features
+    for relevance in ("class", "patent"):
+        by = {m: E.retrieval_from_features(f, None, E.EvalSettings(relevance=relevance, ranking=m)) for m in
+              ("count", "sort", "topk")}
+        assert by["count"]["metrics"] == by["sort"]["metrics"]
+        assert {k: v for k, v in by["sort"]["metrics"].items() if "mAP" not in k} == by["topk"]["metrics"]
+        for k, v in by["sort"]["per_query"].items():
+            assert torch.equal(by["count"]["per_query"][k], v), k
     # float64 features on both sides, so that both see the same scores (and the same exact ties: two views of a
     # body of revolution are the same drawing)
     f["image_features"] = f["image_features"].double()
