@@ -339,6 +339,48 @@ def measure_recall(index, spec: FaissSpec, chunks_fn, rows: int, queries: int = 
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# the model and the evaluation
+# ----------------------------------------------------------------------------------------------------------------
+def model_fingerprint(model) -> str:
+    """sha256 of a model's weights (names, shapes and float32 values), whatever file format they came from: an
+    index only takes vectors of the model it was built with."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().to("cpu")
+        t = t.float() if t.is_floating_point() else t
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def eval_features(folder: str, model=None, class_codes: Optional[Sequence[str]] = None) -> Dict:
+    """The index as a retrieval database for ``patentclip-eval`` (``--retrieval-index``): the dict
+    ``extract_features`` returns (``image_features`` float32 (N, dim) as stored, ``class_id``, ``grant_day``,
+    ``patent_id``, ``view``, ``key``), read part by part from the Parquet files. With ``model`` the index must have
+    been built by it (fingerprint), with ``class_codes`` its class table must be the same."""
+    import torch
+
+    m = read_manifest(folder)
+    if model is not None and model_fingerprint(model) != m["model"]["fingerprint"]:
+        raise ValueError(f"{folder} was built with another model ({m['model']['source']}); its vectors cannot be "
+                         f"compared with this model's: build an index with this checkpoint")
+    if class_codes is not None and [c["code"] for c in m["classes"]] != list(class_codes):
+        raise ValueError(f"{folder} has another class table than the evaluation shards ({len(m['classes'])} vs "
+                         f"{len(class_codes)} classes, or other codes for the same ids)")
+    if m.get("pending_shards"):
+        raise ValueError(f"{folder}: {len(m['pending_shards'])} shards are not indexed yet; complete the index "
+                         f"(rerun patentclip-index build) before evaluating against it")
+    vecs = [v for _, v in iter_vectors(folder, m["parts"])]
+    meta = pa.concat_tables([read_part_meta(folder, p["name"], ["key", "patent_id", "view", "class_id", "grant_day"])
+                             for p in m["parts"]])
+    return {"image_features": torch.from_numpy(np.concatenate(vecs) if vecs else np.zeros((0, 1), np.float32)),
+            "class_id": torch.from_numpy(meta.column("class_id").to_numpy().astype(np.int64)),
+            "grant_day": torch.from_numpy(meta.column("grant_day").to_numpy().astype(np.int64)),
+            "patent_id": meta.column("patent_id").to_pylist(), "view": meta.column("view").to_pylist(),
+            "key": meta.column("key").to_pylist(), "text_features": None, "index": folder}
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # the manifest
 # ----------------------------------------------------------------------------------------------------------------
 def read_manifest(folder: str) -> Dict:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
@@ -181,17 +180,6 @@ class ShardBatches(IterableDataset):
 # ----------------------------------------------------------------------------------------------------------------
 # the model
 # ----------------------------------------------------------------------------------------------------------------
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 of the weights (names, shapes and float32 values), whatever file format they came from."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().to("cpu")
-        t = t.float() if t.is_floating_point() else t
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def load_model(checkpoint: str, model_name: Optional[str], pretrained: Optional[str], device, seed: int, workdir: str):
     """The model as patentclip-eval loads it ('untrained' weights seeded by ``seed``)."""
     torch.manual_seed(seed)
@@ -208,7 +196,7 @@ def model_record(loaded, checkpoint: str, model_name: Optional[str], pretrained:
     with torch.no_grad():
         dim = int(loaded.model.encode_text(loaded.tokenizer(["a"]).to(device)).shape[-1])
     return {"checkpoint": ckpt, "name": loaded.name, "model_arg": model_name, "pretrained": pretrained, "seed": seed,
-            "source": loaded.source, "fingerprint": model_fingerprint(loaded.model), "embed_dim": dim}
+            "source": loaded.source, "fingerprint": X.model_fingerprint(loaded.model), "embed_dim": dim}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -414,7 +402,7 @@ def run_build(args, folder: str, manifest: Optional[Dict]) -> int:
             ckpt = args.checkpoint or m["checkpoint"]
             loaded = load_model(ckpt, args.model or m.get("model_arg"), m.get("pretrained"), device,
                                 m.get("seed", 0), work)
-            fp = model_fingerprint(loaded.model)
+            fp = X.model_fingerprint(loaded.model)
             if fp != m["fingerprint"]:
                 raise ValueError(f"the model at {ckpt} is not the one {folder} was built with (fingerprint {fp[:12]}, "
                                  f"the index's {m['fingerprint'][:12]}): a new week must be embedded by the same model")

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from patentclip.evaluation import index as X
-from patentclip.evaluation.index_build import load_model, model_fingerprint
+from patentclip.evaluation.index_build import load_model
 from patentclip.plugins.grey_preprocess import GreyAwarePreprocess
 from patentclip.plugins.image_transport import FINISH_KEY, finish_images
 from patentclip.plugins.patent_data import collate_patent_batch
@@ -68,7 +68,7 @@ class Searcher:
         with tempfile.TemporaryDirectory(prefix="patentclip-search-") as work:
             loaded = load_model(ckpt, m.get("model_arg"), m.get("pretrained"), dev, int(m.get("seed", 0)),
                                 workdir or work)
-        fp = model_fingerprint(loaded.model)
+        fp = X.model_fingerprint(loaded.model)
         if fp != m["fingerprint"]:
             raise ValueError(f"the model at {ckpt} is not the one {folder} was built with (fingerprint {fp[:12]}, "
                              f"the index's {m['fingerprint'][:12]}); pass --checkpoint with the index's model")

@@ -34,6 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from patentclip.evaluation.index import eval_features
 from patentclip.plugins.image_transport import finish_images
 
 DEFAULT_TEMPLATES = (
@@ -411,13 +412,14 @@ def classification_from_features(feats: Dict, num_classes: int, settings: EvalSe
 # ----------------------------------------------------------------------------------------------------------------
 def run_evaluation(model, dataloader, class_table, tokenizer, device, input_dtype=torch.float32,
                    settings: Optional[EvalSettings] = None, *, head: Optional[torch.nn.Module] = None,
-                   is_head: Optional[torch.Tensor] = None, train_counts=None, db_loader=None,
+                   is_head: Optional[torch.Tensor] = None, train_counts=None, db_loader=None, db_features=None,
                    probe_train_loader=None, examples: int = 0, example_k: int = 5,
                    compute_device=None) -> EvalResult:
     """Every metric of the module docstring for ``model`` on ``dataloader``'s drawings.
 
     ``is_head``: (C,) bool head-class mask (default: :func:`head_classes` of ``class_table`` / ``train_counts``).
-    ``db_loader``: another split to search (default: the evaluation drawings themselves).
+    ``db_loader``: another split to search (default: the evaluation drawings themselves); ``db_features``: its
+    features as they are (e.g. a prior-art index's stored vectors, :func:`patentclip.evaluation.index.eval_features`).
     ``probe_train_loader``: training drawings for the linear probe (default: cross-validation).
     ``examples``: number of retrieval examples to keep for the report.
     """
@@ -428,7 +430,8 @@ def run_evaluation(model, dataloader, class_table, tokenizer, device, input_dtyp
     if is_head is None:
         is_head = head_classes(class_table, train_counts)
     feats = extract_features(model, dataloader, device, input_dtype)
-    db = extract_features(model, db_loader, device, input_dtype, with_text=False) if db_loader is not None else None
+    db = extract_features(model, db_loader, device, input_dtype, with_text=False) if db_loader is not None \
+        else db_features
     probe = (extract_features(model, probe_train_loader, device, input_dtype, with_text=False)
              if probe_train_loader is not None else None)
     classifier = zero_shot_classifier(model, tokenizer, class_table.names, settings.templates, device, input_dtype)
@@ -626,6 +629,11 @@ Examples:
                         "auto = on for --relevance class, off for patent. Default: %(default)s.")
     g.add_argument("--retrieval-db", default=None,
                    help="Shards of the database to search (default: the evaluation drawings themselves).")
+    g.add_argument("--retrieval-index", default=None,
+                   help="A patentclip-index folder as the database: its stored vectors, embedded once by "
+                        "`patentclip-index build` (split over ranks, resumable) with this model (checked), instead of "
+                        "embedding --retrieval-db here. With float16 vectors (the index default) the metrics differ "
+                        "from --retrieval-db's in the last digits (docs/search.md); float32 vectors give the same.")
     g.add_argument("--ks", default="5,10", help="Cut-offs K of R@K / HitRate@K / P@K. Default: %(default)s.")
     g.add_argument("--mrr-k", type=int, default=10, help="K of MRR@K. Default: %(default)s.")
     g.add_argument("--max-chunk-mb", type=int, default=1024,
@@ -664,7 +672,8 @@ def _loader(shards, preprocess, tokenizer, class_table, args):
                                       class_table=class_table).dataloader
 
 
-def _evaluate_cli_model(loaded: LoadedModel, class_table, settings, args, device, is_head, train_counts, examples):
+def _evaluate_cli_model(loaded: LoadedModel, class_table, settings, args, device, is_head, train_counts, examples,
+                        db_features=None):
     loader = _loader(args.val_data, loaded.preprocess, loaded.tokenizer, class_table, args)
     db_loader = _loader(args.retrieval_db, loaded.preprocess, loaded.tokenizer, class_table, args) \
         if args.retrieval_db else None
@@ -672,7 +681,8 @@ def _evaluate_cli_model(loaded: LoadedModel, class_table, settings, args, device
         if args.probe_train_data and settings.linear_probe != "off" else None
     return run_evaluation(loaded.model, loader, class_table, loaded.tokenizer, device, torch.float32, settings,
                           head=loaded.head, is_head=is_head, train_counts=train_counts, db_loader=db_loader,
-                          probe_train_loader=probe_loader, examples=examples, example_k=args.report_top_k)
+                          db_features=db_features, probe_train_loader=probe_loader, examples=examples,
+                          example_k=args.report_top_k)
 
 
 def _check_classes(class_table, classes: Optional[List[Dict]], what: str) -> None:
@@ -712,6 +722,10 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"patentclip-eval: {exc}", file=sys.stderr)
         return 2
+    if args.retrieval_index and (args.retrieval_db or args.baseline):
+        print("patentclip-eval: --retrieval-index holds one model's vectors: it cannot be combined with "
+              "--retrieval-db or a --baseline (evaluate those against --retrieval-db)", file=sys.stderr)
+        return 2
     device = torch.device(args.device)
     class_table = load_class_table(args.val_data, args.classes_json)
     with tempfile.TemporaryDirectory(prefix="patentclip-eval-") as work:
@@ -719,6 +733,8 @@ def main(argv=None) -> int:
         try:
             loaded = load_for_eval(args.checkpoint, args.model, args.pretrained, device, work)
             _check_classes(class_table, loaded.classes, loaded.source)
+            db_features = eval_features(args.retrieval_index, loaded.model, class_table.codes) \
+                if args.retrieval_index else None
         except (FileNotFoundError, ValueError, RuntimeError) as exc:
             print(f"patentclip-eval: {exc}", file=sys.stderr)
             return 2
@@ -736,7 +752,8 @@ def main(argv=None) -> int:
         categories = categories or class_categories(class_table)
         is_head = head_classes(class_table, train_counts, categories)
         n_examples = args.report_examples if args.report else 0
-        result = _evaluate_cli_model(loaded, class_table, settings, args, device, is_head, train_counts, n_examples)
+        result = _evaluate_cli_model(loaded, class_table, settings, args, device, is_head, train_counts, n_examples,
+                                     db_features)
         label = os.path.basename(str(args.checkpoint).rstrip("/")) if args.checkpoint else loaded.source
         rows = {label: result.metrics}
         baseline = None

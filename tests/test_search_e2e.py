@@ -296,6 +296,46 @@ def test_bad_shards_lose_nothing(full, synthetic_shards, tiny_model, tmp_path):
     np.testing.assert_array_equal(part_vectors(out, str(d / "a-000002.tar")), part_vectors(full, src[2]))
 
 
+def test_evaluation_through_an_index_equals_evaluation_from_shards(synthetic_shards, tiny_model, tmp_path, capsys):
+    """patentclip-eval --retrieval-index (the database from an index) gives today's metrics: bit for bit with
+    float32 vectors (the same embeddings, batch for batch); the default float16 vectors move them a little (most
+    for this untrained model, whose cosines all lie within a few hundredths of 1: docs/search.md)."""
+    from patentclip.launch import evaluate as E
+
+    val = synthetic_shards["val"]
+    base = ["--val-data", val, "--checkpoint", tiny_model, "--workers", "0", "--batch-size", "8",
+            "--linear-probe", "off"]
+    got = {}
+    for name, extra in (("shards", ["--retrieval-db", val]), ("f32", None), ("f16", None)):
+        if extra is None:
+            folder = tmp_path / name
+            assert B.main(["build", "--data", val, "--checkpoint", tiny_model, "--out", str(folder), "--vector-dtype",
+                           {"f32": "float32", "f16": "float16"}[name], "--batch-size", "8", "--workers", "0",
+                           "--quiet"]) == 0
+            extra = ["--retrieval-index", str(folder)]
+        assert E.main(base + extra + ["--out", str(tmp_path / f"{name}.json")]) == 0
+        got[name] = {k: v for k, v in json.loads((tmp_path / f"{name}.json").read_text()).items() if k.startswith("i2i_")}
+    assert got["shards"]["i2i_num_valid_queries"] > 0
+    assert got["f32"] == got["shards"]
+    for k, v in got["shards"].items():
+        assert got["f16"][k] == pytest.approx(v, abs=1e-2), k
+    # an index of another model, or together with a baseline: refused before anything is embedded
+    import open_clip
+
+    from patentclip.launch import export as EX
+
+    torch.manual_seed(1)
+    other = tmp_path / "other"
+    EX.export(EX.Checkpoint(state_dict=open_clip.create_model("patentclip-tiny").state_dict(),
+                            model_name="patentclip-tiny", classes=json.loads(
+                                (synthetic_shards["val_dir"] / "classes.json").read_text()), kind="open_clip"),
+              str(other))
+    capsys.readouterr()
+    assert E.main(["--val-data", val, "--checkpoint", str(other), "--retrieval-index", str(tmp_path / "f32")]) == 2
+    assert "built with another model" in capsys.readouterr().err
+    assert E.main(base + ["--retrieval-index", str(tmp_path / "f32"), "--baseline", "untrained"]) == 2
+
+
 # ------------------------------------------------------------------------------------------------------------
 # S3 and the page
 # ------------------------------------------------------------------------------------------------------------
