@@ -529,9 +529,8 @@ class PriorArtIndex:
         self._patent_start = np.searchsorted(self.patent_code[order], np.arange(len(self.patents) + 1))
         self._patent_of_id = {p: i for i, p in enumerate(self.patents.tolist())}
         self._key_row = None
+        self._matrix = None
         self.classes = manifest.get("classes") or []
-        if self.spec.kind == "ivf":
-            faiss.extract_index_ivf(index).make_direct_map()  # reconstruct() by row
 
     @classmethod
     def open(cls, folder: str) -> "PriorArtIndex":
@@ -589,19 +588,34 @@ class PriorArtIndex:
             d["score"] = float(score)
         return d
 
+    def matrix(self) -> np.ndarray:
+        """Every stored vector by row, ``(rows, dim)``: for flat and hnsw a view of the faiss storage (no copy), for
+        ivf (whose lists keep vectors in list order) the parts' vectors loaded once as stored (float16)."""
+        if self._matrix is None:
+            if self.spec.kind == "ivf":
+                vecs = [v.astype(VECTOR_DTYPES[self.manifest["vector_dtype"]]) for _, v in
+                        iter_vectors(self.folder, self.manifest["parts"])]
+                self._matrix = np.concatenate(vecs) if vecs else np.zeros((0, self.dim), np.float16)
+            else:
+                flat = self.faiss if self.spec.kind == "flat" else faiss.downcast_index(self.faiss.storage)
+                self._matrix = faiss.rev_swig_ptr(flat.get_xb(), self.rows * self.dim).reshape(self.rows, self.dim)
+        return self._matrix
+
     def vectors(self, rows) -> np.ndarray:
+        """The stored vectors of ``rows`` as float32 (float16 storage widened exactly)."""
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.ascontiguousarray(self.faiss.reconstruct_batch(rows), dtype=np.float32)
+        return np.ascontiguousarray(self.matrix()[rows], dtype=np.float32)
 
     def iter_chunks(self, rows: Optional[np.ndarray] = None, chunk: int = 65536) -> Iterator[Tuple[int, np.ndarray]]:
         """Vectors in row order, all (``rows`` None) or of the given sorted rows, as ``(first, vectors)``: with
         ``rows`` given, ``first`` indexes into ``rows``."""
         n = self.rows if rows is None else len(rows)
+        m = self.matrix()
         for s in range(0, n, chunk):
-            sel = np.arange(s, min(n, s + chunk)) if rows is None else rows[s:s + chunk]
-            yield s, self.vectors(sel)
+            v = m[s:s + chunk] if rows is None else m[rows[s:s + chunk]]
+            yield s, np.ascontiguousarray(v, dtype=np.float32)
 
     # -- filters --------------------------------------------------------------------------------------------
     def allowed(self, filters: Optional[Filters]) -> Optional[np.ndarray]:
