@@ -14,7 +14,7 @@ loading: this measures the training step):
   ``DistributedDataParallel``, ClipLoss (``create_loss``), AdamW with open_clip's parameter groups, its cosine
   schedule and ``torch.autocast`` of ``--precision amp_bf16`` (fp32 weights; no grad scaler, as open_clip);
 * patentclip: what ``patentclip-train --recipe clip --precision bf16 --zero-stage 1`` builds (its argument
-  parser, the PatentTrainModule, the DeepSpeed engine from ``launch.train.deepspeed_config`` -- bf16 weights, fp32
+  parser, the PatentTrainModule, the DeepSpeed engine from ``launch.distributed.deepspeed_config`` -- bf16 weights, fp32
   master copy and optimizer state in ZeRO-1 --, ``launch.step.train_step``, the cosine schedule and the per-step
   ``.item()`` of the logged terms).
 
@@ -139,7 +139,7 @@ def patentclip_runner(name, bs, precision, zero_stage, device, batch):
     from patentclip.launch.args import parse_train_args
     from patentclip.launch.model import PatentTrainModule, make_logit_scale_nonscalar, optimizer_param_groups
     from patentclip.launch.step import train_step
-    from patentclip.launch.train import deepspeed_config
+    from patentclip.launch.distributed import deepspeed_config
     from patentclip.plugins.losses import LossSet
 
     args = parse_train_args(["--train-data", "unused", "--model", name, "--batch-size", str(bs), "--precision",
@@ -330,7 +330,7 @@ def main(argv=None) -> int:
 
     import deepspeed
 
-    from patentclip.launch.train import init_deepspeed
+    from patentclip.launch.distributed import init_deepspeed
     from patentclip.plugins.models import register_model_configs
     from patentclip.plugins.builtin import load_builtin_plugins
 

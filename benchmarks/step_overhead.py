@@ -11,7 +11,7 @@ Both sides run in this one process on the CPU, fp32, one rank, on the same in-me
 * vanilla: ``open_clip_train.train.train_one_epoch`` with open_clip's own model (0-dim logit_scale), ClipLoss
   (``create_loss``), AdamW with open_clip's parameter groups and its cosine schedule, over a list of batches;
 * patentclip: what ``patentclip-train`` builds (arguments through its parser with ``--recipe clip``, the
-  PatentTrainModule, the DeepSpeed engine from ``launch.train.deepspeed_config``, ``launch.step.train_step``,
+  PatentTrainModule, the DeepSpeed engine from ``launch.distributed.deepspeed_config``, ``launch.step.train_step``,
   the cosine schedule, the per-step ``.item()`` of the logged terms);
 * the other recipes, each against the same vanilla open_clip: ``--recipe designclip`` (class-aware
   classification head, class-aware contrastive and multi-view contrastive: it encodes a second image per
@@ -150,7 +150,7 @@ def patentclip_runner(a, batch, steps, variants=None, extra_argv=()):
     from patentclip.launch.model import (PatentTrainModule, lock_towers, make_logit_scale_nonscalar,
                                          optimizer_param_groups)
     from patentclip.launch.step import train_step
-    from patentclip.launch.train import deepspeed_config
+    from patentclip.launch.distributed import deepspeed_config
     from patentclip.plugins.losses import LossSet
 
     argv = ["--train-data", "unused", "--model", a.model, "--batch-size", str(a.batch_size), "--precision", "fp32",
@@ -201,7 +201,7 @@ def patentclip_runner(a, batch, steps, variants=None, extra_argv=()):
 def init_single_rank():
     import socket
 
-    from patentclip.launch.train import init_deepspeed
+    from patentclip.launch.distributed import init_deepspeed
     import torch
 
     with socket.socket() as s:

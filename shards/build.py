@@ -51,16 +51,16 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .captions import (DEFAULT_MAX_CHARS, DEFAULT_TEMPLATES, JOIN_MODES, CaptionIndex, CaptionReader,
-                       clean_captions, join_captions, load_templates, parse_templates, render_templates,
-                       template_fields)
+                       clean_captions, clean_captions_traced, drawing_fields, join_captions, line_provenance,
+                       load_templates, parse_templates, render_templates)
 from .images import DEFAULT_MAX_SIDE, ImageError, ImageOptions, normalize_image
 from .importers import ImportOptions, import_records
 from .manifest import PatentRecord, Problem
 
 HEAD_FRACTION = 0.4
 BUILD_DIR = ".build"
-#: Bumped when the shard contents for the same input and flags change.
-FORMAT_VERSION = 2
+#: Bumped when the shard contents for the same input and flags change (3: caption_provenance from captions files).
+FORMAT_VERSION = 3
 _TAR_MTIME = 1262304000  # 2010-01-01: fixed so that the same input gives byte-identical shards
 _SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{6})\.tar$")
 
@@ -428,17 +428,19 @@ def run_job(job: ShardJob, settings: BuildSettings) -> Dict[str, Any]:
                             problems.append(_drawing_problem(r, d, f"{exc.kind.replace('_', ' ')} ({exc})", exc.kind,
                                                              "drawing"))
                             continue
-                        fields = template_fields(title=None if r.extra.get("_title_generated") else r.title,
-                                                 obj=d.extra.get("object") or r.object, view=d.view,
-                                                 class_name=r.class_name, class_code=r.class_code,
-                                                 caption=d.extra.get("caption"), patent_id=r.patent_id)
-                        own = list(d.captions) or render_templates(settings.templates, fields)
-                        joined = reader.read(job.caption_offsets[key]) if reader and key in job.caption_offsets \
+                        own = list(d.captions) or render_templates(settings.templates, drawing_fields(r, d))
+                        line = reader.read_line(job.caption_offsets[key]) if reader and key in job.caption_offsets \
                             else None
-                        captions, repairs = clean_captions(join_captions(own, joined, settings.captions_join),
-                                                           settings.max_caption_chars)
+                        joined = list(line.get("captions") or []) if line is not None else None
+                        prov, bad_prov = line_provenance(line) if line else (None, None)
+                        merged = join_captions(own, joined, settings.captions_join)
+                        merged_prov = join_captions([None] * len(own), prov, settings.captions_join) if prov else None
+                        captions, repairs, kept_from = clean_captions_traced(merged, settings.max_caption_chars)
+                        if bad_prov:
+                            repairs.append(("caption_provenance_dropped", f"captions file: {bad_prov}"))
                         if not captions and joined is not None:
                             captions, more = clean_captions(own, settings.max_caption_chars)
+                            merged_prov = None
                             repairs.append(("caption_empty", "no usable caption in the captions file; the drawing's "
                                                              "own captions are used"))
                             repairs.extend(more)
@@ -454,6 +456,8 @@ def run_job(job: ShardJob, settings: BuildSettings) -> Dict[str, Any]:
                                 "category": settings.categories[r.class_code], "grant_date": r.grant_date,
                                 "title": r.title, "captions": captions, "orig_size": list(orig),
                                 "size": list(size)}
+                        if merged_prov:
+                            meta["caption_provenance"] = [merged_prov[i] for i in kept_from]
                         for k, v in list(r.extra.items()) + list(d.extra.items()):
                             if not k.startswith("_") and k not in meta:
                                 meta[k] = v
