@@ -1,6 +1,6 @@
 """The prior-art index's faiss kinds: build time, recall against exact search, and query time, in one run.
 
-    python benchmarks/search_index.py                      # 200K drawings, 512 dims (a few minutes on 2 cores)
+    python benchmarks/search_index.py                      # 100K drawings, 512 dims (minutes: the hnsw build)
     python benchmarks/search_index.py --quick --json o.json
 
 Vectors: ``--drawings`` L2-normalised float16-stored vectors of ``--dim`` dims, drawn around 2,000 "designs" with 4
@@ -60,7 +60,7 @@ def build(folder, meta, v, kind, parts=8, recall_queries=1000):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--drawings", type=int, default=200_000)
+    p.add_argument("--drawings", type=int, default=100_000)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--queries", type=int, default=50)
     p.add_argument("--json", default=None, help="Write the rows and a \"summary\" list as JSON here.")

@@ -115,12 +115,11 @@ def relevant_ranks(scores: torch.Tensor, cand: torch.Tensor, rel: torch.Tensor
     # function of s: every step rounds monotonically; then clamped into the row's cells
     start = torch.cumsum(cells, 0) - cells            # each row's first cell in one flat array of cells
     total = int(cells.sum())
-    index_type = torch.int32 if total < 2 ** 31 - 1 else torch.int64
-    flat = torch.addcmul((-lo * scale)[:, None], scores, scale[:, None]).to(index_type)
-    flat.clamp_(min=0)
-    torch.minimum(flat, (cells - 1).to(index_type)[:, None], out=flat)
-    flat.add_(start.to(index_type)[:, None])
-    flat.masked_fill_(~cand, total)                    # non-candidates: one bin past the last cell
+    # int64 cell indices: what bincount and indexing take without converting (int32 would be converted twice)
+    flat = torch.addcmul((-lo * scale)[:, None], scores, scale[:, None]).to(torch.int64)
+    flat.clamp_(min=torch.zeros_like(cells)[:, None], max=(cells - 1)[:, None])
+    flat.add_(start[:, None])
+    flat = torch.where(cand, flat, torch.tensor(total, dtype=torch.int64, device=dev))  # non-candidates: past the end
     hist = torch.bincount(flat.view(-1), minlength=total + 1)
     occupied = torch.zeros(total + 1, dtype=torch.bool, device=dev)
     occupied[flat[rel]] = True
