@@ -33,7 +33,7 @@ import torch
 
 #: cells per relevant item of a row (more cells: fewer candidates share a cell with a relevant item)
 CELLS_PER_RELEVANT = 16
-#: at most this many cells per candidate of the row (bounds the histogram: 8 bytes per cell)
+#: at most this many cells per database item of the row (bounds the histogram: 8 bytes per cell)
 MAX_CELLS_PER_CANDIDATE = 1
 #: at least this many cells per row
 MIN_CELLS = 64
@@ -96,17 +96,17 @@ def relevant_ranks(scores: torch.Tensor, cand: torch.Tensor, rel: torch.Tensor
     items and of candidates (int64)."""
     c, n = scores.shape
     dev = scores.device
-    num_cand = torch.count_nonzero(cand, dim=1)
-    num_rel = torch.count_nonzero(rel, dim=1)
+    rel_rows, rel_cols = rel.nonzero(as_tuple=True)
+    num_rel = torch.bincount(rel_rows, minlength=c)
     empty = torch.zeros(0, dtype=torch.int64, device=dev)
-    if c == 0 or n == 0 or int(num_rel.sum()) == 0:
-        return empty, empty, num_rel, num_cand
+    if c == 0 or n == 0 or rel_rows.numel() == 0:
+        return empty, empty, num_rel, torch.count_nonzero(cand, dim=1)
     # each row's score range (of all its entries: a wider range than the candidates' changes nothing but cell sizes)
     lo, hi = torch.aminmax(scores, dim=1)
     # cells per row: CELLS_PER_RELEVANT per relevant item, at least MIN_CELLS, at most MAX_CELLS_PER_CANDIDATE
-    # per candidate (rows without relevant items get one cell: they are not looked at)
+    # per database item (rows without relevant items get one cell: they are not looked at)
     cells = (num_rel * CELLS_PER_RELEVANT).clamp(min=MIN_CELLS)
-    cells = torch.minimum(cells, (num_cand * MAX_CELLS_PER_CANDIDATE).clamp(min=1))
+    cells = cells.clamp(max=max(1, n * MAX_CELLS_PER_CANDIDATE))
     cells = torch.where(num_rel > 0, cells, torch.ones_like(cells))
     span = hi - lo
     scale = torch.where(span > 0, cells.to(scores.dtype) / torch.where(span > 0, span, torch.ones_like(span)),
@@ -121,8 +121,10 @@ def relevant_ranks(scores: torch.Tensor, cand: torch.Tensor, rel: torch.Tensor
     flat.add_(start[:, None])
     flat = torch.where(cand, flat, torch.tensor(total, dtype=torch.int64, device=dev))  # non-candidates: past the end
     hist = torch.bincount(flat.view(-1), minlength=total + 1)
+    num_cand = torch.zeros(c, dtype=torch.int64, device=dev).index_add_(
+        0, torch.repeat_interleave(torch.arange(c, device=dev), cells), hist[:total])
     occupied = torch.zeros(total + 1, dtype=torch.bool, device=dev)
-    occupied[flat[rel]] = True
+    occupied[flat[rel_rows, rel_cols]] = True
     # candidates sharing a cell with a relevant item (the relevant items among them): ranked exactly
     subset = occupied[flat]
     hist.masked_fill_(occupied, 0)                     # counted through the subset instead

@@ -316,6 +316,8 @@ def retrieval_metrics(
     if q.shape[1] != db.shape[1]:
         raise ValueError(f"feature dims differ: {q.shape[1]} vs {db.shape[1]}")
     n_q, n_db = q.shape[0], db.shape[0]
+    if not (bool(torch.isfinite(q).all()) and bool(torch.isfinite(db).all())):
+        raise ValueError("NaN or infinite values in the features")
     if chunk_size is None:
         chunk_size = auto_chunk_size(n_db, max_chunk_bytes)
     if chunk_size < 1:
@@ -363,12 +365,9 @@ def retrieval_metrics(
     for s in range(0, n_q, chunk_size):
         e = min(s + chunk_size, n_q)
         c = e - s
-        scores = q[s:e] @ db.T  # (c, N)
-        if torch.isnan(scores).any():
-            raise ValueError("NaN similarity scores (NaN in the features?)")
-        cand = torch.ones((c, n_db), dtype=torch.bool, device=dev)
-        if q_t is not None:
-            cand &= db_t[None, :] < q_t[s:e, None]
+        scores = q[s:e] @ db.T  # (c, N); finite: the features were checked
+        cand = db_t[None, :] < q_t[s:e, None] if q_t is not None else \
+            torch.ones((c, n_db), dtype=torch.bool, device=dev)
         if q_pid is not None:
             cand &= db_pid[None, :] != q_pid[s:e, None]
         if ex is not None:
