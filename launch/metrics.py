@@ -316,7 +316,8 @@ def retrieval_metrics(
     if q.shape[1] != db.shape[1]:
         raise ValueError(f"feature dims differ: {q.shape[1]} vs {db.shape[1]}")
     n_q, n_db = q.shape[0], db.shape[0]
-    if not (bool(torch.isfinite(q).all()) and bool(torch.isfinite(db).all())):
+    # a NaN or infinity anywhere in a row makes its sum non-finite: one value per row, no (N, D) temporary
+    if not (bool(torch.isfinite(q.sum(1)).all()) and bool(torch.isfinite(db.sum(1)).all())):
         raise ValueError("NaN or infinite values in the features")
     if chunk_size is None:
         chunk_size = auto_chunk_size(n_db, max_chunk_bytes)

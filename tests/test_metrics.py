@@ -435,6 +435,13 @@ def test_half_precision_and_input_validation():
         metrics.retrieval_metrics(qf, qf, lab.float(), lab)
     with pytest.raises(ValueError):
         metrics.retrieval_metrics(qf, qf, lab, lab, exclude=torch.full((6,), 6))
+    for bad in (float("nan"), float("inf")):  # a bad value in the database or the queries: a clear error
+        broken = qf.clone()
+        broken[3, 5] = bad
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            metrics.retrieval_metrics(qf, broken, lab, lab)
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            metrics.retrieval_metrics(broken, qf, lab, lab)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
