@@ -169,6 +169,8 @@ def fit_exponent(rows, method):
         return None
     xs = torch.tensor([math.log(r["pairs"]) for r in rows], dtype=torch.float64)
     ys = torch.tensor([math.log(r[method]["seconds"]) for r in rows], dtype=torch.float64)
+    if float(((xs - xs.mean()) ** 2).sum()) == 0.0:  # one size repeated: nothing to fit
+        return None
     return float(((xs - xs.mean()) * (ys - ys.mean())).sum() / ((xs - xs.mean()) ** 2).sum())
 
 
@@ -229,7 +231,8 @@ def main(argv=None) -> int:
         print(f"\nskipped (projected past --budget-s {args.budget_s:.0f} s): "
               + ", ".join(f"{q} x {n}" for q, n in skipped))
     fits = {m: fit_exponent(rows, m) for m in methods}
-    print("\nfit time ~ (Q x N)^a: " + ", ".join(f"{m} a = {a:.2f}" for m, a in fits.items() if a is not None))
+    if any(a is not None for a in fits.values()):
+        print("\nfit time ~ (Q x N)^a: " + ", ".join(f"{m} a = {a:.2f}" for m, a in fits.items() if a is not None))
     last = rows[-1]
     pairs = PAPER[0] * PAPER[1]
     extrap = {m: last[m]["ns_per_pair"] * 1e-9 * pairs for m in methods}

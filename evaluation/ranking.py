@@ -122,7 +122,7 @@ def relevant_ranks(scores: torch.Tensor, cand: torch.Tensor, rel: torch.Tensor
     flat = torch.addcmul((-lo * scale)[:, None], scores, scale[:, None]).to(torch.int64)
     flat.clamp_(min=torch.zeros_like(cells)[:, None], max=(cells - 1)[:, None])
     flat.add_(start[:, None])
-    flat = torch.where(cand, flat, torch.tensor(total, dtype=torch.int64, device=dev))  # non-candidates: past the end
+    flat.masked_fill_(~cand, total)  # non-candidates: one bin past the end (in place: no second int64 array)
     hist = torch.bincount(flat.view(-1), minlength=total + 1)
     num_cand = torch.zeros(c, dtype=torch.int64, device=dev).index_add_(
         0, torch.repeat_interleave(torch.arange(c, device=dev), cells), hist[:total])
