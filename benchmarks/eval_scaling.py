@@ -5,7 +5,7 @@ ranking by counting, in one run; and what the papers' size (252K queries x 823K 
     python benchmarks/eval_scaling.py --device cuda --preset gpu   # up to 250K queries x 800K drawings, one GPU
     python benchmarks/eval_scaling.py --quick --json out.json      # tiny sizes, seconds (the suite's test)
 
-For each size it times :func:`patentclip.launch.metrics.retrieval_metrics` exactly as ``patentclip-eval`` calls it
+For each size it times :func:`patentclip.evaluation.metrics.retrieval_metrics` exactly as ``patentclip-eval`` calls it
 (prior-art filter on random grant dates, the query's own patent excluded, head/tail groups, chunks sized from
 ``--max-chunk-mb``) on random L2-normalised features with long-tailed classes, once per ranking method, the methods
 in turn (so that a change in the machine's load hits all of them alike):
@@ -36,6 +36,9 @@ import torch
 
 from _common import at_least, at_most, parse_args, row, write_json
 
+from patentclip.evaluation import metrics as M
+from patentclip.plugins.classes import head_class_mask
+
 EXPONENT_TARGET = 1.1
 SPEEDUP_TARGET = 1.2            # sort / count, CPU time at the largest size
 PAPER = (252_000, 823_000)      # DeepPatent2 query set x database in the LLM-informed paper
@@ -64,8 +67,7 @@ def make_data(q: int, n: int, dim: int, classes: int, device, seed: int = 0):
     dt = torch.randint(0, 11_000, (n,), generator=g)
     qp = torch.randint(0, max(1, n // 5), (q,), generator=g)
     dp = torch.arange(n) // 5
-    head = torch.zeros(classes, dtype=torch.bool)
-    head[: math.ceil(0.4 * classes)] = True
+    head = head_class_mask(probs)  # the class table's head/tail rule on the expected class frequencies
     hq = head[ql]
     to = lambda t: t.to(device)  # noqa: E731
     return dict(query_features=to(qf), db_features=to(dbf), query_labels=to(ql), db_labels=to(dl),
@@ -123,8 +125,6 @@ class PeakRSS:
 
 
 def run_method(data, method: str, args, device):
-    from patentclip.launch import metrics as M
-
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -141,8 +141,6 @@ def run_method(data, method: str, args, device):
 
 
 def run_size(q, n, args, device, methods):
-    from patentclip.launch import metrics as M
-
     data = make_data(q, n, args.dim, args.classes, device)
     out = {"queries": q, "database": n, "pairs": q * n, "chunk_queries": M.auto_chunk_size(n, args.max_chunk_mb << 20)}
     results = {}

@@ -47,12 +47,17 @@ from open_clip_train.data import SharedEpoch, expand_urls
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from patentclip.evaluation import index as X
-from patentclip.launch.checkpoint import is_remote
-from patentclip.launch.evaluate import extract_features, load_for_eval
+from patentclip.evaluation.features import extract_features
+from patentclip.evaluation.loading import load_for_eval
 from patentclip.plugins import remote_io
 from patentclip.plugins.classes import ClassTable, classes_json_beside
-from patentclip.plugins.image_transport import FINISH_KEY
-from patentclip.plugins.patent_data import IMAGE_EXTS, PatentStream, SkipCounter, collate_patent_batch
+from patentclip.plugins.data import batch as B
+from patentclip.plugins.data import tars
+from patentclip.plugins.data.batch import collate_patent_batch
+from patentclip.plugins.data.stream import PatentStream, made
+from patentclip.plugins.image_transport import ImageTransport
+from patentclip.plugins.remote_io import is_remote
+from patentclip.shards import sample_format as SF
 
 COMPRESSED = (".gz", ".tgz", ".bz2", ".xz", ".zst")
 
@@ -118,13 +123,26 @@ def read_shard(url: str) -> Tuple[List[Dict], List[IndexProblem]]:
     return samples, problems
 
 
+class _ProblemRecorder(tars.SkipCounter):
+    """The pipeline's skip counter, keeping each skipped sample as an :class:`IndexProblem` of its shard."""
+
+    def __init__(self, url: str, problems: List[IndexProblem]):
+        super().__init__()
+        self.url = url
+        self.problems = problems
+
+    def __call__(self, exn: BaseException, where: str = "") -> bool:
+        self.problems.append(IndexProblem(self.url, "bad_sample", f"{where}: {type(exn).__name__}: {exn}"))
+        return super().__call__(exn, where)
+
+
 class ShardBatches(IterableDataset):
     """This process's shards, each as batches of preprocessed drawings that never span two shards; the last batch
     of a shard carries ``last=True`` and the shard's problems. In a DataLoader, worker w takes shards w, w + W, ...
 
-    Examples are made by the ``patent-wds`` pipeline's own :class:`PatentStream` (class ids, patent ids, captions,
-    the grey one-channel path and the uint8 transport), in evaluation mode, so a drawing gets exactly the pixels
-    ``patentclip-eval`` feeds the model."""
+    Examples are made by the ``patent-wds`` pipeline's own stages (plugins/data: patents, the example maker with
+    its class ids, captions, grey one-channel path and image transport, the skip rules), in evaluation mode, so a
+    drawing gets exactly the pixels ``patentclip-eval`` feeds the model."""
 
     def __init__(self, urls: Sequence[str], stream: PatentStream, batch_size: int):
         self.urls = list(urls)
@@ -143,38 +161,42 @@ class ShardBatches(IterableDataset):
         except (remote_io.ShardReadError, OSError) as exc:
             yield {"shard": url, "error": f"{type(exc).__name__}: {exc}", "last": True}
             return
-        examples = self.stream.group_examples([url], 0, 0, SkipCounter(), samples=samples)
-        items: List[Dict] = []
+        examples = self.stream.group_examples(0, [url], samples, 0)
+        items = made(((0, j + 1, ex) for j, ex in enumerate(examples)), lambda ex: self.stream.make(ex, 0),
+                     _ProblemRecorder(url, problems))
+        batch: List[Dict] = []
         extra: List[Dict] = []
 
         def emit(last: bool) -> Dict:
-            out = {"shard": url, "batch": collate_patent_batch(items) if items else None, "extra": list(extra),
+            out = {"shard": url, "batch": collate_patent_batch(batch) if batch else None, "extra": list(extra),
                    "last": last, "problems": [p.to_dict() for p in problems] if last else []}
-            items.clear()
+            batch.clear()
             extra.clear()
             return out
 
-        for ex in examples:
-            s = ex["anchor"]
-            try:
-                item = self.stream.make_example(ex, 0)
-            except ValueError as exc:
-                if "class id" in str(exc):  # the shards do not fit the class table: stop, as training does
-                    raise
-                problems.append(IndexProblem(url, "bad_sample", str(exc), s["__key__"]))
+        for _, offset, item in items:
+            if item is None:  # skipped (recorded)
                 continue
-            except (OSError, SyntaxError) as exc:  # undecodable image
-                problems.append(IndexProblem(url, "bad_sample", f"image of {s['__key__']!r}: {exc}", s["__key__"]))
-                continue
-            item.pop("text", None)
-            ext = next(e for e in IMAGE_EXTS if e in s)
-            name, offset, size = s["__members__"][ext]
-            extra.append({"title": str(s["__meta__"].get("title") or ""), "member": name, "offset": offset,
+            s = examples[offset - 1].anchor
+            item.pop(B.TEXT, None)  # the captions are not embedded
+            name, off, size = s["__members__"][SF.image_ext_of(s)]
+            extra.append({"title": str(s["__meta__"].get(SF.TITLE) or ""), "member": name, "offset": off,
                           "size": size})
-            items.append(item)
-            if len(items) == self.batch_size:
+            batch.append(item)
+            if len(batch) == self.batch_size:
                 yield emit(False)
         yield emit(True)
+
+
+class _OneBatch:
+    """One batch as a loader: what ``extract_features`` iterates, with the loader's image transport."""
+
+    def __init__(self, batch: Dict, image_transport: ImageTransport):
+        self.batch = batch
+        self.image_transport = image_transport
+
+    def __iter__(self):
+        yield self.batch
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -252,12 +274,12 @@ def embed_shards(loaded, urls: Sequence[str], folder: str, *, model_info: Dict, 
     ``{shard: error}`` of the shards that could not be read."""
     from tqdm import tqdm
 
+    transport = ImageTransport.choose("uint8", loaded.preprocess)  # the evaluation loaders' default
     stream = PatentStream([], is_train=False, batch_size=batch_size, seed=0, rank=0, world_size=1,
                           shared_epoch=SharedEpoch(0), class_table=class_table, preprocess=loaded.preprocess,
-                          tokenizer=loaded.tokenizer, image_transport="uint8")
+                          tokenizer=loaded.tokenizer, image_transport=transport)
     data = ShardBatches(urls, stream, batch_size)
     loader = DataLoader(data, batch_size=None, num_workers=workers, persistent_workers=False)
-    finish = stream.preprocess.finish
     total = shard_sizes(urls)
     bar = tqdm(total=total, desc="embedding", unit="drawing", disable=not progress, dynamic_ncols=True)
     acc: Dict[str, Dict[str, List]] = {}
@@ -272,9 +294,7 @@ def embed_shards(loaded, urls: Sequence[str], folder: str, *, model_info: Dict, 
         a = acc.setdefault(url, {**{c: [] for c in X.META_COLUMNS}, "vectors": []})
         b = item["batch"]
         if b is not None:
-            if finish is not None:
-                b[FINISH_KEY] = finish
-            f = extract_features(loaded.model, [b], device, torch.float32, with_text=False)
+            f = extract_features(loaded.model, _OneBatch(b, transport), device, torch.float32, with_text=False)
             a["vectors"].append(f["image_features"].numpy())
             n = len(f["key"])
             a["key"] += f["key"]

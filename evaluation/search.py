@@ -36,9 +36,10 @@ from PIL import Image
 
 from patentclip.evaluation import index as X
 from patentclip.evaluation.index_build import load_model
+from patentclip.plugins.data import batch as B
+from patentclip.plugins.data.batch import collate_patent_batch
 from patentclip.plugins.grey_preprocess import GreyAwarePreprocess
-from patentclip.plugins.image_transport import FINISH_KEY, finish_images
-from patentclip.plugins.patent_data import collate_patent_batch
+from patentclip.plugins.image_transport import ImageTransport
 from patentclip.shards.images import DEFAULT_MAX_SIDE, ImageError, ImageOptions, normalize_image
 
 
@@ -53,7 +54,8 @@ class Searcher:
         self.index = index
         self.loaded = loaded
         self.device = torch.device(device)
-        self.preprocess = GreyAwarePreprocess(loaded.preprocess, uint8=True)
+        self.transport = ImageTransport.choose("uint8", loaded.preprocess)  # as patentclip-index embedded drawings
+        self.preprocess = GreyAwarePreprocess(loaded.preprocess, self.transport)
         self.image_options = ImageOptions(image_format="png", mode="L", max_side=max_side)
 
     @classmethod
@@ -91,11 +93,9 @@ class Searcher:
     @torch.no_grad()
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(views, dim) L2-normalised image embeddings, as the index's drawings were embedded."""
-        batch = collate_patent_batch([{"image": self.preprocess(im)} for im in images])
-        if self.preprocess.finish is not None:
-            batch[FINISH_KEY] = self.preprocess.finish
+        batch = collate_patent_batch([{B.IMAGE: self.preprocess(im)} for im in images])
         model = self.loaded.model.eval()
-        x = finish_images(batch, "image", self.device, torch.float32)
+        x = self.transport.images(batch, B.IMAGE, self.device, torch.float32)
         return F.normalize(model.encode_image(x, normalize=True).float(), dim=-1).cpu().numpy()
 
     @torch.no_grad()

@@ -1,7 +1,8 @@
 """Checkpoints of a patentclip run: local or in object storage, complete or not at all.
 
 Layout (``--checkpoint-dir``, default ``<logs>/<name>/checkpoints``, open_clip's place; any fsspec URL such as
-``s3://bucket/run`` works; a remote run stages its files in ``<logs>/<name>/checkpoints`` first):
+``s3://bucket/run`` works; a remote run stages its files in ``<logs>/<name>/checkpoints`` first; every file name
+and field is defined in :mod:`patentclip.launch.checkpoint_format`, which also reads checkpoints back):
 
     epoch_<N>.pt            open_clip format {epoch, name, state_dict}: vanilla open_clip loads it
                             (``--pretrained epoch_N.pt``; logit_scale stored 0-dim as open_clip has it)
@@ -42,25 +43,22 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from patentclip.launch.model import load_open_clip_state_dict, open_clip_state_dict
+from patentclip.launch.checkpoint_format import (DS_SUBDIR, HEAD_KEY, META, deepspeed_dir, latest_tag,
+                                               load_open_clip_state_dict, open_clip_checkpoint, read_meta,
+                                               tag_complete)
+from patentclip.plugins.remote_io import is_remote, retry
 
-DS_SUBDIR = "deepspeed"
-META = "meta.json"
+# retries of a checkpoint upload, download or commit (default 5, fewer than the shard reader's
+# PATENTCLIP_IO_RETRIES: a checkpoint taken at a stop signal must be committed within the scheduler's grace time,
+# and 5 retries wait 15.5 s in all at the default backoff); the waits follow PATENTCLIP_IO_BACKOFF
 UPLOAD_RETRIES_ENV = "PATENTCLIP_UPLOAD_RETRIES"
+DEFAULT_UPLOAD_RETRIES = 5
 # fault injection for the crash and outage tests: seconds to wait after each uploaded file (default 0)
 UPLOAD_DELAY_ENV = "PATENTCLIP_FAULT_UPLOAD_DELAY"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written completely; ``latest`` still names the previous complete one."""
-
-
-def is_remote(path: Optional[str]) -> bool:
-    return bool(path) and "://" in path and not path.startswith("file://")
-
-
-def deepspeed_dir(checkpoint_path: str) -> str:
-    return os.path.join(checkpoint_path, DS_SUBDIR)
 
 
 def _fs(url: str):
@@ -81,49 +79,10 @@ def _rank_files(names: List[str], rank: int) -> List[str]:
     return sorted(mine)
 
 
-def latest_tag(ds_dir: str) -> Optional[str]:
-    """The tag named by ``latest`` in a local or remote DeepSpeed folder, if that tag is complete."""
-    fs, path = _fs(ds_dir)
-    try:
-        tag = fs.cat_file(posixpath.join(path, "latest")).decode().strip()
-    except (FileNotFoundError, OSError):
-        return None
-    return tag if tag and tag_complete(ds_dir, tag) else None
-
-
-def read_meta(ds_dir: str, tag: str) -> Optional[Dict]:
-    fs, path = _fs(ds_dir)
-    try:
-        return json.loads(fs.cat_file(posixpath.join(path, tag, META)).decode())
-    except (FileNotFoundError, OSError, ValueError):
-        return None
-
-
-def tag_complete(ds_dir: str, tag: str) -> bool:
-    """Every file listed in the tag's meta.json exists with its size. Tags written by DeepSpeed alone (no
-    meta.json, e.g. older runs) count as complete when they hold model states."""
-    fs, path = _fs(ds_dir)
-    meta = read_meta(ds_dir, tag)
-    try:
-        sizes = {posixpath.basename(p["name"]): int(p["size"]) for p in fs.ls(posixpath.join(path, tag), detail=True)}
-    except (FileNotFoundError, OSError):
-        return False
-    if meta is None:
-        return any(n.endswith("model_states.pt") for n in sizes)
-    return all(sizes.get(n) == s for n, s in meta["files"].items())
-
-
 def _with_retries(fn, what: str, retries: int):
-    for attempt in range(retries + 1):
-        try:
-            return fn()
-        except Exception as exc:
-            if attempt == retries:
-                raise CheckpointError(f"{what} failed after {retries} retries: {type(exc).__name__}: {exc}") from exc
-            delay = min(20.0, 0.5 * 2 ** attempt)
-            logging.warning("%s failed (%s: %s); retry %d/%d in %.1f s", what, type(exc).__name__, exc,
-                            attempt + 1, retries, delay)
-            time.sleep(delay)
+    """``fn()`` with the one retry rule (plugins/remote_io.py), ``retries`` times, every error retried (a missing
+    object may be an eventually consistent listing); raises :class:`CheckpointError` after the last."""
+    return retry(fn, what, retries=retries, error=CheckpointError, give_up=())
 
 
 def _upload(local_file: str, url: str, retries: int) -> None:
@@ -182,7 +141,7 @@ class CheckpointStore:
         self.local = args.checkpoint_path
         self.remote = args.checkpoint_dir if is_remote(args.checkpoint_dir) else None
         self.keep = int(args.keep_checkpoints)
-        self.retries = int(os.environ.get(UPLOAD_RETRIES_ENV, "5"))
+        self.retries = int(os.environ.get(UPLOAD_RETRIES_ENV, str(DEFAULT_UPLOAD_RETRIES)))
 
     @property
     def local_ds(self) -> str:
@@ -204,13 +163,11 @@ class CheckpointStore:
                         "classes": [c.__dict__ for c in class_table.classes], "loader": loader_states,
                         "rng": _gather(rng_state(), args.world_size), "args": _json_args(args)}
         if head_state:
-            client_state["patentclip_head"] = {"config": head_state["config"]}
+            client_state[HEAD_KEY] = {"config": head_state["config"]}
         engine.save_checkpoint(self.local_ds, tag=tag, client_state=client_state, save_latest=False)
         if args.rank == 0 and not mid_epoch:
-            oc = {"epoch": epoch, "name": args.name, "state_dict": open_clip_state_dict(engine.module.clip),
-                  "model": args.model, "classes": client_state["classes"]}
-            if head_state:
-                oc["patentclip_head"] = head_state
+            oc = open_clip_checkpoint(engine.module.clip, epoch=epoch, name=args.name, model_name=args.model,
+                                      classes=client_state["classes"], head_state=head_state)
             tmp = os.path.join(self.local, f"epoch_{epoch}.pt.tmp")
             torch.save(oc, tmp)
             os.replace(tmp, os.path.join(self.local, f"epoch_{epoch}.pt"))

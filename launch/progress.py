@@ -9,6 +9,8 @@ from typing import Dict
 
 from open_clip_train.train import AverageMeter
 
+from patentclip.plugins.data.batch import KEY
+
 
 class StepLogger:
     """open_clip's progress lines (every ``--log-every-n-steps``), the tensorboard scalars, and one line per
@@ -26,7 +28,7 @@ class StepLogger:
             run.step_log.flush()
         if args.rank != 0 or not (i % args.log_every_n_steps == 0 or batch_count == run.steps_per_epoch):
             return
-        n = sum(len(b["key"]) for b in micro)
+        n = sum(len(b[KEY]) for b in micro)
         num_samples = batch_count * args.batch_size * args.accum_freq * args.world_size
         percent_complete = 100.0 * batch_count / run.steps_per_epoch
         for k, v in values.items():

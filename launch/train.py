@@ -29,8 +29,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from patentclip.launch import checkpoint as ckpt
 from patentclip.launch.args import parse_train_args
-from patentclip.launch.checkpoint import is_remote
-from patentclip.launch.evaluate import evaluate_during_training
+from patentclip.evaluation.during_training import evaluate_during_training
 from patentclip.launch.model import (PatentTrainModule, head_state, load_head_state, lock_towers,
                                      make_logit_scale_nonscalar, optimizer_param_groups)
 from patentclip.launch.distributed import deepspeed_config, init_deepspeed, relaunch_with_torchrun
@@ -40,9 +39,11 @@ from patentclip.launch.step import accumulate_batches, train_step_accum
 from patentclip.plugins.augment import rrc_aug_cfg, with_patent_augmentations
 from patentclip.plugins.builtin import load_builtin_plugins
 from patentclip.plugins.classes import load_class_table
+from patentclip.plugins.image_transport import transport_of
 from patentclip.plugins.losses import LossSet
 from patentclip.plugins.models import register_model_configs
 from patentclip.plugins.registry import DATASETS, import_plugin_modules
+from patentclip.plugins.remote_io import is_remote
 
 
 def gather_loader_states(dataloader, args) -> list:
@@ -278,7 +279,8 @@ def run_epoch(run: Run, epoch: int) -> Tuple[int, int, bool]:
         if not args.skip_scheduler:
             run.scheduler(step)
         logger.data_time_m.update(time.time() - end)
-        total_loss, terms, features = train_step_accum(run.engine, micro, args, run.device, run.input_dtype)
+        total_loss, terms, features = train_step_accum(run.engine, micro, args, run.device, run.input_dtype,
+                                                       transport_of(dataloader))
         logger.batch_time_m.update(time.time() - end)
         end = time.time()
         batch_count = i + 1

@@ -1,10 +1,10 @@
-"""patentclip.evaluation.ranking: top-K by topk and the ranks of relevant items by counting, against full stable sorts
+"""patentclip.evaluation.metrics.ranks: top-K by topk and the ranks of relevant items by counting, against full stable sorts
 of every row (the rule: score descending, database index ascending), with ties, few and many relevant items, rows
 without candidates, float32 and float64, and on a GPU when there is one."""
 import pytest
 import torch
 
-from patentclip.evaluation import ranking as K
+from patentclip.evaluation.metrics import ranks as K
 
 
 def sorted_reference(scores, cand, rel):

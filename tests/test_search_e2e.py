@@ -15,34 +15,45 @@ import time
 import urllib.request
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
+from cdp import Browser
+from conftest import data_args, run_cli
 from test_search import brute_force
 
+from patentclip.evaluation import cli as ECLI
+from patentclip.evaluation import features as EF
 from patentclip.evaluation import index as X
 from patentclip.evaluation import index_build as B
+from patentclip.evaluation import loading as EL
 from patentclip.evaluation import search as S
+from patentclip.evaluation.export import export
+from patentclip.evaluation.serve import DrawingReader
+from patentclip.launch.checkpoint_format import Checkpoint
+from patentclip.plugins.builtin import load_builtin_plugins
+from patentclip.plugins.classes import load_class_table
+from patentclip.plugins.models import register_model_configs
+from patentclip.plugins.registry import DATASETS
+
+
+def fresh_tiny_model(out, classes_json, seed):
+    """patentclip-tiny (the demo's model) initialised with ``seed``, written as patentclip-export writes a model
+    folder; returns the folder."""
+    register_model_configs()
+    torch.manual_seed(seed)
+    model = open_clip.create_model("patentclip-tiny", precision="fp32")
+    export(Checkpoint(state_dict=model.state_dict(), model_name="patentclip-tiny",
+                      classes=json.loads(classes_json.read_text()), source=f"seed {seed}", kind="open_clip"), str(out))
+    return str(out)
 
 
 @pytest.fixture(scope="module")
 def tiny_model(synthetic_shards, tmp_path_factory):
-    """patentclip-tiny initialised with seed 0, written as patentclip-export writes a model folder."""
-    import open_clip
-
-    from patentclip.launch import export as EX
-    from patentclip.plugins.models import register_model_configs
-
-    register_model_configs()
-    torch.manual_seed(0)
-    model = open_clip.create_model("patentclip-tiny", precision="fp32")
-    classes = json.loads((synthetic_shards["train_dir"] / "classes.json").read_text())
-    out = tmp_path_factory.mktemp("model") / "patentclip-tiny-seed0"
-    EX.export(EX.Checkpoint(state_dict=model.state_dict(), model_name="patentclip-tiny", classes=classes,
-                            source="seed 0", kind="open_clip"), str(out))
-    return str(out)
+    return fresh_tiny_model(tmp_path_factory.mktemp("model") / "patentclip-tiny-seed0",
+                            synthetic_shards["train_dir"] / "classes.json", 0)
 
 
 def shards(synthetic_shards, split, names=None):
@@ -86,13 +97,6 @@ def meta_of(idx):
 
 
 def test_index_holds_every_drawing_as_eval_embeds_it(full, synthetic_shards, tiny_model):
-    from patentclip.launch import evaluate as E
-    from patentclip.plugins.classes import load_class_table
-    from patentclip.plugins.builtin import load_builtin_plugins
-    from patentclip.plugins.registry import DATASETS
-
-    from conftest import data_args
-
     idx = X.PriorArtIndex.open(full)
     sizes = {**json.loads((synthetic_shards["train_dir"] / "sizes.json").read_text()),
              **json.loads((synthetic_shards["val_dir"] / "sizes.json").read_text())}
@@ -101,17 +105,17 @@ def test_index_holds_every_drawing_as_eval_embeds_it(full, synthetic_shards, tin
     assert idx.manifest["faiss"]["kind"] == "flat" and idx.manifest["vector_dtype"] == "float16"
     # the same drawings, dates and classes as the evaluation pipeline reads, and the same embeddings (to float16)
     load_builtin_plugins()
-    loaded = E.load_for_eval(tiny_model, None, None, "cpu")
+    loaded = EL.load_for_eval(tiny_model, None, None, "cpu")
     data = f"{synthetic_shards['train']}::{synthetic_shards['val']}"
     loader = DATASETS.get("patent-wds")(data_args(val=data, batch_size=40), loaded.preprocess, False,
                                         tokenizer=loaded.tokenizer, class_table=load_class_table(data)).dataloader
-    f = E.extract_features(loaded.model, loader, "cpu", with_text=False)
+    f = EF.extract_features(loaded.model, loader, "cpu", with_text=False)
     assert f["key"] == idx.key.tolist()
     assert f["grant_day"].tolist() == idx.grant_day.tolist() and f["class_id"].tolist() == idx.class_id.tolist()
     assert f["view"] == idx.view.tolist() and f["patent_id"] == idx.patent_id.tolist()
     np.testing.assert_allclose(idx.vectors(np.arange(idx.rows)), f["image_features"].numpy(), atol=1e-3, rtol=0)
     # every drawing can be read back from its shard by the offsets the index recorded
-    reader = __import__("patentclip.evaluation.serve", fromlist=["DrawingReader"]).DrawingReader(idx)
+    reader = DrawingReader(idx)
     with tarfile.open(idx.shard[7]) as tar:
         assert reader.read(7)[0] == tar.extractfile(idx.member[7]).read()
     assert reader.read(7)[1] == "image/png"
@@ -228,15 +232,8 @@ def test_resume_after_a_crash_and_add_a_week(full, synthetic_shards, tiny_model,
     assert B.main(["add", str(out), "--data", week[0], "--workers", "0", "--quiet"]) == 0
     assert X.read_manifest(out)["rows"] == m2["rows"]
     # another model cannot add to this index
-    import open_clip
-
-    torch.manual_seed(1)
-    from patentclip.launch import export as EX
-
-    other_model = tmp_path / "other-model"
-    EX.export(EX.Checkpoint(state_dict=open_clip.create_model("patentclip-tiny").state_dict(),
-                            model_name="patentclip-tiny", classes=ref.classes, kind="open_clip"), str(other_model))
-    assert B.main(["add", str(out), "--data", shards(synthetic_shards, "val")[1], "--checkpoint", str(other_model),
+    other_model = fresh_tiny_model(tmp_path / "other-model", synthetic_shards["train_dir"] / "classes.json", 1)
+    assert B.main(["add", str(out), "--data", shards(synthetic_shards, "val")[1], "--checkpoint", other_model,
                    "--workers", "0", "--quiet"]) == 2
 
 
@@ -300,8 +297,6 @@ def test_evaluation_through_an_index_equals_evaluation_from_shards(synthetic_sha
     """patentclip-eval --retrieval-index (the database from an index) gives today's metrics: bit for bit with
     float32 vectors (the same embeddings, batch for batch); the default float16 vectors move them a little (most
     for this untrained model, whose cosines all lie within a few hundredths of 1: docs/search.md)."""
-    from patentclip.launch import evaluate as E
-
     val = synthetic_shards["val"]
     base = ["--val-data", val, "--checkpoint", tiny_model, "--workers", "0", "--batch-size", "8",
             "--linear-probe", "off"]
@@ -313,27 +308,18 @@ def test_evaluation_through_an_index_equals_evaluation_from_shards(synthetic_sha
                            {"f32": "float32", "f16": "float16"}[name], "--batch-size", "8", "--workers", "0",
                            "--quiet"]) == 0
             extra = ["--retrieval-index", str(folder)]
-        assert E.main(base + extra + ["--out", str(tmp_path / f"{name}.json")]) == 0
+        assert ECLI.main(base + extra + ["--out", str(tmp_path / f"{name}.json")]) == 0
         got[name] = {k: v for k, v in json.loads((tmp_path / f"{name}.json").read_text()).items() if k.startswith("i2i_")}
     assert got["shards"]["i2i_num_valid_queries"] > 0
     assert got["f32"] == got["shards"]
     for k, v in got["shards"].items():
         assert got["f16"][k] == pytest.approx(v, abs=1e-2), k
     # an index of another model, or together with a baseline: refused before anything is embedded
-    import open_clip
-
-    from patentclip.launch import export as EX
-
-    torch.manual_seed(1)
-    other = tmp_path / "other"
-    EX.export(EX.Checkpoint(state_dict=open_clip.create_model("patentclip-tiny").state_dict(),
-                            model_name="patentclip-tiny", classes=json.loads(
-                                (synthetic_shards["val_dir"] / "classes.json").read_text()), kind="open_clip"),
-              str(other))
+    other = fresh_tiny_model(tmp_path / "other", synthetic_shards["val_dir"] / "classes.json", 1)
     capsys.readouterr()
-    assert E.main(["--val-data", val, "--checkpoint", str(other), "--retrieval-index", str(tmp_path / "f32")]) == 2
+    assert ECLI.main(["--val-data", val, "--checkpoint", other, "--retrieval-index", str(tmp_path / "f32")]) == 2
     assert "built with another model" in capsys.readouterr().err
-    assert E.main(base + ["--retrieval-index", str(tmp_path / "f32"), "--baseline", "untrained"]) == 2
+    assert ECLI.main(base + ["--retrieval-index", str(tmp_path / "f32"), "--baseline", "untrained"]) == 2
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -372,8 +358,6 @@ def test_index_from_s3_equals_the_local_one(s3_index, full, monkeypatch):
     assert set(idx.shard.tolist()) == set(s3_index["urls"])
     for url, local in zip(s3_index["urls"], s3_index["local"]):
         np.testing.assert_array_equal(part_vectors(s3_index["folder"], url), part_vectors(full, local))
-    from patentclip.evaluation.serve import DrawingReader
-
     row = idx.rows - 3
     with tarfile.open(s3_index["local"][-1]) as tar:
         assert DrawingReader(idx).read(row)[0] == tar.extractfile(idx.member[row]).read()
@@ -403,8 +387,6 @@ def server(s3_index):
 
 @pytest.mark.slow
 def test_page_in_headless_chromium(server, s3_index, synthetic_shards, tmp_path):
-    from cdp import Browser
-
     idx, vs = stored_matrix(s3_index["folder"])
     row = idx.rows - 5  # a drawing of the val shard: a late patent, so that its prior art spans years
     key = idx.key[row]

@@ -15,13 +15,15 @@ vLLM and HTTP endpoints).
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
+from patentclip.plugins.seeding import stable_int
+
 from ..captions import article, drawing_fields
+from ..sample_format import sample_key
 from .instructions import Instruction
 
 _TITLE_OBJECT = re.compile(r"^\s*(?:ornamental\s+)?design\s+(?:for|of)\s+(?:an?\s+|the\s+)?(?P<object>.+?)\s*\.?\s*$",
@@ -58,15 +60,14 @@ def drawing_tasks(records: Iterable) -> List[DrawingTask]:
                 if obj:
                     f["object"], f["a_object"] = obj, article(obj)
             f["grant_date"] = r.grant_date
-            out.append(DrawingTask(len(out), f"{r.patent_id}_{d.index:02d}", r.image_path(d), f,
+            out.append(DrawingTask(len(out), sample_key(r.patent_id, d.index), r.image_path(d), f,
                                    d.extra.get("_line", r.line), d.path))
     return out
 
 
 def request_seed(run_seed: int, key: str, stage: str, attempt: int = 0) -> int:
     """The seed of one request: a pure function of (run seed, drawing key, stage, attempt), in [0, 2**31)."""
-    h = hashlib.blake2b(f"{run_seed}\x1f{key}\x1f{stage}\x1f{attempt}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & 0x7FFFFFFF
+    return stable_int(run_seed, key, stage, attempt) & 0x7FFFFFFF
 
 
 def _chat(system: str, user: str, image, system_role: bool) -> List[dict]:

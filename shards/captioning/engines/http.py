@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import hashlib
 import json
 import os
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import aiohttp
+
+from patentclip.plugins.seeding import stable_int
 
 from .base import Engine, EngineError, EngineStats, Request, Result, openai_messages
 
@@ -48,8 +49,7 @@ IMAGE_TOKEN_ESTIMATE = 1000
 def backoff_delay(attempt: int, seed: int, backoff: float, backoff_max: float) -> float:
     """Seconds to wait before retry ``attempt + 1``: ``min(backoff_max, backoff * 2**attempt)`` times a factor in
     [0.5, 1.5) that is a pure function of (seed, attempt)."""
-    h = hashlib.blake2b(f"{seed}\x1f{attempt}".encode(), digest_size=8).digest()
-    u = int.from_bytes(h, "little") / 2.0 ** 64
+    u = stable_int(seed, attempt) / 2.0 ** 64
     return min(backoff_max, backoff * 2.0 ** attempt) * (0.5 + u)
 
 

@@ -22,7 +22,7 @@ evaluation's time. The metrics need much less:
   (with 32 long-tailed classes about a tenth of the candidates on average) and a few percent more.
 
 Both work on any device (CPU or CUDA) and take float32 or float64 scores; they are what
-``patentclip.launch.metrics.retrieval_metrics`` computes its metrics from (tests/test_ranking.py checks them against
+``patentclip.evaluation.metrics.retrieval_metrics`` computes its metrics from (tests/test_ranking.py checks them against
 full stable sorts, bit for bit).
 """
 from __future__ import annotations
