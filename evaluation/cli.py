@@ -33,6 +33,7 @@ from typing import Dict, List, Optional
 import torch
 
 from patentclip.evaluation import report as R
+from patentclip.evaluation.index import eval_features
 from patentclip.evaluation.loading import LoadedModel, load_for_eval
 from patentclip.evaluation.run import format_table, run_evaluation
 from patentclip.evaluation.settings import DEFAULT_TEMPLATES, EvalSettings
@@ -82,10 +83,19 @@ Examples:
                         "auto = on for --relevance class, off for patent. Default: %(default)s.")
     g.add_argument("--retrieval-db", default=None,
                    help="Shards of the database to search (default: the evaluation drawings themselves).")
+    g.add_argument("--retrieval-index", default=None,
+                   help="A patentclip-index folder as the database: its stored vectors, embedded once by "
+                        "`patentclip-index build` (split over ranks, resumable) with this model (checked), instead of "
+                        "embedding --retrieval-db here. With float16 vectors (the index default) the metrics differ "
+                        "from --retrieval-db's in the last digits (docs/search.md); float32 vectors give the same.")
     g.add_argument("--ks", default="5,10", help="Cut-offs K of R@K / HitRate@K / P@K. Default: %(default)s.")
     g.add_argument("--mrr-k", type=int, default=10, help="K of MRR@K. Default: %(default)s.")
     g.add_argument("--max-chunk-mb", type=int, default=1024,
-                   help="Memory of one retrieval chunk (queries x database scores and sort). Default: %(default)s.")
+                   help="Memory of one retrieval chunk (queries x database scores and masks). Default: %(default)s.")
+    g.add_argument("--ranking", choices=["count", "sort", "topk"], default="count",
+                   help="How rows are ranked: count (mAP by counting, top K by torch.topk, no full sort), sort (a "
+                        "full stable sort of every row: the reference, same results), topk (R@K, HitRate@K, P@K "
+                        "and MRR@K only, no mAP: cheapest at scale). Default: %(default)s.")
     g = p.add_argument_group("classification")
     g.add_argument("--templates", default=None, help="Zero-shot templates separated by '|', with {} for the class name.")
     g.add_argument("--linear-probe", choices=["auto", "off"], default="auto",
@@ -119,7 +129,8 @@ def _loader(shards, preprocess, tokenizer, class_table, args):
                                       class_table=class_table).dataloader
 
 
-def _evaluate_cli_model(loaded: LoadedModel, class_table, settings, args, device, is_head, train_counts, examples):
+def _evaluate_cli_model(loaded: LoadedModel, class_table, settings, args, device, is_head, train_counts, examples,
+                        db_features=None):
     loader = _loader(args.val_data, loaded.preprocess, loaded.tokenizer, class_table, args)
     db_loader = _loader(args.retrieval_db, loaded.preprocess, loaded.tokenizer, class_table, args) \
         if args.retrieval_db else None
@@ -127,7 +138,8 @@ def _evaluate_cli_model(loaded: LoadedModel, class_table, settings, args, device
         if args.probe_train_data and settings.linear_probe != "off" else None
     return run_evaluation(loaded.model, loader, class_table, loaded.tokenizer, device, torch.float32, settings,
                           head=loaded.head, is_head=is_head, train_counts=train_counts, db_loader=db_loader,
-                          probe_train_loader=probe_loader, examples=examples, example_k=args.report_top_k)
+                          db_features=db_features, probe_train_loader=probe_loader, examples=examples,
+                          example_k=args.report_top_k)
 
 
 def _check_classes(class_table, classes: Optional[List[Dict]], what: str) -> None:
@@ -163,9 +175,14 @@ def main(argv=None) -> int:
                                 ks=tuple(int(k) for k in args.ks.split(",") if k.strip()), mrr_k=args.mrr_k,
                                 templates=tuple(args.templates.split("|")) if args.templates else DEFAULT_TEMPLATES,
                                 linear_probe=args.linear_probe, probe_folds=args.probe_folds,
-                                max_chunk_bytes=args.max_chunk_mb << 20, seed=args.seed, extra_metrics=extra)
+                                max_chunk_bytes=args.max_chunk_mb << 20, ranking=args.ranking, seed=args.seed,
+                                extra_metrics=extra)
     except (ValueError, KeyError, ImportError) as exc:
         print(f"patentclip-eval: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return 2
+    if args.retrieval_index and (args.retrieval_db or args.baseline):
+        print("patentclip-eval: --retrieval-index holds one model's vectors: it cannot be combined with "
+              "--retrieval-db or a --baseline (evaluate those against --retrieval-db)", file=sys.stderr)
         return 2
     device = torch.device(args.device)
     class_table = load_class_table(args.val_data, args.classes_json)
@@ -174,6 +191,8 @@ def main(argv=None) -> int:
         try:
             loaded = load_for_eval(args.checkpoint, args.model, args.pretrained, device, work)
             _check_classes(class_table, loaded.classes, loaded.source)
+            db_features = eval_features(args.retrieval_index, loaded.model, class_table.codes) \
+                if args.retrieval_index else None
         except (FileNotFoundError, ValueError, RuntimeError) as exc:
             print(f"patentclip-eval: {exc}", file=sys.stderr)
             return 2
@@ -189,7 +208,8 @@ def main(argv=None) -> int:
         train_counts = train_table.counts()
         is_head = class_table.head_mask(train_counts, train_table.categories())
         n_examples = args.report_examples if args.report else 0
-        result = _evaluate_cli_model(loaded, class_table, settings, args, device, is_head, train_counts, n_examples)
+        result = _evaluate_cli_model(loaded, class_table, settings, args, device, is_head, train_counts, n_examples,
+                                     db_features)
         label = os.path.basename(str(args.checkpoint).rstrip("/")) if args.checkpoint else loaded.source
         rows = {label: result.metrics}
         baseline = None

@@ -61,7 +61,7 @@ def retrieval_from_features(query: Dict, db: Optional[Dict], settings: EvalSetti
     kw = {k: ({n: m for n, m in v.items()} if isinstance(v, dict) else v.to(dev)) for k, v in kw.items()}
     r = M.retrieval_metrics(query["image_features"][qidx].to(dev), dbf.to(dev), labels_q.to(dev), labels_db.to(dev),
                             ks=settings.ks, mrr_k=settings.mrr_k, max_chunk_bytes=settings.max_chunk_bytes,
-                            return_per_query=True, **kw)
+                            method=settings.ranking, return_per_query=True, **kw)
     pq = r.pop("per_query")
     out = {f"i2i_{k}": float(v) for k, v in r.items()}
     out["i2i_num_queries_unknown_date"] = float(len(query["key"]) - len(qidx))
@@ -126,6 +126,6 @@ def retrieval_examples(query: Dict, db: Optional[Dict], settings: EvalSettings, 
         out.append({"key": query["key"][qi], "class_id": cid, "patent_id": query["patent_id"][qi],
                     "grant_day": int(query["grant_day"][qi]),
                     "is_head": None if is_head is None else bool(is_head[cid]),
-                    "ap": float(per_query["ap"][s]), "num_relevant": int(per_query["num_relevant"][s]),
+                    "ap": float(per_query["ap"][s]) if "ap" in per_query else None, "num_relevant": int(per_query["num_relevant"][s]),
                     "num_candidates": int(per_query["num_candidates"][s]), "results": results})
     return out

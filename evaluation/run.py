@@ -37,14 +37,15 @@ class EvalResult:
 
 def run_evaluation(model, dataloader, class_table, tokenizer, device, input_dtype=torch.float32,
                    settings: Optional[EvalSettings] = None, *, head: Optional[torch.nn.Module] = None,
-                   is_head: Optional[torch.Tensor] = None, train_counts=None, db_loader=None,
+                   is_head: Optional[torch.Tensor] = None, train_counts=None, db_loader=None, db_features=None,
                    probe_train_loader=None, examples: int = 0, example_k: int = 5,
                    compute_device=None) -> EvalResult:
     """Every metric ``patentclip-eval`` reports for ``model`` on ``dataloader``'s drawings.
 
     ``is_head``: (C,) bool head-class mask (default: ``class_table.head_mask(train_counts)``, the class table's
     head / tail split of the training counts).
-    ``db_loader``: another split to search (default: the evaluation drawings themselves).
+    ``db_loader``: another split to search (default: the evaluation drawings themselves); ``db_features``: its
+    features as they are (e.g. a prior-art index's stored vectors, :func:`patentclip.evaluation.index.eval_features`).
     ``probe_train_loader``: training drawings for the linear probe (default: cross-validation).
     ``examples``: number of retrieval examples to keep for the report.
     """
@@ -53,7 +54,8 @@ def run_evaluation(model, dataloader, class_table, tokenizer, device, input_dtyp
     if is_head is None:
         is_head = class_table.head_mask(train_counts)
     feats = extract_features(model, dataloader, device, input_dtype)
-    db = extract_features(model, db_loader, device, input_dtype, with_text=False) if db_loader is not None else None
+    db = extract_features(model, db_loader, device, input_dtype, with_text=False) if db_loader is not None \
+        else db_features
     probe = (extract_features(model, probe_train_loader, device, input_dtype, with_text=False)
              if probe_train_loader is not None else None)
     classifier = zero_shot_classifier(model, tokenizer, class_table.names, settings.templates, device, input_dtype)
@@ -75,8 +77,11 @@ def run_evaluation(model, dataloader, class_table, tokenizer, device, input_dtyp
     pq, qidx = ret["per_query"], ret["qidx"]
     valid = pq["num_relevant"] > 0
     q_cls = feats["class_id"][qidx].long()
-    ap_sum = torch.zeros(n_cls, dtype=torch.float64).index_add_(0, q_cls[valid], pq["ap"][valid])
-    ap_cnt = torch.bincount(q_cls[valid], minlength=n_cls)
+    ap_sum = torch.zeros(n_cls, dtype=torch.float64)
+    ap_cnt = torch.zeros(n_cls, dtype=torch.long)
+    if "ap" in pq:  # not with --ranking topk
+        ap_sum.index_add_(0, q_cls[valid], pq["ap"][valid])
+        ap_cnt = torch.bincount(q_cls[valid], minlength=n_cls)
     eval_counts = torch.bincount(feats["class_id"].long(), minlength=n_cls)
     tc = class_table.counts() if train_counts is None else torch.as_tensor(train_counts, dtype=torch.float64)
     per_class = []

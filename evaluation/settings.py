@@ -1,5 +1,5 @@
 """How an evaluation is run: :class:`EvalSettings` (relevance, prior-art filter, cut-offs, zero-shot templates,
-linear-probe protocol, memory of a retrieval chunk, seed), recorded with its results; the default templates."""
+linear-probe protocol, memory of a retrieval chunk, ranking method, seed), recorded with its results; the default templates."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ class EvalSettings:
     linear_probe: str = "auto"        # "auto": train features if given, else cross-validation; "off"
     probe_folds: int = 2
     max_chunk_bytes: int = 1 << 30    # memory of one retrieval chunk (metrics.retrieval_metrics)
+    ranking: str = "count"            # metrics.retrieval_metrics's method: "count", "sort" (reference), "topk"
     seed: int = 0
     extra_metrics: Tuple[str, ...] = ()  # registered extra metrics (evaluation/extra_metrics.py)
 
@@ -38,6 +39,8 @@ class EvalSettings:
                              "patent share its grant date, so none of them is prior art to another")
         if self.linear_probe not in ("auto", "off"):
             raise ValueError(f"linear_probe must be 'auto' or 'off', got {self.linear_probe!r}")
+        if self.ranking not in ("count", "sort", "topk"):
+            raise ValueError(f"ranking must be 'count', 'sort' or 'topk', got {self.ranking!r}")
         self.ks = tuple(int(k) for k in self.ks)
         self.templates = tuple(self.templates)
         self.extra_metrics = tuple(self.extra_metrics)
