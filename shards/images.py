@@ -98,10 +98,16 @@ def _flatten(im: Image.Image, mode: str) -> Image.Image:
 
 
 def normalize_image(source, opts: ImageOptions) -> Tuple[bytes, Tuple[int, int], Tuple[int, int]]:
-    """Decode ``source`` (a path or bytes), normalise it and encode it.
+    """Decode ``source`` (a path, bytes, or a PIL image already decoded), normalise it and encode it.
 
     Returns ``(encoded bytes, original (w, h), written (w, h))``. Raises :class:`ImageError`.
     """
+    if isinstance(source, Image.Image):
+        w, h = source.size
+        if w < 1 or h < 1:
+            raise ImageError("unreadable_image", f"image has no pixels ({w}x{h})")
+        # an image made at the training size by its importer says its original size in info["orig_size"]
+        return _encode(_flatten(source, opts.mode), opts, tuple(source.info.get("orig_size", (w, h))))
     if isinstance(source, (bytes, bytearray)):
         data = bytes(source)
     else:
@@ -136,6 +142,11 @@ def normalize_image(source, opts: ImageOptions) -> Tuple[bytes, Tuple[int, int],
     except Exception as exc:  # UnidentifiedImageError, truncated data, broken chunks, ...
         msg = str(exc) or type(exc).__name__
         raise ImageError("unreadable_image", f"{type(exc).__name__}: {msg}") from None
+    return _encode(out, opts, orig)
+
+
+def _encode(out: Image.Image, opts: ImageOptions, orig: Tuple[int, int]) -> Tuple[bytes, Tuple[int, int],
+                                                                                  Tuple[int, int]]:
     if opts.max_side and max(out.size) > opts.max_side:
         s = opts.max_side / max(out.size)
         size = (max(1, round(out.size[0] * s)), max(1, round(out.size[1] * s)))

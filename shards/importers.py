@@ -9,6 +9,8 @@ builder path serves all formats. Formats (docs/importers.md has the details and 
 * ``deeppatent`` -- DeepPatent (v1) split lists, lines ``<relative path> <label>``; the label identifies the patent.
 * ``csv`` -- a CSV with an image path column and a class column (PatentCLIP's ``full_path``, ``cat``), names
   configurable, optional id/date/title/view/caption columns.
+* ``uspto`` -- the USPTO's own design grants: grant XML and TIFF drawing sheets, in folders, per-patent zips or
+  weekly bulk archives; sheets are cut into figures (:mod:`.uspto`).
 
 Drawings get their captions from the templates (:mod:`.captions`) in the shard workers, unless the input has
 captions of its own (a CSV caption column) or a captions file is joined.
@@ -31,7 +33,7 @@ __all__ = ["FORMATS", "LOCARNO_CLASSES", "normalize_locarno", "canonical_patent_
            "ClassNames", "ImportOptions", "import_deeppatent2", "import_deeppatent", "import_csv", "import_records"]
 
 #: Input formats of ``patentclip-shards build --format``.
-FORMATS = ("manifest", "deeppatent2", "deeppatent", "csv")
+FORMATS = ("manifest", "deeppatent2", "deeppatent", "csv", "uspto")
 
 #: The 32 Locarno classes (and 99), 13th edition headings, lower case: the fallback class names.
 LOCARNO_CLASSES = {
@@ -305,6 +307,13 @@ class ImportOptions:
     caption_column: Optional[str] = None
     class_name_column: Optional[str] = None
     delimiter: Optional[str] = None
+    # uspto (shards/uspto): figures, sheets or both; read figure labels with OCR; segmentation processes;
+    # segmentation cache folder (None: the default, "none": no cache); progress bar
+    uspto_images: str = "figures"
+    ocr: bool = True
+    workers: int = 1
+    segment_cache: Optional[str] = None
+    progress: bool = False
 
     def __post_init__(self):
         if self.missing_class not in ("skip", "other"):
@@ -672,6 +681,13 @@ def import_csv(paths: Sequence, opts: ImportOptions) -> Tuple[List[PatentRecord]
     return records, col.problems, {"rows_read": col.rows, "patents_read": len(col.patents)}
 
 
+def _import_uspto(paths, opts: ImportOptions):
+    """``--format uspto`` (:mod:`.uspto.importer`), loaded when used: it brings scipy and the OCR along."""
+    from .uspto.importer import import_uspto
+
+    return import_uspto(paths, opts)
+
+
 def import_records(input_format: str, paths, opts: Optional[ImportOptions] = None):
     """Dispatch to the importer of ``input_format``; ``manifest`` reads the project's own manifest."""
     opts = opts or ImportOptions()
@@ -684,7 +700,8 @@ def import_records(input_format: str, paths, opts: Optional[ImportOptions] = Non
         records, problems = read_manifest(paths[0])
         rows = sum(1 for p in problems if p.scope == "record") + len(records)
         return records, problems, {"rows_read": rows, "patents_read": rows}
-    fn = {"deeppatent2": import_deeppatent2, "deeppatent": import_deeppatent, "csv": import_csv}.get(input_format)
+    fn = {"deeppatent2": import_deeppatent2, "deeppatent": import_deeppatent, "csv": import_csv,
+          "uspto": _import_uspto}.get(input_format)
     if fn is None:
         raise ValueError(f"unknown input format {input_format!r} ({', '.join(FORMATS)})")
     return fn(paths, opts)
