@@ -618,13 +618,17 @@ def build_shards(manifest_path, out_dir, *, samples_per_shard: int = 1000,
     if captions:
         index = CaptionIndex(captions)
         used = set()
+        # a key that is a patent number (any spelling: D0909824, USD0909824) captions all drawings of the patent,
+        # e.g. a per-patent LLM caption
+        by_patent: Dict[str, str] = {}
+        for k in index.offsets:
+            by_patent.setdefault(canonical_patent_key(k), k)
         for r in records:
             for d in r.drawings:
                 key = f"{r.patent_id}_{d.index:02d}"
-                # a drawing's key, its image path as the input names it, or its patent (one caption file line for
-                # all drawings of a patent, e.g. a per-patent LLM caption)
-                k = next((c for c in (key, d.path, d.extra.get("_input_path"), r.patent_id,
-                                      canonical_patent_key(r.patent_id)) if c in index.offsets), None)
+                k = next((c for c in (key, d.path, d.extra.get("_input_path")) if c in index.offsets), None)
+                if k is None:
+                    k = by_patent.get(canonical_patent_key(r.patent_id))
                 if k is not None:
                     caption_offsets[(r.patent_id, d.index)] = index.offsets[k]
                     used.add(k)

@@ -17,6 +17,7 @@ Conventions:
 from __future__ import annotations
 
 import io
+import warnings
 from typing import Optional, Tuple
 
 import numpy as np
@@ -31,7 +32,8 @@ def read_ink(data: bytes) -> Tuple[np.ndarray, bool, Tuple[float, float]]:
 
     Returns ``(ink mask, inverted, dpi)``; ``inverted`` is True when the decoded sheet was mostly black and was
     inverted (module docstring). Raises ``OSError``/``ValueError`` (PIL's) for unreadable data."""
-    with Image.open(io.BytesIO(data)) as im:
+    with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as im:
+        warnings.simplefilter("ignore")  # PIL's "Corrupt EXIF data": a broken file fails below, and is reported
         if getattr(im, "n_frames", 1) > 1:
             im.seek(0)
         im.load()

@@ -35,7 +35,7 @@ VIEW_ORDER = ("front", "rear", "left", "right", "top", "bottom", "side", "perspe
               "enlarged", "partial", "environment")
 _SYNONYMS = {
     "front": "front", "frontal": "front", "rear": "rear", "back": "rear", "left": "left", "right": "right",
-    "top": "top", "plan": "top", "upper": "top", "bottom": "bottom", "underside": "bottom", "lower": "bottom",
+    "top": "top", "plan": "plan", "upper": "top", "bottom": "bottom", "underside": "bottom", "lower": "bottom",
     "side": "side", "perspective": "perspective", "isometric": "perspective", "section": "section",
     "sectional": "section", "cross-section": "section", "cross-sectional": "section", "exploded": "exploded",
     "enlarged": "enlarged", "detail": "enlarged", "detailed": "enlarged", "close-up": "enlarged",
@@ -87,6 +87,10 @@ def parse_view(phrase: str, sentence: str = "") -> Tuple[str, str]:
         found.add("enlarged")
     if re.search(r"\bcross[- ]section(?:al)?\b|\bsectional\b", s):
         found.add("section")
+    if "plan" in found:  # "top plan view" and "plan view" are the top, "bottom plan view" the bottom
+        found.discard("plan")
+        if "bottom" not in found:
+            found.add("top")
     if "side" in found and ({"left", "right", "front", "rear"} & found):
         found.discard("side")  # "left side view", "front side view"
     if found:

@@ -6,12 +6,12 @@ What one grant becomes (docs/importers.md, "USPTO design grants"):
   heading name, and in ``extra`` (written into every drawing's metadata in the shards): ``application_date``,
   ``application_number``, ``us_classes``, ``locarno_edition``, ``citations_examiner`` (the examiner's patent
   citations: number, country, kind, date), ``claim``, ``object`` (the claimed article), ``number_of_figures``,
-  ``number_of_sheets``, ``kind``;
+  ``number_of_sheets``, ``kind_code`` (``S1``);
 * one drawing per figure cut from the sheets (:mod:`.segment`), in figure order, with ``figure`` (the number),
   its ``view`` and ``object`` and ``caption`` (the sentence describing it) from the XML, ``view_text``, ``sheet``
   and ``segmentation`` (how the number was found: ``label``, ``inferred``, ``reading_order``); with
   ``images="sheets"`` one drawing per whole sheet instead (view ``sheet``), with ``"both"`` the figures and then
-  the sheets (``kind``: ``figure`` or ``sheet``).
+  the sheets (``drawing_type``: ``figure`` or ``sheet``).
 
 Sheets are segmented in ``workers`` processes (one patent per task: its labels are read in one OCR run), and
 the result of each patent is cached in ``cache_dir`` under a digest of the sheets' location and size and of the
@@ -335,7 +335,7 @@ def import_uspto(paths, opts: ImportOptions) -> Tuple[List[PatentRecord], List[P
         descs = {d.figure: d for d in g.figures}
         drawings: List[Drawing] = []
         sheet_member = dict(sheets)
-        base_extra = {"kind": "figure"} if mode == "both" else {}
+        base_extra = {"drawing_type": "figure"} if mode == "both" else {}
         figs: List[Tuple[SheetResult, Figure]] = []
         if pid in seg:
             res = seg[pid]
@@ -386,7 +386,7 @@ def import_uspto(paths, opts: ImportOptions) -> Tuple[List[PatentRecord], List[P
                                    "not_found": sorted(described - found, key=_fig_key)})
         if mode in ("sheets", "both"):
             for number, m in sheets:
-                extra = {"kind": "sheet"} if mode == "both" else {}
+                extra = {"drawing_type": "sheet"} if mode == "both" else {}
                 extra.update({"sheet": number, "_sheet": m.to_list()})
                 drawings.append(Drawing(len(drawings), m.path, "sheet", (), extra))
         if not drawings:
@@ -396,7 +396,7 @@ def import_uspto(paths, opts: ImportOptions) -> Tuple[List[PatentRecord], List[P
         rextra: Dict[str, Any] = {"_source": src}
         if g.object:
             rextra["object"] = g.object
-        rextra.update({"kind": g.kind, "application_number": g.application_number,
+        rextra.update({"kind_code": g.kind, "application_number": g.application_number,
                        "application_date": g.application_date, "locarno_edition": g.locarno_edition,
                        "us_classes": g.us_classes,
                        "citations_examiner": [c.to_dict() for c in g.examiner_citations],

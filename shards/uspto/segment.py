@@ -283,6 +283,10 @@ def finish_sheet(prep: SheetPrep, labels: List[Label]) -> SheetResult:
     if not groups:
         return SheetResult(sheet, shape, [], labels_read, inverted, notes + ["no view found"])
     anchors = [g[0].box for g in groups]
+    for r in list(rest):
+        if any(_inside(r.box, t, REDUCE + 2) for t in text_lines):  # a stray character of unread text
+            rest.remove(r)
+            text_boxes.append(r.box)
     for r in rest:
         k = min(range(len(groups)), key=lambda i: (_gap(r.box, anchors[i]), i))
         groups[k].append(r)
