@@ -576,8 +576,8 @@ def build_shards(manifest_path, out_dir, *, samples_per_shard: int = 1000,
         max_caption_chars: longer captions are cut at a word boundary (0 = no limit).
         storage_options: fsspec options of the output (e.g. :func:`storage_options_from`).
         resume: skip shards a previous run completed with the same plan (False rebuilds everything).
-        contact_sheet: write ``contact_sheet.png`` of the first this many drawings into the output (0 = none;
-            :mod:`.contact_sheet`).
+        contact_sheet: write ``build_report_contact_sheet.png`` of the first this many drawings into the output
+            (0 = none; :mod:`.contact_sheet`).
     """
     t0 = time.time()
     if samples_per_shard < 1:

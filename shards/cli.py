@@ -110,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--region", default=None, help="S3 region (default: AWS_DEFAULT_REGION)")
     g.add_argument("--profile", default=None, help="AWS credentials profile (default: AWS_PROFILE / environment)")
     b.add_argument("--contact-sheet", type=int, default=48, metavar="N",
-                   help="write contact_sheet.png of the first N drawings as written into the shards (0 = none; "
-                        "default: %(default)s)")
+                   help="write build_report_contact_sheet.png, the first N drawings as written into the shards, "
+                        "to look at (0 = none; default: %(default)s)")
     b.add_argument("--no-resume", action="store_true", help="rebuild every shard even if a previous run completed it")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
 

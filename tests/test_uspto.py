@@ -5,7 +5,6 @@ The whole-sample build (segmentation accuracy, inspect, contact sheet, training)
 """
 import io
 import json
-import os
 import shutil
 import tarfile
 import zipfile
@@ -446,7 +445,7 @@ def test_build_from_weekly_tar_sheets_and_both(weekly_tar, tmp_path):
     assert rep["input"]["skipped_by_kind"] == {"utility": 1} and rep["input"]["images"] == "both"
     assert rep["input"]["segmentation"]["accuracy"] == 1.0
     assert "not design grants, skipped: utility 1" in (out / "build_report.txt").read_text()
-    assert (out / "contact_sheet.png").is_file() and rep["contact_sheet"].endswith("contact_sheet.png")
+    assert (out / "build_report_contact_sheet.png").is_file() and rep["contact_sheet"].endswith("contact_sheet.png")
 
 
 def test_per_patent_captions_from_the_sample_csv(impact_sample, tmp_path):
