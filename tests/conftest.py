@@ -6,23 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from realdata import realdata_dir
+
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def realdata_dir() -> Path:
-    """The real-data folder the tests read (never committed): ``$PATENTCLIP_REALDATA``, else
-    ``<repository root>/../shared/realdata`` (CI's layout), else ``/work/shared/realdata`` (a git worktree of
-    the development machine). Fails, naming the places looked at, when none exists."""
-    tried = []
-    for cand in (os.environ.get("PATENTCLIP_REALDATA"), REPO_ROOT.parent / "shared" / "realdata",
-                 "/work/shared/realdata"):
-        if cand:
-            tried.append(str(cand))
-            if Path(cand).is_dir():
-                return Path(cand)
-    raise FileNotFoundError("real data not found; looked in " + ", ".join(tried) + " (set PATENTCLIP_REALDATA)")
 
 
 @pytest.fixture(scope="session")

@@ -260,7 +260,7 @@ def walk_inputs(paths: List[str], root: Path) -> Tuple[List[GrantFiles], WalkSta
                 raise ValueError(f"{p}: not a grant XML, a zip or a tar (give a folder, a patent's .XML, a "
                                  "per-patent .zip or a weekly .tar)")
             continue
-        for dirpath, dirnames, filenames in os.walk(p):
+        for dirpath, dirnames, filenames in os.walk(p, followlinks=True):
             dirnames.sort()
             filenames.sort()
             d = Path(dirpath)

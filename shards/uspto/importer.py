@@ -164,6 +164,11 @@ def _segment_task(args) -> Dict[str, Any]:
     return {"sheets": [r.to_dict() for r in results], "notes": notes, "errors": errors, "inverted": inverted}
 
 
+def _segment_indexed(item):
+    i, args = item
+    return i, _segment_task(args)
+
+
 def _cache_key(root: Path, sheets: List[Tuple[int, Member]], ocr: bool) -> str:
     h = hashlib.sha256()
     parts: List[Any] = [SEGMENT_VERSION, bool(ocr)]
@@ -218,9 +223,11 @@ def _segment_all(root: Path, tasks: List[Tuple[str, List[Tuple[int, Member]]]], 
             from ..build import _ignore_sigint
 
             ctx = mp.get_context("spawn")
+            # the patents with most sheets first (better balance at the end); the results do not depend on it
+            order = sorted(range(len(todo)), key=lambda i: (-len(todo[i][1]), i))
             with ctx.Pool(min(workers, len(todo)), initializer=_ignore_sigint) as pool:
-                for (pid, sheets), res in zip(todo, pool.imap(_segment_task, args, chunksize=1)):
-                    done(pid, res, len(sheets))
+                for i, res in pool.imap_unordered(_segment_indexed, [(i, args[i]) for i in order], chunksize=1):
+                    done(todo[i][0], res, len(todo[i][1]))
     finally:
         bar.close()
     return out
@@ -246,6 +253,9 @@ def import_uspto(paths, opts: ImportOptions) -> Tuple[List[PatentRecord], List[P
         raise ValueError(f"unknown --uspto-images {mode!r}; one of {', '.join(IMAGE_MODES)}")
     root = Path(opts.images_root).resolve() if opts.images_root else _default_root(paths)
     grants_found, walk = walk_inputs([str(p) for p in paths], root)
+    if not grants_found and not walk.skipped_by_kind and not walk.problems:
+        raise ValueError(f"{', '.join(map(str, paths))}: no USPTO grant XML found (give folders of patent folders, "
+                         "per-patent zips or the weekly .tar/.zip archives)")
     problems: List[Problem] = []
     names = ClassNames.load(opts.class_names) if opts.class_names else ClassNames()
     table = LocarnoTable.load(opts.locarno_table, opts.locarno_id_column, opts.locarno_class_column) \
