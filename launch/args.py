@@ -139,6 +139,19 @@ def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace
     return args
 
 
+def default_args(**overrides) -> argparse.Namespace:
+    """Every flag at its parser default (open_clip's and the plugins'), for one process (rank 0 of 1), with
+    ``overrides`` set: what a plugin's factory sees when it is built outside a run (tests, notebooks)."""
+    args = openclip_parse_args([])
+    for k, v in vars(build_plugin_parser().parse_args([])).items():
+        setattr(args, k, v)
+    args.report_to = "tensorboard"
+    args.world_size, args.rank, args.local_rank, args.distributed = 1, 0, 0, False
+    for k, v in overrides.items():
+        setattr(args, k, v)
+    return args
+
+
 def strip_flag(argv: Sequence[str], flag: str) -> List[str]:
     """argv without ``flag VALUE`` / ``flag=VALUE``."""
     out, skip = [], False

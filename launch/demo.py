@@ -78,7 +78,8 @@ def main(argv=None) -> int:
     from patentclip.launch.evaluate import evaluate_model, format_table, load_model_for_eval
     from patentclip.plugins.classes import load_class_table
     from patentclip.plugins.models import register_model_configs
-    from patentclip.plugins.registry import DATASETS, load_builtin_plugins
+    from patentclip.plugins.builtin import load_builtin_plugins
+    from patentclip.plugins.registry import DATASETS
 
     load_builtin_plugins()
     register_model_configs()

@@ -8,92 +8,42 @@ instead of the DDP wrap, and its own checkpoints), and the training step (open_c
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
-import math
 import os
-import socket
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Callable, Dict, Optional, Tuple
 
 import fsspec
 import torch
+from open_clip import create_model_and_transforms, get_input_dtype, get_tokenizer
+from open_clip_train.distributed import broadcast_object, init_distributed_device, is_master
+from open_clip_train.logger import setup_logging
+from open_clip_train.main import random_seed
+from open_clip_train.scheduler import const_lr, const_lr_cooldown, cosine_lr
+from torch.utils.tensorboard import SummaryWriter
 
-from patentclip.launch.args import parse_train_args, strip_flag
-from patentclip.launch.checkpoint import is_remote
-from patentclip.launch.signals import EXIT_REQUEUE, StopSignal, synchronized
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def relaunch_with_torchrun(args) -> int:
-    """``--nproc-per-node N`` outside torchrun/srun: start N local ranks with torchrun's launcher and wait.
-
-    Uses ``torch.distributed.launcher.api.elastic_launch`` (what the ``torchrun`` command runs) rather than
-    the torchrun command line, whose parser would take open_clip flags such as ``--logs`` as abbreviations
-    of its own.
-    """
-    import uuid
-
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    argv = strip_flag(args.argv, "--nproc-per-node")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=args.nproc_per_node, run_id=uuid.uuid4().hex,
-                          rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=0,
-                          monitor_interval=1)
-    try:
-        elastic_launch(config, sys.executable)("-u", "-m", "patentclip.launch.train", *argv)
-    except ChildFailedError as exc:
-        print(f"patentclip-train: a rank failed:\n{exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def deepspeed_config(args) -> dict:
-    bf16 = args.precision in ("bf16", "amp_bf16", "amp_bfloat16", "pure_bf16")
-    fp16 = args.precision in ("fp16", "amp", "pure_fp16")
-    cfg = {
-        "train_micro_batch_size_per_gpu": args.batch_size,
-        "gradient_accumulation_steps": args.accum_freq,
-        "zero_optimization": {"stage": args.zero_stage},
-        "bf16": {"enabled": bf16},
-        "fp16": {"enabled": fp16},
-        "steps_per_print": 1 << 30,
-        "wall_clock_breakdown": False,
-    }
-    # DeepSpeed clips at 1.0 unless told otherwise; open_clip clips only with --grad-clip-norm
-    cfg["gradient_clipping"] = args.grad_clip_norm if args.grad_clip_norm is not None else 0.0
-    if args.deepspeed_config:
-        with open(args.deepspeed_config) as f:
-            user = json.load(f)
-        for k, v in user.items():
-            if isinstance(v, dict) and isinstance(cfg.get(k), dict):
-                cfg[k].update(v)
-            else:
-                cfg[k] = v
-    return cfg
-
-
-def requeue_marker(args) -> str:
-    """File the trainer writes when it stopped on a signal after a committed checkpoint: run me again."""
-    return os.path.join(args.logs, args.name, "requeue")
-
-
-def mark_requeue(args, reason: str) -> None:
-    """After the stop checkpoint is committed: leave the requeue marker (rank 0), then a barrier, so that no
-    rank exits (and makes srun kill the others) before the marker exists."""
-    if args.rank == 0:
-        with open(requeue_marker(args), "w") as f:
-            f.write(reason + "\n")
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+from patentclip.launch import checkpoint as ckpt
+from patentclip.launch.args import parse_train_args
+from patentclip.launch.evaluate import evaluate_during_training
+from patentclip.launch.model import (PatentTrainModule, head_state, load_head_state, lock_towers,
+                                     make_logit_scale_nonscalar, optimizer_param_groups)
+from patentclip.launch.distributed import deepspeed_config, init_deepspeed, relaunch_with_torchrun
+from patentclip.launch.progress import StepLogger
+from patentclip.launch.signals import EXIT_REQUEUE, StopSignal, mark_requeue, requeue_marker, synchronized
+from patentclip.launch.step import accumulate_batches, train_step_accum
+from patentclip.plugins.augment import rrc_aug_cfg, with_patent_augmentations
+from patentclip.plugins.builtin import load_builtin_plugins
+from patentclip.plugins.classes import load_class_table
+from patentclip.plugins.image_transport import transport_of
+from patentclip.plugins.losses import LossSet
+from patentclip.plugins.models import register_model_configs
+from patentclip.plugins.registry import DATASETS, import_plugin_modules
+from patentclip.plugins.remote_io import is_remote
 
 
 def gather_loader_states(dataloader, args) -> list:
@@ -116,9 +66,6 @@ def quiet_library_loggers() -> None:
 
 def setup_run(args) -> torch.device:
     """Distributed init, experiment name and log folders, as open_clip_train.main does it."""
-    from open_clip_train.distributed import broadcast_object, init_distributed_device, is_master
-    from open_clip_train.logger import setup_logging
-
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         if args.device.startswith("cuda"):
@@ -141,7 +88,6 @@ def setup_run(args) -> torch.device:
                               f"b_{args.batch_size}", f"j_{args.workers}", f"p_{args.precision}"])
     resume_latest = args.resume == "latest"
     if args.resume and not resume_latest:  # refuse a ZeRO stage that cannot read it before making any folder
-        from patentclip.launch import checkpoint as ckpt
         ckpt.resolve_zero_stage(args, ckpt.resolve_resume(args))
     log_base_path = os.path.join(args.logs, args.name)
     args.log_path = None
@@ -168,51 +114,31 @@ def setup_run(args) -> torch.device:
     return device
 
 
-def init_deepspeed(args, device):
-    """The process group DeepSpeed uses: open_clip's when distributed, else a 1-rank group."""
-    import deepspeed
-    import torch.distributed as dist
+@dataclass
+class Run:
+    """Everything the phases of a run share, made once by :func:`build_run`."""
 
-    if device.type == "cpu":
-        # skip JIT-compiling the shared-memory comm op on CPU (about 40 s); gloo does the work
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    if not dist.is_initialized():
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("LOCAL_RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False)
-    return deepspeed
+    args: argparse.Namespace
+    device: torch.device
+    engine: object
+    data: Dict
+    class_table: object
+    tokenizer: object
+    store: ckpt.CheckpointStore
+    scheduler: Callable
+    stopper: StopSignal
+    input_dtype: torch.dtype
+    steps_per_epoch: int
+    start_epoch: int = 0
+    start_step: int = 0
+    loader_state: Optional[Dict] = None
+    writer: Optional[object] = None
+    step_log: Optional[object] = None
+    metrics: Dict = field(default_factory=dict)
 
 
-def train(args) -> int:
-    from open_clip import create_model_and_transforms, get_input_dtype, get_tokenizer
-    from open_clip_train.main import random_seed
-    from open_clip_train.scheduler import const_lr, const_lr_cooldown, cosine_lr
-    from open_clip_train.train import AverageMeter
-
-    from patentclip.launch import checkpoint as ckpt
-    from patentclip.launch.evaluate import evaluate_during_training
-    from patentclip.launch.step import accumulate_batches, train_step_accum
-    from patentclip.launch.model import (PatentTrainModule, head_state, load_head_state, lock_towers,
-                                         make_logit_scale_nonscalar, optimizer_param_groups)
-    from patentclip.plugins.augment import rrc_aug_cfg, with_patent_augmentations
-    from patentclip.plugins.classes import load_class_table
-    from patentclip.plugins.losses import LossSet
-    from patentclip.plugins.models import register_model_configs
-    from patentclip.plugins.registry import DATASETS, import_plugin_modules, load_builtin_plugins
-
-    register_model_configs()
-    load_builtin_plugins()
-    import_plugin_modules(args.plugins.split(","))
-    device = setup_run(args)
-    deepspeed = init_deepspeed(args, device)
-    is_master = args.rank == 0
-
-    class_table = load_class_table(args.train_data, args.classes_json)
-    logging.info("%d classes from %s", len(class_table), class_table.source)
-
+def make_model(args, device):
+    """open_clip's model factory with the run's flags, and the patent augmentations on the train transform."""
     if isinstance(args.force_image_size, (tuple, list)) and len(args.force_image_size) == 1:
         args.force_image_size = args.force_image_size[0]
     rrc_aug_cfg(args)
@@ -225,7 +151,41 @@ def train(args) -> int:
         image_interpolation=args.image_interpolation, image_resize_mode=args.image_resize_mode,
         aug_cfg=args.aug_cfg, pretrained_image=args.pretrained_image, output_dict=True, cache_dir=args.cache_dir)
     make_logit_scale_nonscalar(model)
-    preprocess_train = with_patent_augmentations(preprocess_train, args)
+    return model, with_patent_augmentations(preprocess_train, args), preprocess_val
+
+
+def write_params(args) -> None:
+    """``params.txt`` (open_clip's record of the arguments) and the same lines in the log (rank 0)."""
+    with open(os.path.join(args.logs, args.name, "params.txt"), "w") as f:
+        for name in sorted(vars(args)):
+            logging.info(f"  {name}: {getattr(args, name)}")
+            f.write(f"{name}: {getattr(args, name)}\n")
+
+
+def make_scheduler(args, optimizer, steps_per_epoch: int) -> Callable:
+    """open_clip's learning-rate schedule (``--lr-scheduler``) over the run's optimizer steps."""
+    total_steps = steps_per_epoch * args.epochs
+    if args.lr_scheduler == "cosine":
+        return cosine_lr(optimizer, args.lr, args.warmup, total_steps)
+    if args.lr_scheduler == "const":
+        return const_lr(optimizer, args.lr, args.warmup, total_steps)
+    if args.epochs_cooldown is None:
+        raise SystemExit("--lr-scheduler const-cooldown needs --epochs-cooldown")
+    return const_lr_cooldown(optimizer, args.lr, args.warmup, total_steps, steps_per_epoch * args.epochs_cooldown,
+                             args.lr_cooldown_power, args.lr_cooldown_end)
+
+
+def build_run(args) -> Run:
+    """Phase 1: process group and folders, model, loss plugins, DeepSpeed engine, resume, data, schedule."""
+    register_model_configs()
+    load_builtin_plugins()
+    import_plugin_modules(args.plugins.split(","))
+    device = setup_run(args)
+    deepspeed = init_deepspeed(args, device)
+    class_table = load_class_table(args.train_data, args.classes_json)
+    logging.info("%d classes from %s", len(class_table), class_table.source)
+
+    model, preprocess_train, preprocess_val = make_model(args, device)
     store = ckpt.CheckpointStore(args)
     resume_target = ckpt.resolve_resume(args, store)
     args.zero_stage = ckpt.resolve_zero_stage(args, resume_target)
@@ -238,7 +198,7 @@ def train(args) -> int:
         model.set_grad_checkpointing()
 
     criterion = LossSet(args.loss, args, class_table)
-    if getattr(criterion, "needs_second_view", False) and not args.multiview:
+    if criterion.needs_second_view and not args.multiview:
         logging.info("a selected loss needs a second view: multi-view pairs switched on")
         args.multiview = True
     module = PatentTrainModule(model, criterion).to(device)
@@ -246,17 +206,13 @@ def train(args) -> int:
         with fsspec.open(resume_target[1], "rb") as f:
             oc = torch.load(f, map_location="cpu", weights_only=False)
         load_head_state(module, oc.get("patentclip_head") if isinstance(oc, dict) else None)
-    if is_master:
+    if args.rank == 0:
         logging.info("Model:\n%s", model)
-        with open(os.path.join(args.logs, args.name, "params.txt"), "w") as f:
-            for name in sorted(vars(args)):
-                logging.info(f"  {name}: {getattr(args, name)}")
-                f.write(f"{name}: {getattr(args, name)}\n")
+        write_params(args)
 
     optimizer = torch.optim.AdamW(optimizer_param_groups(module, args.wd), lr=args.lr,
                                   betas=(args.beta1, args.beta2), eps=args.eps)
-    ds_config = deepspeed_config(args)
-    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=deepspeed_config(args))
     logging.info("DeepSpeed engine: ZeRO stage %d, %s, world size %d", args.zero_stage,
                  "bf16" if engine.bfloat16_enabled() else ("fp16" if engine.fp16_enabled() else "fp32"),
                  args.world_size)
@@ -277,139 +233,129 @@ def train(args) -> int:
     if args.val_data:
         data["val"] = build_dataset(args, preprocess_val, False, epoch=start_epoch, tokenizer=tokenizer,
                                     class_table=class_table)
-
     steps_per_epoch = data["train"].dataloader.num_batches // args.accum_freq  # optimizer steps, as open_clip
-    total_steps = steps_per_epoch * args.epochs
     # the schedule sets the lr of the optimizer DeepSpeed steps (ZeRO wraps the client optimizer)
-    sched_opt = engine.optimizer
-    if args.lr_scheduler == "cosine":
-        scheduler = cosine_lr(sched_opt, args.lr, args.warmup, total_steps)
-    elif args.lr_scheduler == "const":
-        scheduler = const_lr(sched_opt, args.lr, args.warmup, total_steps)
-    else:
-        if args.epochs_cooldown is None:
-            raise SystemExit("--lr-scheduler const-cooldown needs --epochs-cooldown")
-        scheduler = const_lr_cooldown(sched_opt, args.lr, args.warmup, total_steps,
-                                      steps_per_epoch * args.epochs_cooldown, args.lr_cooldown_power,
-                                      args.lr_cooldown_end)
+    scheduler = make_scheduler(args, engine.optimizer, steps_per_epoch)
 
-    writer = None
-    if args.save_logs and args.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(args.tensorboard_path)
+    writer = SummaryWriter(args.tensorboard_path) if args.save_logs and args.tensorboard else None
     step_log = open(os.path.join(args.logs, args.name, "train_steps.jsonl"), "a") if args.save_logs else None
-
     input_dtype = torch.bfloat16 if engine.bfloat16_enabled() else (
         torch.float16 if engine.fp16_enabled() else get_input_dtype("fp32"))
-    metrics = {}
-    step = start_step
-    exit_code = 0
-    stop = False
-    stopper = StopSignal().install()
-    for epoch in range(start_epoch, args.epochs):
-        if is_master:
-            logging.info(f"Start epoch {epoch}")
-        engine.train()
-        data["train"].set_epoch(epoch)
-        dataloader = data["train"].dataloader
-        first_batch = max(0, start_step - steps_per_epoch * epoch) if epoch == start_epoch else 0
-        if first_batch and loader_state is not None and int(loader_state.get("epoch", -1)) == epoch:
-            dataloader.load_state_dict(loader_state)
-            logging.info("Resuming epoch %d at batch %d of %d", epoch, first_batch, steps_per_epoch)
-        sample_digits = math.ceil(math.log(dataloader.num_samples + 1, 10))
-        losses_m, batch_time_m, data_time_m = {}, AverageMeter(), AverageMeter()
-        batch_count = first_batch
+    return Run(args=args, device=device, engine=engine, data=data, class_table=class_table, tokenizer=tokenizer,
+               store=store, scheduler=scheduler, stopper=StopSignal().install(), input_dtype=input_dtype,
+               steps_per_epoch=steps_per_epoch, start_epoch=start_epoch, start_step=start_step,
+               loader_state=loader_state, writer=writer, step_log=step_log)
+
+
+def save(run: Run, epoch: int, step: int, tag: Optional[str] = None) -> None:
+    """A checkpoint of the engine, the data-loader positions of every rank and the classification head."""
+    run.store.save(run.engine, epoch=epoch, step=step, class_table=run.class_table,
+                   loader_states=gather_loader_states(run.data["train"].dataloader, run.args), tag=tag,
+                   head_state=head_state(run.engine.module))
+
+
+def run_epoch(run: Run, epoch: int) -> Tuple[int, int, bool]:
+    """Phase 2: the optimizer steps of one epoch (from the resume position in the first one).
+
+    Returns ``(batches done in this epoch, global step of the last one, stopped by a signal)``. A signal stops
+    at the next step boundary; a mid-epoch checkpoint (``--save-every-n-steps`` or the stop) is written here.
+    """
+    args = run.args
+    if args.rank == 0:
+        logging.info(f"Start epoch {epoch}")
+    run.engine.train()
+    run.data["train"].set_epoch(epoch)
+    dataloader = run.data["train"].dataloader
+    first_batch = max(0, run.start_step - run.steps_per_epoch * epoch) if epoch == run.start_epoch else 0
+    if first_batch and run.loader_state is not None and int(run.loader_state.get("epoch", -1)) == epoch:
+        dataloader.load_state_dict(run.loader_state)
+        logging.info("Resuming epoch %d at batch %d of %d", epoch, first_batch, run.steps_per_epoch)
+    logger = StepLogger(run, epoch, dataloader)
+    batch_count, step, stop = first_batch, run.steps_per_epoch * epoch + first_batch - 1, False
+    end = time.time()
+    micro_batches = accumulate_batches(synchronized(dataloader, run.device), args.accum_freq)
+    for i, micro in enumerate(micro_batches, start=first_batch):
+        step = run.steps_per_epoch * epoch + i
+        if not args.skip_scheduler:
+            run.scheduler(step)
+        logger.data_time_m.update(time.time() - end)
+        total_loss, terms, features = train_step_accum(run.engine, micro, args, run.device, run.input_dtype,
+                                                       transport_of(dataloader))
+        logger.batch_time_m.update(time.time() - end)
         end = time.time()
-        micro_batches = accumulate_batches(synchronized(dataloader, device), args.accum_freq)
-        for i, micro in enumerate(micro_batches, start=first_batch):
-            step = steps_per_epoch * epoch + i
-            if not args.skip_scheduler:
-                scheduler(step)
-            data_time_m.update(time.time() - end)
-            total_loss, terms, features = train_step_accum(engine, micro, args, device, input_dtype)
-
-            batch_time_m.update(time.time() - end)
-            end = time.time()
-            batch_count = i + 1
-            terms = {**terms, "loss": total_loss}
-            values = {k: v.detach().float().item() for k, v in terms.items()}
-            if step_log is not None:
-                step_log.write(json.dumps({"step": step, "epoch": epoch, **values}) + "\n")
-                step_log.flush()
-            if is_master and (i % args.log_every_n_steps == 0 or batch_count == steps_per_epoch):
-                n = sum(len(b["key"]) for b in micro)
-                num_samples = batch_count * args.batch_size * args.accum_freq * args.world_size
-                percent_complete = 100.0 * batch_count / steps_per_epoch
-                for k, v in values.items():
-                    losses_m.setdefault(k, AverageMeter()).update(v, n)
-                logit_scale = features["logit_scale"].detach().float().mean().item()
-                loss_log = " ".join(f"{k.capitalize()}: {m.val:#.5g} ({m.avg:#.5g})" for k, m in losses_m.items())
-                sps = args.batch_size * args.accum_freq * args.world_size / batch_time_m.val
-                logging.info(
-                    f"Train Epoch: {epoch} [{num_samples:>{sample_digits}}/{dataloader.num_samples} "
-                    f"({percent_complete:.0f}%)] Data (t): {data_time_m.avg:.3f} Batch (t): {batch_time_m.avg:.3f}, "
-                    f"{sps:#g}/s LR: {engine.optimizer.param_groups[0]['lr']:5f} Logit Scale: {logit_scale:.3f} "
-                    + loss_log)
-                if writer is not None:
-                    log_data = {"data_time": data_time_m.val, "batch_time": batch_time_m.val,
-                                "samples_per_second": sps, "scale": logit_scale,
-                                "lr": engine.optimizer.param_groups[0]["lr"], **values}
-                    for name, val in log_data.items():
-                        writer.add_scalar("train/" + name, val, step)
-                    writer.add_scalar("data/skipped_samples", dataloader.skipped, step)
-                batch_time_m.reset()
-                data_time_m.reset()
-            stop = stopper.should_stop(device)
-            if batch_count < steps_per_epoch and (stop or (args.save_every_n_steps and
+        batch_count = i + 1
+        values = {k: v.detach().float().item() for k, v in {**terms, "loss": total_loss}.items()}
+        logger.log(step, i, batch_count, micro, values, features)
+        stop = run.stopper.should_stop(run.device)
+        if batch_count < run.steps_per_epoch and (stop or (args.save_every_n_steps and
                                                            (step + 1) % args.save_every_n_steps == 0)):
-                store.save(engine, epoch=epoch, step=step + 1, class_table=class_table,
-                           loader_states=gather_loader_states(dataloader, args), tag=f"step_{step + 1}",
-                           head_state=head_state(engine.module))
-            if stop:
-                break
-        if stop and batch_count < steps_per_epoch:
-            logging.info("Stopped by %s after step %d; checkpoint written, exiting with code %d (requeue)",
-                         stopper.received or "a signal on another rank", step, EXIT_REQUEUE)
-            mark_requeue(args, f"stopped by {stopper.received or 'a signal on another rank'} after step {step}")
-            exit_code = EXIT_REQUEUE
+            save(run, epoch, step + 1, tag=f"step_{step + 1}")
+        if stop:
             break
-        completed_epoch = epoch + 1
-        step = steps_per_epoch * completed_epoch
+    return batch_count, step, stop
 
-        if "val" in data and args.val_frequency and (completed_epoch % args.val_frequency == 0
+
+def end_epoch(run: Run, completed_epoch: int, stop: bool) -> None:
+    """Phase 3: validation (``--val-frequency``) and the epoch-end checkpoint (``--save-frequency``, the last
+    epoch, or a stop)."""
+    args = run.args
+    if "val" in run.data and args.val_frequency and (completed_epoch % args.val_frequency == 0
                                                      or completed_epoch == args.epochs):
-            metrics = evaluate_during_training(engine, data["val"], class_table, tokenizer, completed_epoch, args,
-                                               device, input_dtype, writer)
-        if args.distributed:
-            torch.distributed.barrier()
-        if stop or completed_epoch == args.epochs or (args.save_frequency > 0 and
-                                                      completed_epoch % args.save_frequency == 0):
-            store.save(engine, epoch=completed_epoch, step=step, class_table=class_table,
-                       loader_states=gather_loader_states(dataloader, args), head_state=head_state(engine.module))
-        if stop and completed_epoch < args.epochs:
-            logging.info("Stopped by %s at the end of epoch %d; checkpoint written, exiting with code %d (requeue)",
-                         stopper.received or "a signal on another rank", completed_epoch, EXIT_REQUEUE)
-            mark_requeue(args, f"stopped by {stopper.received or 'a signal on another rank'} after epoch "
-                               f"{completed_epoch}")
-            exit_code = EXIT_REQUEUE
-            break
-        if args.distributed:
-            torch.distributed.barrier()
+        run.metrics = evaluate_during_training(run.engine, run.data["val"], run.class_table, run.tokenizer,
+                                               completed_epoch, args, run.device, run.input_dtype, run.writer)
+    if args.distributed:
+        torch.distributed.barrier()
+    if stop or completed_epoch == args.epochs or (args.save_frequency > 0 and
+                                                  completed_epoch % args.save_frequency == 0):
+        save(run, completed_epoch, run.steps_per_epoch * completed_epoch)
 
-    if step_log is not None:
-        step_log.close()
-    if writer is not None:
-        writer.close()
-    if is_master:
+
+def stop_and_requeue(run: Run, where: str) -> int:
+    """The one way a run ends on a stop signal: its checkpoint is committed, so leave the requeue marker and
+    return the requeue exit code (``launch/signals.py``)."""
+    who = run.stopper.received or "a signal on another rank"
+    logging.info("Stopped by %s %s; checkpoint written, exiting with code %d (requeue)", who, where, EXIT_REQUEUE)
+    mark_requeue(run.args, f"stopped by {who} {where}")
+    return EXIT_REQUEUE
+
+
+def finish(run: Run) -> None:
+    """Phase 4: close the logs, write ``summary.json`` and leave the process group."""
+    args = run.args
+    if run.step_log is not None:
+        run.step_log.close()
+    if run.writer is not None:
+        run.writer.close()
+    if args.rank == 0:
         summary = {"name": args.name, "log_dir": os.path.join(args.logs, args.name),
-                   "checkpoints": args.checkpoint_path, "tensorboard": args.tensorboard_path, "metrics": metrics}
+                   "checkpoints": args.checkpoint_path, "tensorboard": args.tensorboard_path,
+                   "metrics": run.metrics}
         with open(os.path.join(args.logs, args.name, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         logging.info("Done: logs, checkpoints and tensorboard files in %s", os.path.join(args.logs, args.name))
-    stopper.uninstall()
+    run.stopper.uninstall()
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+def train(args) -> int:
+    """Build the run, then epochs of steps, each followed by validation and a checkpoint, until the last epoch
+    or a stop signal (checkpoint, requeue marker, exit code ``EXIT_REQUEUE``)."""
+    run = build_run(args)
+    exit_code = 0
+    for epoch in range(run.start_epoch, args.epochs):
+        batch_count, step, stop = run_epoch(run, epoch)
+        if stop and batch_count < run.steps_per_epoch:
+            exit_code = stop_and_requeue(run, f"after step {step}")
+            break
+        end_epoch(run, epoch + 1, stop)
+        if stop and epoch + 1 < args.epochs:
+            exit_code = stop_and_requeue(run, f"at the end of epoch {epoch + 1}")
+            break
+        if args.distributed:
+            torch.distributed.barrier()
+    finish(run)
     return exit_code
 
 

@@ -46,10 +46,17 @@ class GridMask(torch.nn.Module):
 
 
 def with_patent_augmentations(preprocess: T.Compose, args) -> T.Compose:
-    """open_clip's train preprocess with flip / GridMask inserted before Normalize and random erasing after."""
-    hflip = float(getattr(args, "aug_hflip", 0.0) or 0.0)
-    grid = float(getattr(args, "aug_gridmask", 0.0) or 0.0)
-    erase = float(getattr(args, "aug_random_erasing", 0.0) or 0.0)
+    """open_clip's train preprocess with the flags' augmentations (``--aug-hflip``, ``--aug-gridmask``,
+    ``--aug-random-erasing``): :func:`add_augmentations` with the probabilities from ``args``."""
+    return add_augmentations(preprocess, hflip=args.aug_hflip, gridmask=args.aug_gridmask,
+                             random_erasing=args.aug_random_erasing)
+
+
+def add_augmentations(preprocess: T.Compose, hflip: float = 0.0, gridmask: float = 0.0,
+                      random_erasing: float = 0.0) -> T.Compose:
+    """open_clip's train preprocess with flip / GridMask inserted before Normalize and random erasing after
+    (each with its probability; 0 leaves it out)."""
+    hflip, grid, erase = float(hflip or 0.0), float(gridmask or 0.0), float(random_erasing or 0.0)
     if not (hflip or grid or erase):
         return preprocess
     steps = list(preprocess.transforms)
@@ -66,7 +73,7 @@ def with_patent_augmentations(preprocess: T.Compose, args) -> T.Compose:
 
 def rrc_aug_cfg(args) -> None:
     """``--aug-rrc-scale S`` -> open_clip aug_cfg scale (S, 1.0) for its RandomResizedCrop."""
-    s = getattr(args, "aug_rrc_scale", None)
+    s = args.aug_rrc_scale
     if s:
         cfg = dict(args.aug_cfg or {})
         cfg["scale"] = (float(s), 1.0)

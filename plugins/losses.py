@@ -1,7 +1,8 @@
 """Loss plugins and the weighted combination the training step optimises.
 
-A loss plugin is registered in ``LOSSES`` as a class ``(args, class_table) -> nn.Module`` whose
-``forward(features, batch)`` returns a dict of named, unweighted terms. ``features`` is the model's output
+A loss plugin is registered in ``LOSSES`` as an ``nn.Module`` class whose constructor takes explicit arguments
+and whose classmethod ``from_args(args, class_table)`` is the one place that reads the flags (the contract:
+``patentclip.plugins.contracts.Loss``); ``forward(features, batch)`` returns a dict of named, unweighted terms. ``features`` is the model's output
 dict (``image_features``, ``text_features``, ``logit_scale`` ..., plus ``image2_features`` when the batch has
 a second view), ``batch`` the pipeline's batch dict (``class_id``, ``image2``, ``has_view2`` ...). ``--loss``
 selects terms and weights: ``--loss clip`` or ``--loss class_aware_contrastive=0.1,clip=1``;
@@ -26,6 +27,7 @@ same gradient scaling in every mode.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -36,6 +38,7 @@ from open_clip.loss import gather_features
 from torch import nn
 
 from patentclip.plugins.classes import ClassTable
+from patentclip.plugins.data.batch import CLASS_ID, HAS_VIEW2, IMAGE2
 from patentclip.plugins.heads import AttentionFusionHead
 from patentclip.plugins.registry import LOSSES
 
@@ -139,6 +142,22 @@ def gather_no_grad(t: torch.Tensor, world_size: int) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+@dataclass(frozen=True)
+class Gather:
+    """How features are gathered across ranks, as open_clip's ``ClipLoss`` does it (``--local-loss``,
+    ``--gather-with-grad``); the defaults are one process."""
+
+    world_size: int = 1
+    rank: int = 0
+    local_loss: bool = False
+    gather_with_grad: bool = False
+
+    @classmethod
+    def from_args(cls, args) -> "Gather":
+        return cls(world_size=args.world_size, rank=args.rank, local_loss=args.local_loss,
+                   gather_with_grad=args.gather_with_grad)
+
+
 class _ContrastiveBase(nn.Module):
     """Shares open_clip's ClipLoss logits (gather, local loss) across the contrastive plugins.
 
@@ -151,16 +170,21 @@ class _ContrastiveBase(nn.Module):
     needs_second_view = False
     _shared: Optional[Dict] = None
 
-    def __init__(self, args, class_table: ClassTable):
+    def __init__(self, class_table: ClassTable, gather: Gather = Gather()):
         super().__init__()
-        self.world_size = getattr(args, "world_size", 1)
-        self.rank = getattr(args, "rank", 0)
-        self.local_loss = getattr(args, "local_loss", False)
-        self.gather_with_grad = getattr(args, "gather_with_grad", False)
+        self.world_size = gather.world_size
+        self.rank = gather.rank
+        self.local_loss = gather.local_loss
+        self.gather_with_grad = gather.gather_with_grad
         self.num_classes = len(class_table)
         self.class_source = class_table.source
         self.clip = ClipLoss(local_loss=self.local_loss, gather_with_grad=self.gather_with_grad,
                              cache_labels=True, rank=self.rank, world_size=self.world_size)
+
+    @classmethod
+    def from_args(cls, args, class_table: ClassTable):
+        """The registered factory: the only place that reads the flags."""
+        return cls(class_table, Gather.from_args(args))
 
     def _memo(self, key, compute):
         cache = self._shared
@@ -184,12 +208,12 @@ class _ContrastiveBase(nn.Module):
     def class_ids(self, batch: Dict, device) -> torch.Tensor:
         """The batch's class ids (long, on ``device``), checked against classes.json."""
         def compute():
-            if "class_id" not in batch:
-                raise KeyError(f"loss {type(self).__name__} needs batch['class_id'] (the patent pipeline provides it)")
-            cls = batch["class_id"].to(device=device, dtype=torch.long)
+            if CLASS_ID not in batch:
+                raise KeyError(f"loss {type(self).__name__} needs batch[{CLASS_ID!r}] (the patent pipeline has it)")
+            cls = batch[CLASS_ID].to(device=device, dtype=torch.long)
             check_class_ids(cls, self.num_classes, self.class_source)
             return cls
-        return self._memo(("class_id", str(device)), compute)
+        return self._memo((CLASS_ID, str(device)), compute)
 
     def row_values(self, t: torch.Tensor, name: Optional[str] = None) -> torch.Tensor:
         """Per-sample values of the logit rows: local with --local-loss, else gathered over the ranks."""
@@ -214,7 +238,7 @@ class _ContrastiveBase(nn.Module):
         """``1/N sum_i m_i w_{c_i} (CE(logits_per_a_i, i) + CE(logits_per_b_i, i)) / 2`` over the logit rows."""
         lp_a, lp_b = self.pair_log_probs(features, a, b)
         labels = self.clip.get_ground_truth(lp_a.device, lp_a.shape[0])
-        cls = self.row_values(self.class_ids(batch, lp_a.device), "class_id")
+        cls = self.row_values(self.class_ids(batch, lp_a.device), CLASS_ID)
         w = weights.to(device=lp_a.device, dtype=lp_a.dtype)[cls]
         if row_mask is not None:
             w = w * row_mask.to(w.dtype)
@@ -248,11 +272,15 @@ class ClassAwareContrastive(_ContrastiveBase):
     N is the number of rows (the global batch, or the local batch with --local-loss).
     """
 
-    def __init__(self, args, class_table: ClassTable):
-        super().__init__(args, class_table)
-        self.beta = float(getattr(args, "loss_beta", 1.0))
+    def __init__(self, class_table: ClassTable, beta: float, gather: Gather = Gather()):
+        super().__init__(class_table, gather)
+        self.beta = float(beta)
         self.register_buffer("class_weights", class_balance_weights(class_table.counts(), self.beta),
                              persistent=False)
+
+    @classmethod
+    def from_args(cls, args, class_table: ClassTable):
+        return cls(class_table, args.loss_beta, Gather.from_args(args))
 
     def forward(self, features: Dict, batch: Dict) -> Dict[str, torch.Tensor]:
         return {"class_aware_contrastive": self.class_weighted_nll(features, batch, self.class_weights,
@@ -276,20 +304,24 @@ class MultiviewContrastive(ClassAwareContrastive):
 
     needs_second_view = True
 
-    def __init__(self, args, class_table: ClassTable):
-        super().__init__(args, class_table)
-        self.single = str(getattr(args, "multiview_single", "keep"))
+    def __init__(self, class_table: ClassTable, beta: float, single: str = "keep", gather: Gather = Gather()):
+        super().__init__(class_table, beta, gather)
+        self.single = str(single)
         if self.single not in ("keep", "drop"):
             raise ValueError(f"--multiview-single must be 'keep' or 'drop', got {self.single!r}")
+
+    @classmethod
+    def from_args(cls, args, class_table: ClassTable):
+        return cls(class_table, args.loss_beta, args.multiview_single, Gather.from_args(args))
 
     def forward(self, features: Dict, batch: Dict) -> Dict[str, torch.Tensor]:
         if "image2_features" not in features:
             raise KeyError("multiview_contrastive needs the second view of each patent (features['image2_features']"
-                           " from batch['image2']): run the data pipeline in multi-view mode (args.multiview)")
+                           f" from batch[{IMAGE2!r}]): run the data pipeline in multi-view mode (args.multiview)")
         mask = None
-        if self.single == "drop" and "has_view2" in batch:
+        if self.single == "drop" and HAS_VIEW2 in batch:
             device = features["image_features"].device
-            mask = self.row_values(batch["has_view2"].to(device=device, dtype=torch.long), "has_view2") != 0
+            mask = self.row_values(batch[HAS_VIEW2].to(device=device, dtype=torch.long), HAS_VIEW2) != 0
         return {"multiview_contrastive": self.class_weighted_nll(features, batch, self.class_weights,
                                                                  "image_features", "image2_features", mask)}
 
@@ -328,18 +360,23 @@ class ClassAwareClassification(_ContrastiveBase):
     or local with ``--local-loss``). Image-only evaluation: ``head.classify_image(v)`` (see heads.py).
     """
 
-    def __init__(self, args, class_table: ClassTable):
-        super().__init__(args, class_table)
-        self.beta = float(getattr(args, "loss_beta", 1.0))
+    def __init__(self, class_table: ClassTable, beta: float, embed_dim: int, num_heads: int = 4,
+                 text_dropout: float = 0.0, gather: Gather = Gather()):
+        super().__init__(class_table, gather)
+        self.beta = float(beta)
         self.register_buffer("class_weights", class_balance_weights(class_table.counts(), self.beta),
                              persistent=False)
-        self.head = AttentionFusionHead(model_embed_dim(args), len(class_table),
-                                        num_heads=int(getattr(args, "head_num_heads", 4)),
-                                        text_dropout=float(getattr(args, "head_text_dropout", 0.0)))
+        self.head = AttentionFusionHead(int(embed_dim), len(class_table), num_heads=int(num_heads),
+                                        text_dropout=float(text_dropout))
+
+    @classmethod
+    def from_args(cls, args, class_table: ClassTable):
+        return cls(class_table, args.loss_beta, model_embed_dim(args), args.head_num_heads, args.head_text_dropout,
+                   Gather.from_args(args))
 
     def forward(self, features: Dict, batch: Dict) -> Dict[str, torch.Tensor]:
         v, t = features["image_features"], features["text_features"]
-        cls = self.row_values(self.class_ids(batch, v.device), "class_id")
+        cls = self.row_values(self.class_ids(batch, v.device), CLASS_ID)
         if self.world_size > 1 and not self.local_loss:
             v, t = self._memo(("rows", "image_features", "text_features"), lambda: gather_features(
                 v, t, local_loss=False, gather_with_grad=self.gather_with_grad, rank=self.rank,
@@ -366,13 +403,13 @@ class _GroupContrastive(_ContrastiveBase):
     def group_table(self, class_table: ClassTable) -> torch.Tensor:
         raise NotImplementedError
 
-    def __init__(self, args, class_table: ClassTable):
-        super().__init__(args, class_table)
+    def __init__(self, class_table: ClassTable, gather: Gather = Gather()):
+        super().__init__(class_table, gather)
         self.register_buffer("groups", self.group_table(class_table).to(torch.long), persistent=False)
 
     def forward(self, features: Dict, batch: Dict) -> Dict[str, torch.Tensor]:
         lp_i, lp_t = self.pair_log_probs(features)
-        cls_cols = self.col_values(self.class_ids(batch, lp_i.device), "class_id")
+        cls_cols = self.col_values(self.class_ids(batch, lp_i.device), CLASS_ID)
         g_cols = self.groups.to(cls_cols.device)[cls_cols]
         if self.world_size > 1 and self.local_loss:
             n = lp_i.shape[0]
@@ -421,7 +458,7 @@ class LossSet(nn.Module):
         self.terms = parse_loss_spec(spec)
         self.losses = nn.ModuleDict({name: LOSSES.build(name, args, class_table) for name, _ in self.terms})
         self.weights = dict(self.terms)
-        self.weighting = weighting or getattr(args, "loss_weighting", "fixed") or "fixed"
+        self.weighting = weighting or args.loss_weighting
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"--loss-weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
         if self.weighting == "uncertainty":
@@ -432,7 +469,7 @@ class LossSet(nn.Module):
 
     @property
     def needs_second_view(self) -> bool:
-        """True when a selected loss needs ``batch["image2"]`` (the trainer then sets ``args.multiview``)."""
+        """True when a selected loss needs the second view, ``IMAGE2`` (the trainer then sets ``args.multiview``)."""
         return any(getattr(loss, "needs_second_view", False) for loss in self.losses.values())
 
     def forward(self, features: Dict, batch: Dict) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:

@@ -132,18 +132,18 @@ def apply_recipe(args: argparse.Namespace, argv: Sequence[str]) -> argparse.Name
     Records what it set in ``args.recipe_settings`` (written to params.txt with the other arguments)."""
     given = flags_given(argv)
     applied: Dict[str, object] = {}
-    name = getattr(args, "recipe", None)
+    name = args.recipe
     if name:
         if name not in RECIPES:
             raise ValueError(f"--recipe {name!r}: unknown; recipes: {', '.join(sorted(RECIPES))}")
         for attr, value in RECIPES[name].items():
             if flag_of(attr) in given:
                 continue
-            if attr == "lock_text" and getattr(args, "no_lock_text", False):
+            if attr == "lock_text" and args.no_lock_text:
                 continue
             setattr(args, attr, value)
             applied[attr] = value
-    if getattr(args, "no_lock_text", False):
+    if args.no_lock_text:
         if "--lock-text" in given:
             raise ValueError("--lock-text and --no-lock-text contradict each other")
         args.lock_text = False

@@ -1,5 +1,8 @@
 """A small name -> factory registry for the patent plugins (datasets, samplers, losses).
 
+This module imports no plugin: the built-in ones register themselves when ``patentclip.plugins.builtin`` is
+imported, and their contracts are in ``patentclip.plugins.contracts``.
+
 Modelled on timm's model registry and torchtitan's train-spec registry: a plugin registers itself by
 name with a decorator, the training loop looks it up by the name given on the command line, and a user
 can add a plugin from their own module (``patentclip-train --plugins mypkg.myloss``) without editing
@@ -52,8 +55,15 @@ class Registry:
                 f"unknown {self.kind} {name!r}; registered {self.kind} names: {', '.join(self.names()) or '(none)'}"
             ) from None
 
+    def factory(self, name: str) -> Callable:
+        """What builds the plugin from the command line: a registered class's ``from_args`` classmethod (its
+        constructor takes explicit arguments), or the registered function itself."""
+        obj = self.get(name)
+        return getattr(obj, "from_args", obj) if isinstance(obj, type) else obj
+
     def build(self, name: str, *args, **kwargs):
-        return self.get(name)(*args, **kwargs)
+        """``factory(name)(*args, **kwargs)``: e.g. ``LOSSES.build("clip", args, class_table)``."""
+        return self.factory(name)(*args, **kwargs)
 
     def names(self) -> List[str]:
         return sorted(self._entries)
@@ -71,11 +81,6 @@ class Registry:
 DATASETS = Registry("dataset")
 SAMPLERS = Registry("sampler")
 LOSSES = Registry("loss")
-
-
-def load_builtin_plugins() -> None:
-    """Import the modules that register the built-in plugins."""
-    from patentclip.plugins import losses, patent_data, samplers  # noqa: F401
 
 
 def import_plugin_modules(modules: Iterable[str]) -> None:

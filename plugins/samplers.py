@@ -37,7 +37,6 @@ from the pass before, at a group boundary.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import deque
 from typing import Callable, Hashable, List, Sequence, TypeVar
@@ -45,14 +44,9 @@ from typing import Callable, Hashable, List, Sequence, TypeVar
 import torch
 
 from patentclip.plugins.registry import SAMPLERS
+from patentclip.plugins.seeding import uniform01
 
 T = TypeVar("T")
-
-
-def uniform01(*parts) -> float:
-    """A deterministic uniform number in [0, 1) from the given parts."""
-    h = hashlib.blake2b("\x1f".join(str(p) for p in parts).encode(), digest_size=8).digest()
-    return (int.from_bytes(h, "little") >> 11) / float(1 << 53)
 
 
 def spread_repeats(items: Sequence[T], key: Callable[[T], Hashable], distance: int) -> List[T]:
@@ -152,4 +146,4 @@ def natural_sampler(args, class_table):
 
 @SAMPLERS.register("class_aware")
 def class_aware_sampler(args, class_table):
-    return ClassAwareSampler(class_table.counts(), getattr(args, "sampler_beta", 1.0))
+    return ClassAwareSampler(class_table.counts(), args.sampler_beta)

@@ -6,6 +6,57 @@ import json
 import os
 import sys
 
+from patentclip.plugins.registry import import_plugin_modules
+from patentclip.shards.build import build_shards, shard_pattern, storage_options_from, summary
+from patentclip.shards.importers import ImportOptions, formats
+from patentclip.shards.inspect import format_findings, inspect_shards
+from patentclip.shards.synth import generate_synthetic_patents
+
+
+def add_import_arguments(g) -> None:
+    """The importers' flags (docs/importers.md) on an argparse group: shared by ``build`` and ``patentclip-caption``,
+    which must see the same drawings under the same keys."""
+    g.add_argument("--images-root", default=None, help="folder the image paths are relative to (default: the "
+                                                       "input file's folder)")
+    g.add_argument("--locarno-table", default=None, metavar="FILE",
+                   help="patent id -> Locarno class (CSV/TSV with header, JSON object or JSON Lines)")
+    g.add_argument("--locarno-id-column", default="patent_id", help="(default: %(default)s)")
+    g.add_argument("--locarno-class-column", default="class", help="(default: %(default)s)")
+    g.add_argument("--class-names", default=None, metavar="FILE", help="Locarno code -> class name table")
+    g.add_argument("--missing-class", choices=["skip", "other"], default="skip",
+                   help="patents without a class: skip and report (default), or put them in 99-00 and report")
+    g.add_argument("--default-date", default=None, metavar="YYYY-MM-DD",
+                   help="grant date for patents whose input has none (reported); without it they are skipped")
+    g.add_argument("--dp2-image", choices=["subfigure", "figure"], default="subfigure",
+                   help="DeepPatent2: the segmented subfigure_file (default) or the whole figure_file")
+    for col, default, what in (("path", "full_path", "image path"), ("class", "cat", "class (Locarno code or name)"),
+                               ("id", None, "patent id (default: the patent number in the path)"),
+                               ("date", None, "grant date"), ("title", None, "title"), ("view", None, "view"),
+                               ("caption", None, "caption"), ("class-name", None, "class name")):
+        g.add_argument(f"--{col}-column", default=default, help=f"CSV: column of the {what}"
+                       + (f" (default: {default})" if default else ""))
+    g.add_argument("--delimiter", default=None, help="CSV delimiter (default: tab if the header has one, else ',')")
+    g.add_argument("--uspto-images", choices=["figures", "sheets", "both"], default="figures",
+                   help="USPTO: the figures cut from the drawing sheets (default), the whole sheets, or both")
+    g.add_argument("--no-ocr", action="store_true",
+                   help="USPTO: do not read the FIG. labels with tesseract; figures are numbered in reading order")
+    g.add_argument("--segment-cache", default=None, metavar="DIR",
+                   help="USPTO: cache of the sheet segmentation, so that a rerun does not segment again "
+                        "(default: $XDG_CACHE_HOME/patentclip/uspto-segments; 'none' for no cache)")
+
+
+def import_options_from(args):
+    """:class:`ImportOptions` from the flags of :func:`add_import_arguments`."""
+    return ImportOptions(images_root=args.images_root, locarno_table=args.locarno_table,
+                         locarno_id_column=args.locarno_id_column, locarno_class_column=args.locarno_class_column,
+                         class_names=args.class_names, missing_class=args.missing_class,
+                         default_date=args.default_date, image_field=args.dp2_image, path_column=args.path_column,
+                         class_column=args.class_column, id_column=args.id_column, date_column=args.date_column,
+                         title_column=args.title_column, view_column=args.view_column,
+                         caption_column=args.caption_column, class_name_column=args.class_name_column,
+                         delimiter=args.delimiter, uspto_images=args.uspto_images, ocr=not args.no_ocr,
+                         segment_cache=args.segment_cache)
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="patentclip-shards", description=__doc__, allow_abbrev=False)
@@ -38,8 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "keeps the complete shards and rebuilds the rest. Bad records, drawings and captions are skipped "
                     "or repaired and reported, never dropped silently; exit status 1 only when nothing was written.")
     b.add_argument("--format", dest="input_format", default="manifest",
-                   choices=["manifest", "deeppatent2", "deeppatent", "csv", "uspto"],
-                   help="input format (default: manifest)")
+                   choices=formats(), help="input format, a registered importer (default: manifest)")
+    b.add_argument("--plugins", default="",
+                   help="comma-separated Python modules to import first: they register their own input formats "
+                        "(docs/extending.md)")
     b.add_argument("--manifest", "--input", dest="inputs", action="append", required=True, metavar="FILE",
                    help="input file; repeat for several (DeepPatent2 JSON files, DeepPatent lists, CSVs; uspto: "
                         "folders, per-patent zips, weekly .tar archives)")
@@ -77,34 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(fields: {title} {object} {a_object} {view} {class_name} {class_code} {caption} {patent_id})")
     g.add_argument("--max-caption-chars", type=int, default=1000,
                    help="longer captions are cut at a word boundary and reported, 0 = no limit (default: %(default)s)")
-    g = b.add_argument_group("importers (docs/importers.md)")
-    g.add_argument("--images-root", default=None, help="folder the image paths are relative to (default: the "
-                                                       "input file's folder)")
-    g.add_argument("--locarno-table", default=None, metavar="FILE",
-                   help="patent id -> Locarno class (CSV/TSV with header, JSON object or JSON Lines)")
-    g.add_argument("--locarno-id-column", default="patent_id", help="(default: %(default)s)")
-    g.add_argument("--locarno-class-column", default="class", help="(default: %(default)s)")
-    g.add_argument("--class-names", default=None, metavar="FILE", help="Locarno code -> class name table")
-    g.add_argument("--missing-class", choices=["skip", "other"], default="skip",
-                   help="patents without a class: skip and report (default), or put them in 99-00 and report")
-    g.add_argument("--default-date", default=None, metavar="YYYY-MM-DD",
-                   help="grant date for patents whose input has none (reported); without it they are skipped")
-    g.add_argument("--dp2-image", choices=["subfigure", "figure"], default="subfigure",
-                   help="DeepPatent2: the segmented subfigure_file (default) or the whole figure_file")
-    for col, default, what in (("path", "full_path", "image path"), ("class", "cat", "class (Locarno code or name)"),
-                               ("id", None, "patent id (default: the patent number in the path)"),
-                               ("date", None, "grant date"), ("title", None, "title"), ("view", None, "view"),
-                               ("caption", None, "caption"), ("class-name", None, "class name")):
-        g.add_argument(f"--{col}-column", default=default, help=f"CSV: column of the {what}"
-                       + (f" (default: {default})" if default else ""))
-    g.add_argument("--delimiter", default=None, help="CSV delimiter (default: tab if the header has one, else ',')")
-    g.add_argument("--uspto-images", choices=["figures", "sheets", "both"], default="figures",
-                   help="USPTO: the figures cut from the drawing sheets (default), the whole sheets, or both")
-    g.add_argument("--no-ocr", action="store_true",
-                   help="USPTO: do not read the FIG. labels with tesseract; figures are numbered in reading order")
-    g.add_argument("--segment-cache", default=None, metavar="DIR",
-                   help="USPTO: cache of the sheet segmentation, so that a rerun does not segment again "
-                        "(default: $XDG_CACHE_HOME/patentclip/uspto-segments; 'none' for no cache)")
+    add_import_arguments(b.add_argument_group("importers (docs/importers.md)"))
     g = b.add_argument_group("object storage")
     g.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL)")
     g.add_argument("--region", default=None, help="S3 region (default: AWS_DEFAULT_REGION)")
@@ -144,21 +170,18 @@ def parse_splits(items):
 
 
 def main(argv=None) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugins", default="")
+    import_plugin_modules(pre.parse_known_args(argv)[0].plugins.split(","))  # before --format's choices are listed
     args = build_parser().parse_args(argv)
     if args.command == "synth":
-        from patentclip.shards.synth import generate_synthetic_patents
-
         views = tuple(v.strip() for v in args.views.split(",") if v.strip())
         path = generate_synthetic_patents(args.out, num_patents=args.num_patents, num_classes=args.num_classes,
                                           views=views, image_size=args.image_size, seed=args.seed, progress=True)
         print(path)
         return 0
-    from patentclip.shards.build import storage_options_from
-
     so = storage_options_from(args.endpoint_url, args.region, args.profile)
     if args.command == "inspect":
-        from patentclip.shards.inspect import format_findings, inspect_shards
-
         findings = inspect_shards(args.shards, workers=args.workers, storage_options=so)
         print(format_findings(findings, max_problems=args.max_problems))
         if args.json_out:
@@ -166,19 +189,8 @@ def main(argv=None) -> int:
                 json.dump(findings, f, indent=1, ensure_ascii=False)
         return 1 if findings["problems"] else 0
 
-    from patentclip.shards.build import build_shards, shard_pattern, summary
-    from patentclip.shards.importers import ImportOptions
-
     try:
-        iopts = ImportOptions(images_root=args.images_root, locarno_table=args.locarno_table,
-                              locarno_id_column=args.locarno_id_column,
-                              locarno_class_column=args.locarno_class_column, class_names=args.class_names,
-                              missing_class=args.missing_class, default_date=args.default_date,
-                              image_field=args.dp2_image, path_column=args.path_column, class_column=args.class_column,
-                              id_column=args.id_column, date_column=args.date_column, title_column=args.title_column,
-                              view_column=args.view_column, caption_column=args.caption_column,
-                              class_name_column=args.class_name_column, delimiter=args.delimiter,
-                              uspto_images=args.uspto_images, ocr=not args.no_ocr, segment_cache=args.segment_cache)
+        iopts = import_options_from(args)
         report = build_shards(args.inputs if len(args.inputs) > 1 else args.inputs[0], args.out,
                               samples_per_shard=args.samples_per_shard, splits=parse_splits(args.split),
                               seed=args.seed, image_format=args.image_format, progress=not args.no_progress,

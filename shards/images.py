@@ -97,17 +97,18 @@ def _flatten(im: Image.Image, mode: str) -> Image.Image:
     return im
 
 
-def normalize_image(source, opts: ImageOptions) -> Tuple[bytes, Tuple[int, int], Tuple[int, int]]:
-    """Decode ``source`` (a path, bytes, or a PIL image already decoded), normalise it and encode it.
+def decode_drawing(source, mode: str = "L", max_side: int = DEFAULT_MAX_SIDE) -> Tuple[Image.Image, Tuple[int, int]]:
+    """Decode ``source`` (a path or bytes) completely and normalise it (module docstring): flattened onto white,
+    converted to ``mode``, shrunk to ``max_side`` (0 = keep the size). Returns ``(image, original (w, h))``.
+    Raises :class:`ImageError`. The shard builder encodes the result; the captioner shows it to a model.
 
-    Returns ``(encoded bytes, original (w, h), written (w, h))``. Raises :class:`ImageError`.
-    """
+    ``source`` may also be a PIL image an importer made (a figure cut from a USPTO drawing sheet, already at the
+    training size): it is normalised the same way, and its original size is its ``info["orig_size"]``."""
     if isinstance(source, Image.Image):
         w, h = source.size
         if w < 1 or h < 1:
             raise ImageError("unreadable_image", f"image has no pixels ({w}x{h})")
-        # an image made at the training size by its importer says its original size in info["orig_size"]
-        return _encode(_flatten(source, opts.mode), opts, tuple(source.info.get("orig_size", (w, h))))
+        return _shrink(_flatten(source, mode), max_side), tuple(source.info.get("orig_size", (w, h)))
     if isinstance(source, (bytes, bytearray)):
         data = bytes(source)
     else:
@@ -134,7 +135,7 @@ def normalize_image(source, opts: ImageOptions) -> Tuple[bytes, Tuple[int, int],
                 im.seek(0)  # multi-page TIFF: the first page is the drawing
             im.load()
             orig = (w, h)
-            out = _flatten(im, opts.mode)
+            out = _flatten(im, mode)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -142,15 +143,24 @@ def normalize_image(source, opts: ImageOptions) -> Tuple[bytes, Tuple[int, int],
     except Exception as exc:  # UnidentifiedImageError, truncated data, broken chunks, ...
         msg = str(exc) or type(exc).__name__
         raise ImageError("unreadable_image", f"{type(exc).__name__}: {msg}") from None
-    return _encode(out, opts, orig)
+    return _shrink(out, max_side), orig
 
 
-def _encode(out: Image.Image, opts: ImageOptions, orig: Tuple[int, int]) -> Tuple[bytes, Tuple[int, int],
-                                                                                  Tuple[int, int]]:
-    if opts.max_side and max(out.size) > opts.max_side:
-        s = opts.max_side / max(out.size)
+def _shrink(out: Image.Image, max_side: int) -> Image.Image:
+    if max_side and max(out.size) > max_side:
+        s = max_side / max(out.size)
         size = (max(1, round(out.size[0] * s)), max(1, round(out.size[1] * s)))
         out = out.resize(size, Image.LANCZOS, reducing_gap=3.0)
+    return out
+
+
+def normalize_image(source, opts: ImageOptions) -> Tuple[bytes, Tuple[int, int], Tuple[int, int]]:
+    """Decode ``source`` (a path, bytes or an importer's PIL image), normalise it (:func:`decode_drawing`) and
+    encode it.
+
+    Returns ``(encoded bytes, original (w, h), written (w, h))``. Raises :class:`ImageError`.
+    """
+    out, orig = decode_drawing(source, opts.mode, opts.max_side)
     buf = io.BytesIO()
     if opts.ext == "png":
         out.save(buf, format="PNG", compress_level=6)

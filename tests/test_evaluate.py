@@ -384,7 +384,8 @@ def test_protocol_on_real_features_against_brute_force(run_dir, synthetic_shards
     from sklearn.metrics import average_precision_score
 
     from patentclip.plugins.classes import load_class_table
-    from patentclip.plugins.registry import DATASETS, load_builtin_plugins
+    from patentclip.plugins.builtin import load_builtin_plugins
+    from patentclip.plugins.registry import DATASETS
 
     load_builtin_plugins()
     loaded = E.load_for_eval(str(run_dir / "checkpoints" / "epoch_1.pt"), None, None, "cpu")

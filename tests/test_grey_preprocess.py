@@ -1,6 +1,5 @@
 """The one-channel path for grey drawings gives exactly open_clip's tensors for the RGB-converted image, with the
 same random draws; preprocesses it cannot mirror run unchanged."""
-import argparse
 import random
 
 import numpy as np
@@ -8,7 +7,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from patentclip.plugins.augment import with_patent_augmentations
+from patentclip.plugins.augment import add_augmentations
 from patentclip.plugins.grey_preprocess import GreyAwarePreprocess, grey_steps
 
 
@@ -39,8 +38,8 @@ def test_grey_path_is_bit_identical_to_rgb_preprocess(which, mode):
         train, val = transforms()
         pre = val if which == "val" else train
         if which == "train+patent-augs":
-            pre = with_patent_augmentations(pre, argparse.Namespace(aug_hflip=0.5, aug_gridmask=0.7,
-                                                                    aug_random_erasing=0.7))
+            pre = add_augmentations(pre, hflip=0.5, gridmask=0.7,
+                                                                    random_erasing=0.7)
     fast = GreyAwarePreprocess(pre)
     assert fast.grey is not None
     for size in ((150, 110), (90, 240), (300, 300)):

@@ -1,7 +1,6 @@
 """Loss plugins against brute-force references written independently here (loops over pairs), values and
 gradients; the classification head against a hand-written attention; learned uncertainty weights; the
 feature-cache accumulation of PatentTrainModule; edge cases."""
-import argparse
 import math
 from dataclasses import dataclass
 
@@ -9,10 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from patentclip.launch.args import default_args
 from patentclip.plugins.classes import ClassInfo, ClassTable
 from patentclip.plugins.heads import AttentionFusionHead, build_head, load_head
 from patentclip.plugins.losses import (LossSet, class_balance_weights, class_categories, parse_loss_spec)
-from patentclip.plugins.registry import LOSSES, load_builtin_plugins
+from patentclip.plugins.builtin import load_builtin_plugins
+from patentclip.plugins.registry import LOSSES
 
 load_builtin_plugins()
 
@@ -30,7 +31,7 @@ def args(**kw):
     base = dict(world_size=1, rank=0, local_loss=False, gather_with_grad=False, loss_beta=1.0, embed_dim=D,
                 head_num_heads=2, head_text_dropout=0.0)
     base.update(kw)
-    return argparse.Namespace(**base)
+    return default_args(**base)
 
 
 def features(n=6, d=D, seed=0):
@@ -555,7 +556,10 @@ def test_feature_cache_accumulation_equals_one_big_batch(tiny_module_factory):
         if g_big is None:
             assert p.grad is None or not p.grad.any(), n
             continue
-        assert torch.allclose(p.grad, g_big, atol=1e-6, rtol=1e-4), n
+        # float32 sums in another order (three micro-batches vs one batch): compare against the tensor's scale,
+        # not element-wise (an element near zero of a gradient whose entries reach ~30 differs by ~1e-5)
+        err = (p.grad - g_big).abs().max().item()
+        assert err <= 1e-6 + 2e-6 * g_big.abs().max().item(), (n, err, g_big.abs().max().item())
         checked += 1
     assert checked > 50
 

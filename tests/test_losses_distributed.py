@@ -26,6 +26,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from patentclip.launch.args import default_args
 HERE = os.path.abspath(__file__)
 ALL_LOSSES = ["clip", "class_aware_contrastive", "multiview_contrastive", "class_aware_classification",
               "class_contrastive", "category_contrastive"]
@@ -54,7 +55,7 @@ def loss_args(rank, world, **kw):
     base = dict(world_size=world, rank=rank, local_loss=False, gather_with_grad=False, loss_beta=1.2,
                 embed_dim=D, head_num_heads=2, head_text_dropout=0.0, multiview_single="drop")
     base.update(kw)
-    return argparse.Namespace(**base)
+    return default_args(**base)
 
 
 def full_data():

@@ -69,9 +69,10 @@ def test_flags_on_the_command_line_override_the_recipe():
 def test_recipe_losses_build():
     import argparse
 
+    from patentclip.launch.args import default_args
     from patentclip.plugins.classes import ClassInfo, ClassTable
     from patentclip.plugins.losses import LossSet
-    from patentclip.plugins.registry import load_builtin_plugins
+    from patentclip.plugins.builtin import load_builtin_plugins
 
     load_builtin_plugins()
     table = ClassTable([ClassInfo(i, str(i), str(i), 10 - i) for i in range(5)])
@@ -82,7 +83,7 @@ def test_recipe_losses_build():
         assert set(s.losses) == terms
         assert s.needs_second_view == (name == "designclip")
         assert (s.log_vars is not None) == (name == "llm-informed")
-    d = LossSet(RECIPES["designclip"]["loss"], argparse.Namespace(model="patentclip-tiny", loss_beta=1.2), table)
+    d = LossSet(RECIPES["designclip"]["loss"], default_args(model="patentclip-tiny", loss_beta=1.2), table)
     assert d.weights == {"class_aware_classification": 1.0, "class_aware_contrastive": 0.1,
                          "multiview_contrastive": 0.2}
 

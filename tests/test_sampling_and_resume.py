@@ -1,6 +1,5 @@
 """Issue: the streaming patent pipeline. Class-aware sampling statistics, multi-view pairs, augmentation
 determinism, exact mid-epoch resume of the loader, and streaming from a real S3 server (with an outage)."""
-import argparse
 import math
 import random
 
@@ -9,7 +8,8 @@ import torch
 
 import conftest
 from patentclip.plugins.classes import load_class_table
-from patentclip.plugins.registry import DATASETS, load_builtin_plugins
+from patentclip.plugins.builtin import load_builtin_plugins
+from patentclip.plugins.registry import DATASETS
 from patentclip.plugins.samplers import ClassAwareSampler, spread_repeats, uniform01
 
 load_builtin_plugins()
@@ -23,13 +23,13 @@ def data_args(train, **kw):
 def parts():
     import open_clip
 
-    from patentclip.plugins.augment import with_patent_augmentations
+    from patentclip.plugins.augment import add_augmentations
     from patentclip.plugins.models import register_model_configs
 
     register_model_configs()
     _, preprocess, _ = open_clip.create_model_and_transforms("patentclip-tiny")
-    aug = with_patent_augmentations(preprocess, argparse.Namespace(aug_hflip=0.5, aug_gridmask=0.5,
-                                                                   aug_random_erasing=0.3))
+    aug = add_augmentations(preprocess, hflip=0.5, gridmask=0.5,
+                                                                   random_erasing=0.3)
     return aug, open_clip.get_tokenizer("patentclip-tiny")
 
 
@@ -38,10 +38,10 @@ def parts_uint8(parts):
     """Flip and GridMask without random erasing: a preprocess the uint8 image transport takes."""
     import open_clip
 
-    from patentclip.plugins.augment import with_patent_augmentations
+    from patentclip.plugins.augment import add_augmentations
 
     _, preprocess, _ = open_clip.create_model_and_transforms("patentclip-tiny")
-    return with_patent_augmentations(preprocess, argparse.Namespace(aug_hflip=0.5, aug_gridmask=0.5)), parts[1]
+    return add_augmentations(preprocess, hflip=0.5, gridmask=0.5), parts[1]
 
 
 def loader(args, parts, table, epoch=0):
@@ -135,7 +135,7 @@ def test_no_batch_holds_a_drawing_twice(synthetic_shards, parts, workers, kw, mo
     would be each other's negatives), while the plain group shuffle does put some in one batch. (With 2
     workers the epoch is shortened so that no worker rolls over into a second pass of its shards, where a
     drawing can meet its copy from the first pass at a group boundary: documented in samplers.py.)"""
-    from patentclip.plugins import patent_data
+    from patentclip.plugins.data import patents
 
     table = load_class_table(synthetic_shards["train"])
     args = data_args(synthetic_shards["train"], sampler="class_aware", sampler_beta=1.2, workers=workers,
@@ -144,7 +144,7 @@ def test_no_batch_holds_a_drawing_twice(synthetic_shards, parts, workers, kw, mo
     keys = [k for b in batches for k in b["key"]]
     assert len(keys) > len(set(keys))  # the sampler did repeat drawings
     assert all(len(set(b["key"])) == len(b["key"]) for b in batches)
-    monkeypatch.setattr(patent_data, "spread_repeats", lambda items, key, distance: list(items))
+    monkeypatch.setattr(patents, "spread_repeats", lambda items, key, distance: list(items))
     plain = list(loader(args, parts, table).dataloader)
     assert len(plain) == len(batches)
     assert any(len(set(b["key"])) < len(b["key"]) for b in plain)
@@ -260,7 +260,7 @@ def test_loader_resume_continues_exactly(synthetic_shards, parts, parts_uint8, w
 
 def test_resume_does_not_reread_consumed_shard_groups(synthetic_shards, parts, monkeypatch):
     """After resuming late in the epoch, only the current shard group (and later ones) are read."""
-    from patentclip.plugins import patent_data
+    from patentclip.plugins.data import tars
 
     table = load_class_table(synthetic_shards["train"])
     args = data_args(synthetic_shards["train"], shuffle_group_shards=1)
@@ -274,8 +274,8 @@ def test_resume_does_not_reread_consumed_shard_groups(synthetic_shards, parts, m
         next(it)
     state = part.state_dict()
     opened = []
-    real = patent_data._tar_samples
-    monkeypatch.setattr(patent_data, "_tar_samples", lambda url, skips: (opened.append(url), real(url, skips))[1])
+    real = tars.tar_samples
+    monkeypatch.setattr(tars, "tar_samples", lambda url, skips: (opened.append(url), real(url, skips))[1])
     fresh = loader(args, parts, table).dataloader
     fresh.load_state_dict(state)
     rest = list(fresh)

@@ -465,3 +465,19 @@ def test_per_patent_captions_from_the_sample_csv(impact_sample, tmp_path):
     metas = [json.loads(v) for k, v in members(out / "train" / "train-000000.tar").items() if k.endswith(".json")]
     assert len(metas) == 7 and all(m["captions"][-1] == rows["D0909824"] for m in metas)
     assert metas[0]["captions"][0].startswith("A perspective view of a soccer sport spoon")
+
+
+def test_captioner_sees_the_figure_not_the_sheet(impact_sample, tmp_path):
+    """patentclip-caption (shards/captioning) decodes what the shard builder does: the figure cut from its sheet."""
+    from patentclip.shards.captioning.pipeline import load_image
+    from patentclip.shards.captioning.prompts import drawing_tasks
+
+    src = tmp_path / "grants"
+    shutil.copytree(impact_sample / SPOON, src / SPOON)
+    records, _, _ = import_records("uspto", [str(src)], _opts(tmp_path))
+    tasks = drawing_tasks(records)
+    assert [t.key for t in tasks][:2] == ["USD0909824_00", "USD0909824_01"]
+    fig2, fig3 = load_image(tasks[1], 768), load_image(tasks[2], 768)  # FIG. 2 and 3 share sheet 2
+    sheet = Image.open(src / SPOON / f"{SPOON}-D00002.TIF")
+    assert fig2.mode == "RGB" and fig2.size != fig3.size
+    assert fig2.size[0] / fig2.size[1] < 0.7 < sheet.size[0] / sheet.size[1]  # one tall view, not the sheet

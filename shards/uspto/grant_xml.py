@@ -28,7 +28,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from ..importers import canonical_patent_key, normalize_locarno
+from ..importers.common import canonical_patent_key, normalize_locarno
 from .descriptions import FigureDescription, claim_object, parse_descriptions
 
 __all__ = ["Citation", "Grant", "GrantXMLError", "parse_grant"]

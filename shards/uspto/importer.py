@@ -37,8 +37,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 
 from ..images import ImageError, ImageOptions
-from ..importers import ClassNames, ImportOptions, LocarnoTable, _parse_date
+from ..importers.common import ClassNames, ImportOptions, LocarnoTable, parse_date
+from ..importers.registry import IMPORTERS
 from ..manifest import Drawing, PatentRecord, Problem
+from ..pool import ignore_sigint
 from .archives import GrantFiles, Member, read_member, walk_inputs
 from .bilevel import ink_to_grey, read_ink
 from .grant_xml import Grant, GrantXMLError, parse_grant
@@ -220,12 +222,10 @@ def _segment_all(root: Path, tasks: List[Tuple[str, List[Tuple[int, Member]]]], 
             for (pid, sheets), a in zip(todo, args):
                 done(pid, _segment_task(a), len(sheets))
         else:
-            from ..build import _ignore_sigint
-
             ctx = mp.get_context("spawn")
             # the patents with most sheets first (better balance at the end); the results do not depend on it
             order = sorted(range(len(todo)), key=lambda i: (-len(todo[i][1]), i))
-            with ctx.Pool(min(workers, len(todo)), initializer=_ignore_sigint) as pool:
+            with ctx.Pool(min(workers, len(todo)), initializer=ignore_sigint) as pool:
                 for i, res in pool.imap_unordered(_segment_indexed, [(i, args[i]) for i in order], chunksize=1):
                     done(todo[i][0], res, len(todo[i][1]))
     finally:
@@ -244,6 +244,7 @@ def _default_root(paths: Sequence[str]) -> Path:
     return Path(os.path.commonpath([str(d) for d in dirs])) if dirs else Path(".")
 
 
+@IMPORTERS.register("uspto")
 def import_uspto(paths, opts: ImportOptions) -> Tuple[List[PatentRecord], List[Problem], Dict]:
     """USPTO design grants -> records (module docstring). Returns ``(records, problems, stats)``; ``stats`` has
     ``segmentation`` (the measure against the XML's figure counts) and ``report_lines`` (the build summary's)."""
@@ -328,7 +329,7 @@ def import_uspto(paths, opts: ImportOptions) -> Tuple[List[PatentRecord], List[P
         src = gf.xml.describe()
         date = g.grant_date if g.grant_date and len(g.grant_date) == 10 else None
         if date is None and opts.default_date:
-            date = _parse_date(opts.default_date)
+            date = parse_date(opts.default_date)
             problem(n, gf, pid, "date_defaulted", "repair", f"patent {pid}: no grant date; --default-date used")
         if date is None:
             problem(n, gf, pid, "missing_date", "record", f"patent {pid}: no grant date; skipped")

@@ -1,20 +1,5 @@
-"""Importers: public patent-drawing formats -> the manifest's in-memory records (:class:`PatentRecord`).
-
-Every importer returns ``(records, problems, stats)`` exactly like :func:`read_manifest` (plus counters), so one
-builder path serves all formats. Formats (docs/importers.md has the details and examples):
-
-* ``deeppatent2`` -- DeepPatent2 per-figure JSON (a JSON array, an object of arrays, or JSON Lines) with
-  ``patentID`` (``USD0836880-20190101``), ``patentdate``, ``figid``, ``caption``, ``object``, ``aspect``,
-  ``object_title``, ``figure_file``, ``subfigure_file``. It has no Locarno class: one is joined from a user table.
-* ``deeppatent`` -- DeepPatent (v1) split lists, lines ``<relative path> <label>``; the label identifies the patent.
-* ``csv`` -- a CSV with an image path column and a class column (PatentCLIP's ``full_path``, ``cat``), names
-  configurable, optional id/date/title/view/caption columns.
-* ``uspto`` -- the USPTO's own design grants: grant XML and TIFF drawing sheets, in folders, per-patent zips or
-  weekly bulk archives; sheets are cut into figures (:mod:`.uspto`).
-
-Drawings get their captions from the templates (:mod:`.captions`) in the shard workers, unless the input has
-captions of its own (a CSV caption column) or a captions file is joined.
-"""
+"""What every importer shares: Locarno codes and class names, patent ids and dates, table reading, the
+importer options, and the collector that groups drawings into :class:`PatentRecord` s with problems."""
 from __future__ import annotations
 
 import csv
@@ -27,13 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from .manifest import Drawing, PatentRecord, Problem
-
-__all__ = ["FORMATS", "LOCARNO_CLASSES", "normalize_locarno", "canonical_patent_key", "LocarnoTable",
-           "ClassNames", "ImportOptions", "import_deeppatent2", "import_deeppatent", "import_csv", "import_records"]
-
-#: Input formats of ``patentclip-shards build --format``.
-FORMATS = ("manifest", "deeppatent2", "deeppatent", "csv", "uspto")
+from ..captions import article
+from ..manifest import Drawing, PatentRecord, Problem
 
 #: The 32 Locarno classes (and 99), 13th edition headings, lower case: the fallback class names.
 LOCARNO_CLASSES = {
@@ -95,7 +75,7 @@ def canonical_patent_key(value: Any) -> str:
     return s
 
 
-def _parse_date(value: Any) -> Optional[str]:
+def parse_date(value: Any) -> Optional[str]:
     if value is None:
         return None
     s = str(value).strip()
@@ -107,26 +87,26 @@ def _parse_date(value: Any) -> Optional[str]:
     return None
 
 
-def _patent_id_from(text: str) -> Tuple[Optional[str], Optional[str]]:
+def patent_id_from(text: str) -> Tuple[Optional[str], Optional[str]]:
     """(patent id ``USD0836880``, ISO date or None) of the design patent number in a file name or id such as
     ``USD0836880-20190101-D00001.png``; (None, None) when there is none."""
     m = _DESIGN_NO.search(text)
     if not m:
         return None, None
-    return f"USD{m.group(1).zfill(7)}", _parse_date(m.group(2)) if m.group(2) else None
+    return f"USD{m.group(1).zfill(7)}", parse_date(m.group(2)) if m.group(2) else None
 
 
-def _patent_id_from_path(path: str) -> Tuple[Optional[str], Optional[str]]:
+def patent_id_from_path(path: str) -> Tuple[Optional[str], Optional[str]]:
     """The patent number in an image path: in the file name, else in the nearest folder name that has one."""
     parts = re.split(r"[/\\]", path)
     for part in reversed(parts):
-        found = _patent_id_from(part)
+        found = patent_id_from(part)
         if found[0]:
             return found
     return None, None
 
 
-def _read_text_lines(path) -> Iterator[Tuple[int, str, Optional[str]]]:
+def read_text_lines(path) -> Iterator[Tuple[int, str, Optional[str]]]:
     """(line number, text, problem) per line; bad UTF-8 is replaced by U+FFFD and named in ``problem``."""
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
@@ -142,7 +122,7 @@ def _read_text_lines(path) -> Iterator[Tuple[int, str, Optional[str]]]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _table_rows(path, columns: Sequence[Optional[str]]) -> Iterator[Tuple[int, List[Any], Optional[str]]]:
+def table_rows(path, columns: Sequence[Optional[str]]) -> Iterator[Tuple[int, List[Any], Optional[str]]]:
     """Rows of a small table (CSV/TSV with a header, JSON object ``{key: value}``, JSON list of objects or JSON
     Lines): yields (line or item number, [values of ``columns``], problem)."""
     text = Path(path).read_bytes().decode("utf-8-sig", errors="replace")
@@ -203,7 +183,7 @@ class ClassNames:
     @classmethod
     def load(cls, path) -> "ClassNames":
         names = {}
-        for line, (code, name), problem in _table_rows(path, [None, None]):
+        for line, (code, name), problem in table_rows(path, [None, None]):
             c = normalize_locarno(code)
             if problem or not c or not name or not str(name).strip():
                 raise ValueError(f"{path}: line {line}: expected a Locarno code and a name, got {code!r}, {name!r}")
@@ -255,7 +235,7 @@ class LocarnoTable:
             header = next(csv.reader(io.StringIO(first), dialect="excel-tab" if "\t" in first else "excel"), [])
             if name_column and name_column not in [h.strip() for h in header]:
                 cols = cols[:2]
-        for line, vals, problem in _table_rows(path, cols):
+        for line, vals, problem in table_rows(path, cols):
             pid, raw_code = vals[0], vals[1]
             name = vals[2] if len(vals) > 2 else None
             if problem or pid in (None, "") or raw_code in (None, ""):
@@ -320,11 +300,11 @@ class ImportOptions:
             raise ValueError("missing_class must be 'skip' or 'other'")
         if self.image_field not in ("subfigure", "figure"):
             raise ValueError("image_field must be 'subfigure' or 'figure'")
-        if self.default_date is not None and _parse_date(self.default_date) is None:
+        if self.default_date is not None and parse_date(self.default_date) is None:
             raise ValueError(f"default date {self.default_date!r} is not a date (YYYY-MM-DD)")
 
 
-class _Collector:
+class Collector:
     """Groups drawings into patents and turns them into PatentRecords with problems."""
 
     def __init__(self, opts: ImportOptions, source: str, root: Path):
@@ -399,7 +379,7 @@ class _Collector:
                 continue
             date = p["date"]
             if date is None and self.opts.default_date:
-                date = _parse_date(self.opts.default_date)
+                date = parse_date(self.opts.default_date)
                 self.problem(line, pid, "date_defaulted", "repair", f"patent {pid}: no grant date; "
                              f"--default-date {date} used")
             if date is None:
@@ -435,7 +415,7 @@ class _Collector:
             if not drawings:
                 self.problem(line, pid, "no_drawings", "record", f"patent {pid}: no usable drawings; skipped")
                 continue
-            title = p["title"] or (f"Ornamental design for {_a(p['object'])}" if p["object"] else f"Design {pid}")
+            title = p["title"] or (f"Ornamental design for {article(p['object'])}" if p["object"] else f"Design {pid}")
             extra: Dict[str, Any] = {"_source": p["source"]}
             if not p["title"] and not p["object"]:
                 extra["_title_generated"] = True  # "Design <id>" says nothing: not used in caption templates
@@ -448,13 +428,7 @@ class _Collector:
         return out
 
 
-def _a(noun: str) -> str:
-    from .captions import article
-
-    return article(noun)
-
-
-def _view(aspect: Any) -> str:
+def view_name(aspect: Any) -> str:
     if not isinstance(aspect, str) or not aspect.strip():
         return "unspecified"
     v = re.sub(r"\bviews?\b", "", aspect.lower())
@@ -462,246 +436,7 @@ def _view(aspect: Any) -> str:
     return re.sub(r"\s+", " ", v).strip() or "unspecified"
 
 
-def _figkey(figid: Any) -> Tuple:
+def figure_order(figid: Any) -> Tuple:
     s = str(figid if figid is not None else "")
     m = re.match(r"\D*(\d+)(.*)", s)
     return (int(m.group(1)), m.group(2)) if m else (1 << 30, s)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# DeepPatent2
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _dp2_items(path) -> Iterator[Tuple[int, Any, Optional[str]]]:
-    """(record number or line, record, problem) of a DeepPatent2 JSON file (array, object of arrays, JSON Lines)."""
-    with open(path, "rb") as f:
-        head = f.read(1 << 16).decode("utf-8", errors="replace").lstrip()
-    if head.startswith("["):
-        try:
-            data = json.loads(Path(path).read_bytes().decode("utf-8", errors="replace"))
-        except json.JSONDecodeError as exc:
-            yield exc.lineno, None, f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}; the file " \
-                                    "could not be read"
-            return
-        for i, rec in enumerate(data, start=1):
-            yield i, rec, None
-        return
-    if head.startswith("{"):
-        try:
-            data = json.loads(Path(path).read_bytes().decode("utf-8", errors="replace"))
-        except json.JSONDecodeError:
-            data = None  # JSON Lines
-        if isinstance(data, dict):
-            if "patentID" in data:
-                yield 1, data, None
-                return
-            i = 0
-            for v in data.values():
-                for rec in (v if isinstance(v, list) else [v]):
-                    i += 1
-                    yield i, rec, None
-            return
-    for lineno, text, problem in _read_text_lines(path):
-        if not text.strip():
-            continue
-        try:
-            rec = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield lineno, None, f"invalid JSON: {exc.msg} at column {exc.colno}"
-            continue
-        yield lineno, rec, problem
-
-
-def import_deeppatent2(paths: Sequence, opts: ImportOptions) -> Tuple[List[PatentRecord], List[Problem], Dict]:
-    """DeepPatent2 figure records -> patents (grouped by ``patentID``), drawings in figure order."""
-    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    root = Path(opts.images_root or Path(paths[0]).parent)
-    problems: List[Problem] = []
-    col = _Collector(opts, Path(paths[0]).name, root)
-    for path in paths:
-        col.source = Path(path).name
-        for n, rec, problem in _dp2_items(path):
-            col.rows += 1
-            if rec is None:
-                col.problem(n, None, "invalid_json", "record", problem)
-                continue
-            if problem:
-                col.problem(n, None, "invalid_utf8", "repair", problem)
-            if not isinstance(rec, dict):
-                col.problem(n, None, "schema", "record", f"a figure record must be a JSON object, got "
-                            f"{type(rec).__name__}")
-                continue
-            raw_id = rec.get("patentID") or rec.get("patent_id")
-            if not isinstance(raw_id, str) or not raw_id.strip():
-                col.problem(n, None, "schema", "record", "no 'patentID'; figure skipped")
-                continue
-            pid, id_date = _patent_id_from(raw_id)
-            pid = pid or raw_id.strip().split("-")[0]
-            date = _parse_date(rec.get("patentdate")) or id_date
-            if rec.get("patentdate") and _parse_date(rec.get("patentdate")) is None:
-                col.problem(n, pid, "bad_date", "repair", f"patent {pid}: patentdate {rec.get('patentdate')!r} is "
-                            f"not a date; {'the date in the patentID is used' if id_date else 'ignored'}")
-            sub, whole = rec.get("subfigure_file"), rec.get("figure_file")
-            fig = (sub or whole) if opts.image_field == "subfigure" else (whole or sub)
-            if not isinstance(fig, str) or not fig.strip():
-                col.problem(n, pid, "schema", "drawing", f"patent {pid}: no 'figure_file'/'subfigure_file'; figure "
-                            "skipped")
-                continue
-            code = None
-            for k in ("locarno", "class", "locarno_class"):
-                if rec.get(k):
-                    code = normalize_locarno(rec[k])
-            caption = rec.get("caption") if isinstance(rec.get("caption"), str) else rec.get("description")
-            obj = rec.get("object") if isinstance(rec.get("object"), str) and rec.get("object").strip() else None
-            extra = {k: rec[k] for k in ("figid", "aspect") if rec.get(k) not in (None, "")}
-            if isinstance(caption, str) and caption.strip():
-                extra["caption"] = caption.strip()
-            if obj:
-                extra["object"] = obj.strip()
-            extra["source_id"] = raw_id.strip()
-            title = rec.get("object_title") if isinstance(rec.get("object_title"), str) else None
-            col.add(n, pid, date=date, code=code, title=title.strip() if title and title.strip() else None,
-                    obj=obj.strip() if obj else None, path=fig.strip(), view=_view(rec.get("aspect")), captions=(),
-                    extra=extra, order=(_figkey(rec.get("figid")), fig.strip()))
-    records = col.records()
-    problems.extend(col.problems)
-    return records, problems, {"rows_read": col.rows, "patents_read": len(col.patents)}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# DeepPatent (v1)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def import_deeppatent(paths: Sequence, opts: ImportOptions) -> Tuple[List[PatentRecord], List[Problem], Dict]:
-    """DeepPatent split lists (``<relative path> <label>`` per line) -> patents (one per label)."""
-    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    root = Path(opts.images_root or Path(paths[0]).parent)
-    col = _Collector(opts, Path(paths[0]).name, root)
-    labels: Dict[str, str] = {}
-    for path in paths:
-        col.source = Path(path).name
-        for lineno, text, problem in _read_text_lines(path):
-            if not text.strip():
-                continue
-            col.rows += 1
-            if problem:
-                col.problem(lineno, None, "invalid_utf8", "repair", problem)
-            parts = text.strip().rsplit(None, 1)
-            if len(parts) != 2:
-                col.problem(lineno, None, "bad_line", "record", f"expected '<relative path> <label>', got "
-                            f"{text.strip()[:80]!r}")
-                continue
-            rel, label = parts
-            found_id, date = _patent_id_from(Path(rel).name)
-            pid = found_id or re.sub(r"[^A-Za-z0-9_-]", "_", f"DP-{label}")
-            if label in labels and labels[label] != pid:
-                col.problem(lineno, pid, "label_conflict", "repair", f"label {label} is patent {labels[label]} on an "
-                            f"earlier line but this file name says {pid}; grouped under {labels[label]}")
-                pid = labels[label]
-            labels.setdefault(label, pid)
-            col.add(lineno, pid, date=date, code=None, title=None, obj=None, path=rel, view="unspecified",
-                    captions=(), extra={"label": label})
-    records = col.records()
-    return records, col.problems, {"rows_read": col.rows, "patents_read": len(col.patents)}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# CSV (PatentCLIP classification scripts: full_path, cat)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def import_csv(paths: Sequence, opts: ImportOptions) -> Tuple[List[PatentRecord], List[Problem], Dict]:
-    """One drawing per row; the patent from ``--id-column`` or else the patent number in the image path."""
-    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    root = Path(opts.images_root or Path(paths[0]).parent)
-    col = _Collector(opts, Path(paths[0]).name, root)
-    for path in paths:
-        col.source = Path(path).name
-        raw = Path(path).read_bytes()
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            text = raw.decode("utf-8-sig", errors="replace")
-            col.problem(1, None, "invalid_utf8", "repair", f"file is not valid UTF-8 ({exc.reason} at byte "
-                        f"{exc.start}); bad bytes replaced by U+FFFD")
-        delim = opts.delimiter or ("\t" if "\t" in text.split("\n", 1)[0] else ",")
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim)
-        header = [h.strip() for h in next(reader, [])]
-        wanted = {"path": opts.path_column, "class": opts.class_column, "id": opts.id_column,
-                  "date": opts.date_column, "title": opts.title_column, "view": opts.view_column,
-                  "caption": opts.caption_column, "class_name": opts.class_name_column}
-        missing = [c for c in wanted.values() if c and c not in header]
-        if missing:
-            raise ValueError(f"{path}: column(s) {missing} not in the header ({', '.join(header)}); set them with "
-                             "--path-column/--class-column/...")
-        pos = {k: header.index(c) for k, c in wanted.items() if c}
-        for row in reader:
-            lineno = reader.line_num
-            if not any(x.strip() for x in row):
-                continue
-            col.rows += 1
-            if len(row) != len(header):
-                col.problem(lineno, None, "bad_line", "record", f"{len(row)} fields, the header has {len(header)}; "
-                            "row skipped")
-                continue
-            get = {k: (row[i].strip() or None) for k, i in pos.items()}
-            rel = get.get("path")
-            if not rel:
-                col.problem(lineno, None, "schema", "record", f"empty {opts.path_column!r}; row skipped")
-                continue
-            pid, date = (get["id"], None) if get.get("id") else _patent_id_from_path(rel)
-            if not pid:
-                pid = re.sub(r"[^A-Za-z0-9_-]", "_", Path(rel).stem)
-            if get.get("date"):
-                d = _parse_date(get["date"])
-                if d is None:
-                    col.problem(lineno, pid, "bad_date", "record", f"patent {pid}: date {get['date']!r} is not a date; "
-                                "row skipped")
-                    continue
-                date = d
-            code = None
-            raw_cls = get.get("class")
-            if raw_cls:
-                code = normalize_locarno(raw_cls) or col.names.by_name(raw_cls)
-                if code is None:
-                    col.problem(lineno, pid, "unknown_class", "record", f"patent {pid}: class {raw_cls!r} is neither "
-                                "a Locarno code nor a known class name (give --class-names); row skipped")
-                    continue
-                if code and get.get("class_name"):
-                    col.names.given.setdefault(code, get["class_name"])
-                elif code and not normalize_locarno(raw_cls):
-                    col.names.given.setdefault(code, raw_cls)
-            captions = (get["caption"],) if get.get("caption") else ()
-            col.add(lineno, pid, date=date, code=code, title=get.get("title"), obj=None, path=rel,
-                    view=_view(get.get("view")) if get.get("view") else "unspecified", captions=captions, extra={},
-                    class_name=get.get("class_name"))
-    records = col.records()
-    return records, col.problems, {"rows_read": col.rows, "patents_read": len(col.patents)}
-
-
-def _import_uspto(paths, opts: ImportOptions):
-    """``--format uspto`` (:mod:`.uspto.importer`), loaded when used: it brings scipy and the OCR along."""
-    from .uspto.importer import import_uspto
-
-    return import_uspto(paths, opts)
-
-
-def import_records(input_format: str, paths, opts: Optional[ImportOptions] = None):
-    """Dispatch to the importer of ``input_format``; ``manifest`` reads the project's own manifest."""
-    opts = opts or ImportOptions()
-    if input_format == "manifest":
-        from .manifest import read_manifest
-
-        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-        if len(paths) != 1:
-            raise ValueError("--format manifest takes exactly one manifest file")
-        records, problems = read_manifest(paths[0])
-        rows = sum(1 for p in problems if p.scope == "record") + len(records)
-        return records, problems, {"rows_read": rows, "patents_read": rows}
-    fn = {"deeppatent2": import_deeppatent2, "deeppatent": import_deeppatent, "csv": import_csv,
-          "uspto": _import_uspto}.get(input_format)
-    if fn is None:
-        raise ValueError(f"unknown input format {input_format!r} ({', '.join(FORMATS)})")
-    return fn(paths, opts)
