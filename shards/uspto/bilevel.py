@@ -32,16 +32,17 @@ def read_ink(data: bytes) -> Tuple[np.ndarray, bool, Tuple[float, float]]:
 
     Returns ``(ink mask, inverted, dpi)``; ``inverted`` is True when the decoded sheet was mostly black and was
     inverted (module docstring). Raises ``OSError``/``ValueError`` (PIL's) for unreadable data."""
-    with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as im:
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PIL's "Corrupt EXIF data": a broken file fails below, and is reported
-        if getattr(im, "n_frames", 1) > 1:
-            im.seek(0)
-        im.load()
-        dpi = im.info.get("dpi") or (300.0, 300.0)
-        if im.mode == "1":
-            ink = ~np.asarray(im, dtype=bool)
-        else:
-            ink = np.asarray(im.convert("L"), dtype=np.uint8) < 128
+        with Image.open(io.BytesIO(data)) as im:
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)
+            im.load()
+            dpi = im.info.get("dpi") or (300.0, 300.0)
+            if im.mode == "1":
+                ink = ~np.asarray(im, dtype=bool)
+            else:
+                ink = np.asarray(im.convert("L"), dtype=np.uint8) < 128
     inverted = bool(ink.mean() > 0.5) if ink.size else False
     if inverted:
         ink = ~ink
