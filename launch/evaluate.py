@@ -5,8 +5,9 @@ Metrics (exact definitions in :mod:`patentclip.launch.metrics`, protocol in docs
     MRR@10 (also HitRate@K, P@K, per-class mAP) with the prior-art filter -- a query granted on day t_q
     searches only drawings granted before t_q -- for all classes and for head / tail classes separately
     (head = the 40% most frequent training classes, or classes.json's "category"). Relevance by class (the
-    paper) or by patent (DeepPatent's re-identification), --relevance. The query's own patent is never a
-    candidate in the class setting; in the patent setting the query drawing itself is not. R@K is the paper's
+    paper), by patent (DeepPatent's re-identification) or by the examiner's citations (the real prior art:
+    :mod:`patentclip.launch.citations`), --relevance. The query's own patent is never a candidate in the class
+    and citation settings; in the patent setting the query drawing itself is not. R@K is the paper's
     recall (relevant items in the top K / all relevant items); the hit rate is reported as HitRate@K.
   * image->text and text->image R@1/5/10 (each drawing with its caption; DesignCLIP / PatentCLIP tables)
   * zero-shot classification top-1/top-5 and balanced top-1 with class-name prompts (--templates), per class
@@ -34,8 +35,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from patentclip.launch import citations as C
 from patentclip.plugins.data import batch as B
 from patentclip.plugins.image_transport import transport_of
+from patentclip.shards.importers.common import canonical_patent_key
 
 DEFAULT_TEMPLATES = (
     "a patent drawing of {}.",
@@ -53,8 +56,9 @@ HEADLINE = ("zeroshot_top1", "linear_probe_top1", "i2i_mAP", "i2i_R@10", "i2i_MR
 class EvalSettings:
     """How an evaluation is run (recorded with its results)."""
 
-    relevance: str = "class"          # "class": same Locarno class is relevant; "patent": same patent (re-ID)
-    prior_art: str = "auto"           # "on" / "off" / "auto" (= on for class relevance, off for patent)
+    relevance: str = "class"          # "class": same Locarno class is relevant; "patent": same patent (re-ID);
+                                      # "citation": the patents the query's examiner cited (launch/citations.py)
+    prior_art: str = "auto"           # "on" / "off" / "auto" (= on for class and citation relevance, off for patent)
     ks: Tuple[int, ...] = (5, 10)
     mrr_k: int = 10
     templates: Tuple[str, ...] = DEFAULT_TEMPLATES
@@ -64,8 +68,8 @@ class EvalSettings:
     seed: int = 0
 
     def __post_init__(self):
-        if self.relevance not in ("class", "patent"):
-            raise ValueError(f"relevance must be 'class' or 'patent', got {self.relevance!r}")
+        if self.relevance not in ("class", "patent", "citation"):
+            raise ValueError(f"relevance must be 'class', 'patent' or 'citation', got {self.relevance!r}")
         if self.prior_art not in ("auto", "on", "off"):
             raise ValueError(f"prior_art must be 'auto', 'on' or 'off', got {self.prior_art!r}")
         if self.relevance == "patent" and self.prior_art == "on":
@@ -78,7 +82,7 @@ class EvalSettings:
 
     @property
     def use_prior_art(self) -> bool:
-        return self.prior_art == "on" or (self.prior_art == "auto" and self.relevance == "class")
+        return self.prior_art == "on" or (self.prior_art == "auto" and self.relevance in ("class", "citation"))
 
 
 @dataclass
@@ -204,7 +208,7 @@ def retrieval_inputs(query: Dict, db: Optional[Dict], settings: EvalSettings, is
     same = db is None
     db = query if same else db
     n_q = len(query["key"])
-    if settings.relevance == "class":
+    if settings.relevance in ("class", "citation"):  # citation: the class only groups queries (mAP_macro)
         ql, dl = query["class_id"].long(), db["class_id"].long()
     else:
         ql, dl = _index_strings(query["patent_id"], db["patent_id"])
@@ -221,9 +225,12 @@ def retrieval_inputs(query: Dict, db: Optional[Dict], settings: EvalSettings, is
     else:
         pos = {k: i for i, k in enumerate(db["key"])}
         kw["exclude"] = torch.tensor([pos.get(query["key"][i], -1) for i in qidx.tolist()], dtype=torch.long)
-    if settings.relevance == "class":
+    if settings.relevance in ("class", "citation"):
         qp, dp = _index_strings(query["patent_id"], db["patent_id"])
         kw["query_patent_ids"], kw["db_patent_ids"] = qp[qidx], dp
+    if settings.relevance == "citation":
+        kw["relevant"] = C.relevant_indices([query["patent_id"][i] for i in qidx.tolist()], db["patent_id"],
+                                          query["citations"])
     kw["query_labels"], kw["db_labels"] = ql[qidx], dl
     if is_head is not None:
         h = is_head[query["class_id"][qidx].long()]
@@ -282,7 +289,7 @@ def retrieval_examples(query: Dict, db: Optional[Dict], settings: EvalSettings, 
     _, kw = retrieval_inputs(query, db, settings, is_head)
     sub = {}
     for name, v in kw.items():
-        if name in ("query_times", "query_patent_ids", "query_labels", "exclude"):
+        if name in ("query_times", "query_patent_ids", "query_labels", "exclude", "relevant"):
             sub[name] = v[sel]
         elif name != "label_groups":
             sub[name] = v
@@ -294,6 +301,9 @@ def retrieval_examples(query: Dict, db: Optional[Dict], settings: EvalSettings, 
                             **{a: b.to(dev) for a, b in sub.items()})
     if settings.relevance == "class":
         rel = lambda qi, di: int(dbd["class_id"][di]) == int(query["class_id"][qi])  # noqa: E731
+    elif settings.relevance == "citation":
+        cited = {pid: {canonical_patent_key(n) for n in nums} for pid, nums in query["citations"].items()}
+        rel = lambda qi, di: canonical_patent_key(dbd["patent_id"][di]) in cited.get(query["patent_id"][qi], ())  # noqa: E731,E501
     else:
         rel = lambda qi, di: dbd["patent_id"][di] == query["patent_id"][qi]  # noqa: E731
     out = []
@@ -412,13 +422,15 @@ def run_evaluation(model, dataloader, class_table, tokenizer, device, input_dtyp
                    settings: Optional[EvalSettings] = None, *, head: Optional[torch.nn.Module] = None,
                    is_head: Optional[torch.Tensor] = None, train_counts=None, db_loader=None,
                    probe_train_loader=None, examples: int = 0, example_k: int = 5,
-                   compute_device=None) -> EvalResult:
+                   compute_device=None, citations=None) -> EvalResult:
     """Every metric of the module docstring for ``model`` on ``dataloader``'s drawings.
 
     ``is_head``: (C,) bool head-class mask (default: :func:`head_classes` of ``class_table`` / ``train_counts``).
     ``db_loader``: another split to search (default: the evaluation drawings themselves).
     ``probe_train_loader``: training drawings for the linear probe (default: cross-validation).
     ``examples``: number of retrieval examples to keep for the report.
+    ``citations``: patent id -> the patent numbers its examiner cited (:func:`citations.load_citations`), needed
+    by ``settings.relevance == "citation"``.
     """
     from patentclip.launch import metrics as M
 
@@ -426,8 +438,12 @@ def run_evaluation(model, dataloader, class_table, tokenizer, device, input_dtyp
     compute_device = compute_device or device
     if is_head is None:
         is_head = head_classes(class_table, train_counts)
+    if settings.relevance == "citation":
+        citations = C.require(citations, "the evaluation shards")
     feats = extract_features(model, dataloader, device, input_dtype)
     db = extract_features(model, db_loader, device, input_dtype, with_text=False) if db_loader is not None else None
+    if settings.relevance == "citation":
+        feats["citations"] = citations
     probe = (extract_features(model, probe_train_loader, device, input_dtype, with_text=False)
              if probe_train_loader is not None else None)
     classifier = zero_shot_classifier(model, tokenizer, class_table.names, settings.templates, device, input_dtype)
@@ -466,6 +482,9 @@ def run_evaluation(model, dataloader, class_table, tokenizer, device, input_dtyp
                   "retrieval_database": "evaluation split" if db is None else "separate split",
                   "head_classes": [c.id for c in class_table.classes if is_head[c.id]],
                   "classification_head": head is not None}
+    if settings.relevance == "citation":
+        settings_d["citations"] = C.describe(citations, feats["patent_id"],
+                                             (db or feats)["patent_id"])
     ex = retrieval_examples(feats, db, settings, pq, qidx, is_head, examples, example_k, compute_device) \
         if examples else []
     return EvalResult(metrics=metrics, per_class=per_class, settings=settings_d, features=feats, db_features=db,
@@ -615,12 +634,14 @@ Examples:
     g.add_argument("--out", default=None,
                    help="Write JSON here: the metrics (top level), 'per_class' and 'settings' (and 'baseline').")
     g = p.add_argument_group("retrieval")
-    g.add_argument("--relevance", choices=["class", "patent"], default="class",
-                   help="A result is relevant if it shows the query's Locarno class (the LLM-informed paper) or "
-                        "the query's patent (DeepPatent re-identification). Default: %(default)s.")
+    g.add_argument("--relevance", choices=["class", "patent", "citation"], default="class",
+                   help="A result is relevant if it shows the query's Locarno class (the LLM-informed paper), "
+                        "the query's patent (DeepPatent re-identification), or a patent the examiner cited against "
+                        "the query's patent (the citations_examiner field that --format uspto shards carry: the "
+                        "real prior art). Default: %(default)s.")
     g.add_argument("--prior-art", choices=["auto", "on", "off"], default="auto",
                    help="Prior-art filter: only drawings granted strictly before the query's patent are searched. "
-                        "auto = on for --relevance class, off for patent. Default: %(default)s.")
+                        "auto = on for --relevance class and citation, off for patent. Default: %(default)s.")
     g.add_argument("--retrieval-db", default=None,
                    help="Shards of the database to search (default: the evaluation drawings themselves).")
     g.add_argument("--ks", default="5,10", help="Cut-offs K of R@K / HitRate@K / P@K. Default: %(default)s.")
@@ -663,9 +684,11 @@ def _evaluate_cli_model(loaded: LoadedModel, class_table, settings, args, device
         if args.retrieval_db else None
     probe_loader = _loader(args.probe_train_data, loaded.preprocess, loaded.tokenizer, class_table, args) \
         if args.probe_train_data and settings.linear_probe != "off" else None
+    citations = C.load_citations(args.val_data) if settings.relevance == "citation" else None
     return run_evaluation(loaded.model, loader, class_table, loaded.tokenizer, device, torch.float32, settings,
                           head=loaded.head, is_head=is_head, train_counts=train_counts, db_loader=db_loader,
-                          probe_train_loader=probe_loader, examples=examples, example_k=args.report_top_k)
+                          probe_train_loader=probe_loader, examples=examples, example_k=args.report_top_k,
+                          citations=citations)
 
 
 def _check_classes(class_table, classes: Optional[List[Dict]], what: str) -> None:
@@ -729,7 +752,12 @@ def main(argv=None) -> int:
         categories = categories or class_categories(class_table)
         is_head = head_classes(class_table, train_counts, categories)
         n_examples = args.report_examples if args.report else 0
-        result = _evaluate_cli_model(loaded, class_table, settings, args, device, is_head, train_counts, n_examples)
+        try:
+            result = _evaluate_cli_model(loaded, class_table, settings, args, device, is_head, train_counts,
+                                         n_examples)
+        except ValueError as exc:  # e.g. --relevance citation on shards without citations
+            print(f"patentclip-eval: {exc}", file=sys.stderr)
+            return 2
         label = os.path.basename(str(args.checkpoint).rstrip("/")) if args.checkpoint else loaded.source
         rows = {label: result.metrics}
         baseline = None

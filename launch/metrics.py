@@ -20,7 +20,8 @@ Metrics (definitions)
 :func:`retrieval_metrics` -- image retrieval as in "Large Language Model Informed Patent Image
 Retrieval" (sec. 3.4).  For a query ``q`` let ``C_q`` be its *candidate set* (the database,
 minus items removed by the prior-art time filter, ``exclude`` and the same-patent exclusion),
-ranked by similarity, and ``Rel_q`` the relevant candidates (``db_label == query_label``).  A
+ranked by similarity, and ``Rel_q`` the relevant candidates (``db_label == query_label``, or
+the database items listed for ``q`` in ``relevant``, e.g. its examiner's citations).  A
 query with ``|Rel_q| = 0`` is *not valid*: it is left out of every average and counted in
 ``num_queries_without_relevant``.  For a valid query, with ``rel(i)`` = 1 if the candidate at
 rank ``i`` is relevant:
@@ -293,6 +294,7 @@ def retrieval_metrics(
     label_groups: Optional[Mapping[str, torch.Tensor]] = None,
     return_per_query: bool = False,
     return_top_k: int = 0,
+    relevant: Optional[torch.Tensor] = None,
 ) -> Dict[str, object]:
     """Image-retrieval metrics (mAP, R@K, HitRate@K, P@K, MRR@K) with the optional prior-art time filter.
 
@@ -327,6 +329,11 @@ def retrieval_metrics(
         return_top_k: also return ``top_indices``: a ``(Q, return_top_k)`` CPU int64 tensor of
             the database indices of each query's best candidates in rank order (``-1`` where a
             query has fewer candidates).
+        relevant: optional ``(Q, M)`` integer tensor of the database indices relevant to each
+            query, padded with ``-1``; when given it **replaces** label equality as the
+            relevance rule (e.g. the drawings of the patents an examiner cited against the
+            query's patent); the labels then only group queries for ``mAP_macro``. A relevant
+            item must still be a candidate (time filter and exclusions apply).
 
     Returns:
         dict with ``mAP``, ``R@K``, ``HitRate@K`` and ``P@K`` for each K in ``ks``,
@@ -384,6 +391,17 @@ def retrieval_metrics(
         if ex.numel() and (int(ex.max()) >= n_db or int(ex.min()) < -1):
             raise ValueError("exclude indices must be in [-1, N)")
 
+    rel_idx = None
+    if relevant is not None:
+        rel_idx = _as_tensor(relevant, dev)
+        if rel_idx.is_floating_point() or rel_idx.dtype == torch.bool or rel_idx.dim() != 2 or \
+                rel_idx.shape[0] != n_q:
+            raise ValueError(f"relevant must be a ({n_q}, M) integer tensor, got "
+                             f"{tuple(rel_idx.shape)} {rel_idx.dtype}")
+        rel_idx = rel_idx.to(torch.int64)
+        if rel_idx.numel() and (int(rel_idx.max()) >= n_db or int(rel_idx.min()) < -1):
+            raise ValueError("relevant indices must be in [-1, N)")
+
     groups = {}
     if label_groups:
         for name, m in label_groups.items():
@@ -413,7 +431,14 @@ def retrieval_metrics(
         # Stable descending sort: equal scores keep database-index order (tie-break by index).
         order = torch.sort(scores, dim=1, descending=True, stable=True).indices
         del scores
-        rel = (db_lab[None, :] == q_lab[s:e, None]) & cand
+        if rel_idx is None:
+            rel = (db_lab[None, :] == q_lab[s:e, None]) & cand
+        else:
+            rel = torch.zeros((c, n_db), dtype=torch.bool, device=dev)
+            ri = rel_idx[s:e]
+            ok = ri >= 0
+            rel[torch.arange(c, device=dev)[:, None].expand_as(ri)[ok], ri[ok]] = True
+            rel &= cand
         rel_s = rel.gather(1, order)
         del rel
         cand_s = cand.gather(1, order)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-
+from .. import sample_format as SF
 from ..images import ImageError, ImageOptions
 from ..importers.common import ClassNames, ImportOptions, LocarnoTable, parse_date
 from ..importers.registry import IMPORTERS
@@ -410,7 +410,7 @@ def import_uspto(paths, opts: ImportOptions) -> Tuple[List[PatentRecord], List[P
         rextra.update({"kind_code": g.kind, "application_number": g.application_number,
                        "application_date": g.application_date, "locarno_edition": g.locarno_edition,
                        "us_classes": g.us_classes,
-                       "citations_examiner": [c.to_dict() for c in g.examiner_citations],
+                       SF.CITATIONS_EXAMINER: [c.to_dict() for c in g.examiner_citations],
                        "claim": g.claim, "number_of_figures": g.number_of_figures,
                        "number_of_sheets": g.number_of_sheets})
         title = g.title or (f"Ornamental design for {g.object}" if g.object else f"Design {pid}")
