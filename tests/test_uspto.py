@@ -481,3 +481,17 @@ def test_captioner_sees_the_figure_not_the_sheet(impact_sample, tmp_path):
     sheet = Image.open(src / SPOON / f"{SPOON}-D00002.TIF")
     assert fig2.mode == "RGB" and fig2.size != fig3.size
     assert fig2.size[0] / fig2.size[1] < 0.7 < sheet.size[0] / sheet.size[1]  # one tall view, not the sheet
+
+
+# the scipy names the segmentation uses (its upstream surface): a test fails when one moves
+SCIPY_SURFACE = {"scipy.ndimage": ("label", "find_objects", "maximum_filter1d"), "scipy.sparse": ("coo_matrix",),
+                 "scipy.sparse.csgraph": ("connected_components",), "scipy.optimize": ("linear_sum_assignment",)}
+
+
+def test_scipy_surface():
+    import importlib
+
+    for module, names in SCIPY_SURFACE.items():
+        m = importlib.import_module(module)
+        for n in names:
+            assert callable(getattr(m, n, None)), f"{module}.{n}"

@@ -64,6 +64,8 @@ def test_segmentation_measured_against_the_xml(sample_build):
     assert seg["patents_measured"] == 50 and seg["ocr"] == "tesseract"
     assert seg["accuracy"] >= 0.9, seg["misses"]  # issue 16: >= 90 % of the patents with the exact figure count
     assert seg["figures_in_xml"] == 452 and seg["by_method"]["label"] >= 400
+    # the figure numbers cut are the ones the XML describes: every figure got its view and caption
+    assert not [p for p in sample_build["report"]["repairs"] if p["kind"] == "figure_not_described"]
     line = next(x for x in sample_build["stdout"].splitlines() if x.startswith("segmentation:"))
     assert f"{seg['exact_count']} of 50 patents" in line and "target 90 %" in line
     for miss in seg["misses"]:  # every miss is printed with its figure/view assignment
