@@ -104,7 +104,7 @@ def build_plugin_parser() -> argparse.ArgumentParser:
                         "when already launched by torchrun or srun.")
     g.add_argument("--eval-zeroshot-templates", default=None,
                    help="Zero-shot prompt templates separated by '|', with {} for the class name "
-                        "(default: patentclip.launch.evaluate.DEFAULT_TEMPLATES).")
+                        "(default: patentclip.evaluation.settings.DEFAULT_TEMPLATES).")
     add_recipe_args(p)  # --recipe, --loss-weighting, classification-head flags (patentclip.plugins.recipes)
     return p
 

@@ -1,7 +1,8 @@
 """Checkpoints of a patentclip run: local or in object storage, complete or not at all.
 
 Layout (``--checkpoint-dir``, default ``<logs>/<name>/checkpoints``, open_clip's place; any fsspec URL such as
-``s3://bucket/run`` works; a remote run stages its files in ``<logs>/<name>/checkpoints`` first):
+``s3://bucket/run`` works; a remote run stages its files in ``<logs>/<name>/checkpoints`` first; every file name
+and field is defined in :mod:`patentclip.launch.checkpoint_format`, which also reads checkpoints back):
 
     epoch_<N>.pt            open_clip format {epoch, name, state_dict}: vanilla open_clip loads it
                             (``--pretrained epoch_N.pt``; logit_scale stored 0-dim as open_clip has it)
@@ -42,11 +43,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from patentclip.launch.model import load_open_clip_state_dict, open_clip_state_dict
+from patentclip.launch.checkpoint_format import (DS_SUBDIR, HEAD_KEY, META, deepspeed_dir, latest_tag,
+                                               load_open_clip_state_dict, open_clip_checkpoint, read_meta,
+                                               tag_complete)
 from patentclip.plugins.remote_io import is_remote, retry
 
-DS_SUBDIR = "deepspeed"
-META = "meta.json"
 # retries of a checkpoint upload, download or commit (default 5, fewer than the shard reader's
 # PATENTCLIP_IO_RETRIES: a checkpoint taken at a stop signal must be committed within the scheduler's grace time,
 # and 5 retries wait 15.5 s in all at the default backoff); the waits follow PATENTCLIP_IO_BACKOFF
@@ -58,10 +59,6 @@ UPLOAD_DELAY_ENV = "PATENTCLIP_FAULT_UPLOAD_DELAY"
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written completely; ``latest`` still names the previous complete one."""
-
-
-def deepspeed_dir(checkpoint_path: str) -> str:
-    return os.path.join(checkpoint_path, DS_SUBDIR)
 
 
 def _fs(url: str):
@@ -80,38 +77,6 @@ def _rank_files(names: List[str], rank: int) -> List[str]:
         elif rank == 0:
             mine.append(n)
     return sorted(mine)
-
-
-def latest_tag(ds_dir: str) -> Optional[str]:
-    """The tag named by ``latest`` in a local or remote DeepSpeed folder, if that tag is complete."""
-    fs, path = _fs(ds_dir)
-    try:
-        tag = fs.cat_file(posixpath.join(path, "latest")).decode().strip()
-    except (FileNotFoundError, OSError):
-        return None
-    return tag if tag and tag_complete(ds_dir, tag) else None
-
-
-def read_meta(ds_dir: str, tag: str) -> Optional[Dict]:
-    fs, path = _fs(ds_dir)
-    try:
-        return json.loads(fs.cat_file(posixpath.join(path, tag, META)).decode())
-    except (FileNotFoundError, OSError, ValueError):
-        return None
-
-
-def tag_complete(ds_dir: str, tag: str) -> bool:
-    """Every file listed in the tag's meta.json exists with its size. Tags written by DeepSpeed alone (no
-    meta.json, e.g. older runs) count as complete when they hold model states."""
-    fs, path = _fs(ds_dir)
-    meta = read_meta(ds_dir, tag)
-    try:
-        sizes = {posixpath.basename(p["name"]): int(p["size"]) for p in fs.ls(posixpath.join(path, tag), detail=True)}
-    except (FileNotFoundError, OSError):
-        return False
-    if meta is None:
-        return any(n.endswith("model_states.pt") for n in sizes)
-    return all(sizes.get(n) == s for n, s in meta["files"].items())
 
 
 def _with_retries(fn, what: str, retries: int):
@@ -198,13 +163,11 @@ class CheckpointStore:
                         "classes": [c.__dict__ for c in class_table.classes], "loader": loader_states,
                         "rng": _gather(rng_state(), args.world_size), "args": _json_args(args)}
         if head_state:
-            client_state["patentclip_head"] = {"config": head_state["config"]}
+            client_state[HEAD_KEY] = {"config": head_state["config"]}
         engine.save_checkpoint(self.local_ds, tag=tag, client_state=client_state, save_latest=False)
         if args.rank == 0 and not mid_epoch:
-            oc = {"epoch": epoch, "name": args.name, "state_dict": open_clip_state_dict(engine.module.clip),
-                  "model": args.model, "classes": client_state["classes"]}
-            if head_state:
-                oc["patentclip_head"] = head_state
+            oc = open_clip_checkpoint(engine.module.clip, epoch=epoch, name=args.name, model_name=args.model,
+                                      classes=client_state["classes"], head_state=head_state)
             tmp = os.path.join(self.local, f"epoch_{epoch}.pt.tmp")
             torch.save(oc, tmp)
             os.replace(tmp, os.path.join(self.local, f"epoch_{epoch}.pt"))

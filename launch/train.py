@@ -29,7 +29,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from patentclip.launch import checkpoint as ckpt
 from patentclip.launch.args import parse_train_args
-from patentclip.launch.evaluate import evaluate_during_training
+from patentclip.evaluation.during_training import evaluate_during_training
 from patentclip.launch.model import (PatentTrainModule, head_state, load_head_state, lock_towers,
                                      make_logit_scale_nonscalar, optimizer_param_groups)
 from patentclip.launch.distributed import deepspeed_config, init_deepspeed, relaunch_with_torchrun

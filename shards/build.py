@@ -27,8 +27,9 @@ How a build runs:
 5. **Report**: ``sizes.json`` and ``classes.json`` per split, ``classes.json``, ``build_report.json`` and the human
    ``build_report.txt`` in the output folder, from the sidecars (so a resumed build reports everything).
 
-Head/tail categories (LLM-informed paper, Figure 1): the classes are ranked by their number of planned drawings
-over all splits (ties by code); the top 40 % of the classes (rounded up) are ``head``, the rest ``tail``.
+Head/tail categories (LLM-informed paper, Figure 1; the rule: :mod:`patentclip.shards.head_tail`): the classes are
+ranked by their number of planned drawings over all splits (ties by code); the top 40 % of the classes (rounded
+up) are ``head``, the rest ``tail``.
 """
 from __future__ import annotations
 
@@ -37,7 +38,6 @@ import datetime as _dt
 import hashlib
 import io
 import json
-import math
 import multiprocessing as mp
 import os
 import posixpath
@@ -59,12 +59,12 @@ from .captions import (DEFAULT_MAX_CHARS, DEFAULT_TEMPLATES, JOIN_MODES, Caption
                        load_templates, parse_templates, render_templates)
 from . import sample_format as SF
 from .contact_sheet import write_contact_sheet
+from .head_tail import HEAD_FRACTION, head_tail_split
 from .images import DEFAULT_MAX_SIDE, ImageError, ImageOptions, normalize_image
 from .importers import ImportOptions, canonical_patent_key, import_records
 from .manifest import PatentRecord, Problem
 from .pool import ignore_sigint
 
-HEAD_FRACTION = 0.4
 BUILD_DIR = ".build"
 #: Bumped when the shard contents for the same input and flags change (3: caption_provenance from captions files).
 FORMAT_VERSION = 3
@@ -85,10 +85,11 @@ def assign_split(patent_id: str, splits: Sequence[Tuple[str, float]], seed: int)
 
 
 def head_tail_categories(counts: Dict[str, int], head_fraction: float = HEAD_FRACTION) -> Dict[str, str]:
-    """class code -> "head"/"tail": the top ``head_fraction`` of classes by count (ties by code) are head."""
-    ranked = sorted(counts, key=lambda c: (-counts[c], c))
-    n_head = math.ceil(head_fraction * len(ranked)) if ranked else 0
-    return {c: ("head" if i < n_head else "tail") for i, c in enumerate(ranked)}
+    """class code -> "head"/"tail" by :func:`patentclip.shards.head_tail.head_tail_split` (the top ``head_fraction``
+    of classes by count are head; codes in sorted order, the order of the class ids, so ties go by code)."""
+    codes = sorted(counts)
+    head = head_tail_split([counts[c] for c in codes], head_fraction=head_fraction)
+    return {c: ("head" if h else "tail") for c, h in zip(codes, head)}
 
 
 def encode_image(path: Path, image_format: str) -> Tuple[bytes, Tuple[int, int]]:

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from conftest import run_cli, shard_pattern
-from patentclip.launch import citations as C
-from patentclip.launch import evaluate as E
-from patentclip.launch import metrics as M
+from patentclip.evaluation import citations as C
+from patentclip.evaluation import cli as ECLI
+from patentclip.evaluation import metrics as M
+from patentclip.evaluation import retrieval as ERT
+from patentclip.evaluation import settings as ES
 from patentclip.shards.build import build_shards
 from patentclip.shards.synth import generate_synthetic_patents
 
@@ -52,9 +54,9 @@ def test_hand_worked_example():
              "USD0000008": ["D1"]}
     assert cites["USD0000009"] == ["D1", "D3"]
     q = feats(q_feats, ["USD0000009", "USD0000008"], [100, 30], citations=cites, key_prefix="q")
-    settings = E.EvalSettings(relevance="citation", ks=(1, 2))
+    settings = ES.EvalSettings(relevance="citation", ks=(1, 2))
     assert settings.use_prior_art  # on by default, as for class relevance
-    on = E.retrieval_from_features(q, db, settings, None)
+    on = ERT.retrieval_from_features(q, db, settings, None)
     m, pq = on["metrics"], on["per_query"]
     # q: candidates granted before day 100 and not its own patent: 0, 1, 2, 4 (3 is later, 5 is its own)
     #    relevant: the drawings of D1 among them, 0 and 2 (D3's drawing is later); ranked 0 (rel) 1 2 (rel) 4
@@ -67,11 +69,11 @@ def test_hand_worked_example():
     # without the prior-art filter D3's drawing (rank 4 of 0 1 2 3 4) is relevant too:
     #   ranked 0 (rel) 1 2 (rel) 3 (rel) 4 -> AP = (1 + 2/3 + 3/4) / 3 = 29/36; r's own patent is not in the
     #   database, so all six are its candidates: 5 (.95) 0 (rel) 1 2 (rel) 3 4 -> AP = (1/2 + 2/4) / 2 = 1/2
-    r = E.retrieval_from_features(q, db, E.EvalSettings(relevance="citation", prior_art="off"), None)
+    r = ERT.retrieval_from_features(q, db, ES.EvalSettings(relevance="citation", prior_art="off"), None)
     assert r["per_query"]["num_relevant"].tolist() == [3, 2] and r["per_query"]["num_candidates"].tolist() == [5, 6]
     assert r["metrics"]["i2i_mAP"] == pytest.approx(float((Fraction(29, 36) + Fraction(1, 2)) / 2), abs=1e-12)
     # the examples for the report mark the cited patents' drawings as hits
-    ex = E.retrieval_examples(q, db, settings, pq, on["qidx"], None, n=1, k=3)
+    ex = ERT.retrieval_examples(q, db, settings, pq, on["qidx"], None, n=1, k=3)
     assert [x["patent_id"] for x in ex[0]["results"]] == ["USD0000001", "USD0000002", "USD0000001"]
     assert [x["hit"] for x in ex[0]["results"]] == [True, False, True]
 
@@ -89,7 +91,7 @@ def test_against_sklearn_average_precision_on_random_sets():
         db = feats(dbf, patents, [days[p] for p in patents], key_prefix="d")
         q = feats(qf, q_pat, [days[p] for p in q_pat], citations=cites, key_prefix="q")
         for prior in ("on", "off"):
-            r = E.retrieval_from_features(q, db, E.EvalSettings(relevance="citation", prior_art=prior), None)
+            r = ERT.retrieval_from_features(q, db, ES.EvalSettings(relevance="citation", prior_art=prior), None)
             aps = []
             for i in range(n_q):
                 cited = {f"USD{int(c[1:]):07d}" for c in cites[q_pat[i]]}
@@ -147,7 +149,7 @@ def test_citations_read_from_shards(cited_shards):
 
 def test_cli_relevance_citation(cited_shards, tmp_path, capsys):
     out = tmp_path / "m.json"
-    r = run_cli("patentclip.launch.evaluate", "--val-data", cited_shards["pattern"], "--model", "patentclip-tiny",
+    r = run_cli("patentclip.evaluation.cli", "--val-data", cited_shards["pattern"], "--model", "patentclip-tiny",
                 "--checkpoint", "untrained", "--relevance", "citation", "--linear-probe", "off", "--workers", "0",
                 "--out", out)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -160,6 +162,6 @@ def test_cli_relevance_citation(cited_shards, tmp_path, capsys):
     plain = generate_synthetic_patents(tmp_path / "p", num_patents=12, num_classes=2, image_size=32, seed=0)
     build_shards(plain, tmp_path / "s", splits=(("test", 1.0),), progress=False)
     capsys.readouterr()
-    assert E.main(["--val-data", shard_pattern(tmp_path / "s" / "test"), "--model", "patentclip-tiny",
+    assert ECLI.main(["--val-data", shard_pattern(tmp_path / "s" / "test"), "--model", "patentclip-tiny",
                    "--checkpoint", "untrained", "--relevance", "citation", "--workers", "0"]) == 2
     assert "no examiner citations" in capsys.readouterr().err

@@ -25,7 +25,8 @@ import torch
 from patentclip.shards import sample_format as SF
 from patentclip.shards.importers.common import canonical_patent_key
 
-__all__ = ["cited_numbers", "load_citations", "relevant_indices", "describe", "require"]
+__all__ = ["cited_numbers", "cited_sets", "load_citations", "relevant_indices", "describe", "require",
+           "canonical_patent_key"]
 
 
 def cited_numbers(citations) -> List[str]:
@@ -41,6 +42,11 @@ def cited_numbers(citations) -> List[str]:
         if key not in out:
             out.append(key)
     return out
+
+
+def cited_sets(citations: Mapping[str, Sequence[str]]) -> Dict[str, set]:
+    """patent id -> the set of its cited numbers in canonical spelling."""
+    return {pid: {canonical_patent_key(n) for n in nums} for pid, nums in citations.items()}
 
 
 def load_citations(shards: str) -> Dict[str, List[str]]:
@@ -74,7 +80,7 @@ def relevant_indices(query_patent_ids: Sequence[str], db_patent_ids: Sequence[st
     by_patent: Dict[str, List[int]] = {}
     for i, pid in enumerate(db_patent_ids):
         by_patent.setdefault(canonical_patent_key(pid), []).append(i)
-    cited = {pid: [canonical_patent_key(n) for n in nums] for pid, nums in citations.items()}
+    cited = cited_sets(citations)
     rows: List[List[int]] = []
     for pid in query_patent_ids:
         idx: List[int] = []
