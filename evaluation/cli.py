@@ -5,8 +5,9 @@ Metrics (exact definitions in :mod:`patentclip.evaluation.metrics`, protocol in 
     MRR@10 (also HitRate@K, P@K, per-class mAP) with the prior-art filter -- a query granted on day t_q
     searches only drawings granted before t_q -- for all classes and for head / tail classes separately
     (head = the 40% most frequent training classes, or classes.json's "category"). Relevance by class (the
-    paper) or by patent (DeepPatent's re-identification), --relevance. The query's own patent is never a
-    candidate in the class setting; in the patent setting the query drawing itself is not. R@K is the paper's
+    paper), by patent (DeepPatent's re-identification) or by the examiner's citations (the real prior art:
+    :mod:`patentclip.evaluation.citations`), --relevance. The query's own patent is never a candidate in the
+    class and citation settings; in the patent setting the query drawing itself is not. R@K is the paper's
     recall (relevant items in the top K / all relevant items); the hit rate is reported as HitRate@K.
   * image->text and text->image R@1/5/10 (each drawing with its caption; DesignCLIP / PatentCLIP tables)
   * zero-shot classification top-1/top-5 and balanced top-1 with class-name prompts (--templates), per class
@@ -34,6 +35,7 @@ import torch
 
 from patentclip.evaluation import report as R
 from patentclip.evaluation.index import eval_features
+from patentclip.evaluation.citations import load_citations
 from patentclip.evaluation.loading import LoadedModel, load_for_eval
 from patentclip.evaluation.run import format_table, run_evaluation
 from patentclip.evaluation.settings import DEFAULT_TEMPLATES, EvalSettings
@@ -75,12 +77,14 @@ Examples:
     g.add_argument("--out", default=None,
                    help="Write JSON here: the metrics (top level), 'per_class' and 'settings' (and 'baseline').")
     g = p.add_argument_group("retrieval")
-    g.add_argument("--relevance", choices=["class", "patent"], default="class",
-                   help="A result is relevant if it shows the query's Locarno class (the LLM-informed paper) or "
-                        "the query's patent (DeepPatent re-identification). Default: %(default)s.")
+    g.add_argument("--relevance", choices=["class", "patent", "citation"], default="class",
+                   help="A result is relevant if it shows the query's Locarno class (the LLM-informed paper), "
+                        "the query's patent (DeepPatent re-identification), or a patent the examiner cited against "
+                        "the query's patent (the citations_examiner field that --format uspto shards carry: the "
+                        "real prior art). Default: %(default)s.")
     g.add_argument("--prior-art", choices=["auto", "on", "off"], default="auto",
                    help="Prior-art filter: only drawings granted strictly before the query's patent are searched. "
-                        "auto = on for --relevance class, off for patent. Default: %(default)s.")
+                        "auto = on for --relevance class and citation, off for patent. Default: %(default)s.")
     g.add_argument("--retrieval-db", default=None,
                    help="Shards of the database to search (default: the evaluation drawings themselves).")
     g.add_argument("--retrieval-index", default=None,
@@ -136,10 +140,11 @@ def _evaluate_cli_model(loaded: LoadedModel, class_table, settings, args, device
         if args.retrieval_db else None
     probe_loader = _loader(args.probe_train_data, loaded.preprocess, loaded.tokenizer, class_table, args) \
         if args.probe_train_data and settings.linear_probe != "off" else None
+    citations = load_citations(args.val_data) if settings.relevance == "citation" else None
     return run_evaluation(loaded.model, loader, class_table, loaded.tokenizer, device, torch.float32, settings,
                           head=loaded.head, is_head=is_head, train_counts=train_counts, db_loader=db_loader,
                           db_features=db_features, probe_train_loader=probe_loader, examples=examples,
-                          example_k=args.report_top_k)
+                          example_k=args.report_top_k, citations=citations)
 
 
 def _check_classes(class_table, classes: Optional[List[Dict]], what: str) -> None:
@@ -208,8 +213,12 @@ def main(argv=None) -> int:
         train_counts = train_table.counts()
         is_head = class_table.head_mask(train_counts, train_table.categories())
         n_examples = args.report_examples if args.report else 0
-        result = _evaluate_cli_model(loaded, class_table, settings, args, device, is_head, train_counts, n_examples,
-                                     db_features)
+        try:
+            result = _evaluate_cli_model(loaded, class_table, settings, args, device, is_head, train_counts,
+                                         n_examples, db_features)
+        except ValueError as exc:  # e.g. --relevance citation on shards without citations
+            print(f"patentclip-eval: {exc}", file=sys.stderr)
+            return 2
         label = os.path.basename(str(args.checkpoint).rstrip("/")) if args.checkpoint else loaded.source
         rows = {label: result.metrics}
         baseline = None

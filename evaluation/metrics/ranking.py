@@ -6,7 +6,8 @@ Definitions
 :func:`retrieval_metrics` -- image retrieval as in "Large Language Model Informed Patent Image
 Retrieval" (sec. 3.4).  For a query ``q`` let ``C_q`` be its *candidate set* (the database,
 minus items removed by the prior-art time filter, ``exclude`` and the same-patent exclusion),
-ranked by similarity, and ``Rel_q`` the relevant candidates (``db_label == query_label``).  A
+ranked by similarity, and ``Rel_q`` the relevant candidates (``db_label == query_label``, or
+the database items listed for ``q`` in ``relevant``, e.g. its examiner's citations).  A
 query with ``|Rel_q| = 0`` is *not valid*: it is left out of every average and counted in
 ``num_queries_without_relevant``.  For a valid query, with ``rel(i)`` = 1 if the candidate at
 rank ``i`` is relevant:
@@ -131,6 +132,7 @@ def retrieval_metrics(
     return_per_query: bool = False,
     return_top_k: int = 0,
     method: str = "count",
+    relevant: Optional[torch.Tensor] = None,
 ) -> Dict[str, object]:
     """Image-retrieval metrics (mAP, R@K, HitRate@K, P@K, MRR@K) with the optional prior-art time filter.
 
@@ -171,6 +173,11 @@ def retrieval_metrics(
             ``"topk"`` computes the top-K metrics only (R@K, HitRate@K, P@K, MRR@K; no ``mAP`` keys,
             and ``first_relevant_rank`` is -1 for a first relevant item below the top ``max(ks,
             mrr_k)``).
+        relevant: optional ``(Q, M)`` integer tensor of the database indices relevant to each
+            query, padded with ``-1``; when given it **replaces** label equality as the
+            relevance rule (e.g. the drawings of the patents an examiner cited against the
+            query's patent); the labels then only group queries for ``mAP_macro``. A relevant
+            item must still be a candidate (time filter and exclusions apply).
 
     Returns:
         dict with ``mAP``, ``R@K``, ``HitRate@K`` and ``P@K`` for each K in ``ks``,
@@ -233,6 +240,17 @@ def retrieval_metrics(
         if ex.numel() and (int(ex.max()) >= n_db or int(ex.min()) < -1):
             raise ValueError("exclude indices must be in [-1, N)")
 
+    rel_idx = None
+    if relevant is not None:
+        rel_idx = as_tensor(relevant, dev)
+        if rel_idx.is_floating_point() or rel_idx.dtype == torch.bool or rel_idx.dim() != 2 or \
+                rel_idx.shape[0] != n_q:
+            raise ValueError(f"relevant must be a ({n_q}, M) integer tensor, got "
+                             f"{tuple(rel_idx.shape)} {rel_idx.dtype}")
+        rel_idx = rel_idx.to(torch.int64)
+        if rel_idx.numel() and (int(rel_idx.max()) >= n_db or int(rel_idx.min()) < -1):
+            raise ValueError("relevant indices must be in [-1, N)")
+
     groups = {}
     if label_groups:
         for name, m in label_groups.items():
@@ -256,7 +274,14 @@ def retrieval_metrics(
             ok = exc >= 0
             r = torch.arange(c, device=dev)[:, None].expand_as(exc)[ok]
             cand[r, exc[ok]] = False
-        rel = (db_lab[None, :] == q_lab[s:e, None]) & cand
+        if rel_idx is None:
+            rel = (db_lab[None, :] == q_lab[s:e, None]) & cand
+        else:  # the given relevant items (citations) instead of label equality, still only candidates
+            rel = torch.zeros((c, n_db), dtype=torch.bool, device=dev)
+            ri = rel_idx[s:e]
+            ok = ri >= 0
+            rel[torch.arange(c, device=dev)[:, None].expand_as(ri)[ok], ri[ok]] = True
+            rel &= cand
         # the metrics' statistics of the chunk (ties: the smaller database index first)
         st = R.chunk_statistics(scores, cand, rel, sorted(set(ks) | {mrr_k}) if method == "topk" else ks,
                                 return_top_k, method)
