@@ -11,14 +11,18 @@ from typing import List, Optional, Sequence
 
 from open_clip_train.params import parse_args as openclip_parse_args
 
-from patentclip.plugins.recipes import add_recipe_args, apply_recipe
+from patentclip.launch.openclip_flags import check_openclip_flags
+from patentclip.plugins.losses import parse_loss_spec
+from patentclip.plugins.recipes import add_recipe_args, apply_recipe, flags_given
 
 DESCRIPTION = """\
 Train a CLIP model on design-patent shards with open_clip's training loop under DeepSpeed.
 
-Every open_clip_train flag keeps its meaning (--train-data, --val-data, --model, --pretrained, --batch-size,
---epochs, --lr, --warmup, --precision, --logs, --name, --resume latest, --local-loss, --gather-with-grad ...;
-listed below the plugin flags). Logs, tensorboard files and checkpoints go where open_clip puts them:
+Every open_clip_train flag (listed below the plugin flags) either keeps its meaning (--train-data, --val-data,
+--model, --pretrained, --batch-size, --epochs, --lr, --warmup, --precision, --logs, --name, --resume latest,
+--local-loss, --gather-with-grad, --siglip, --torchcompile, --report-to wandb ...) or, where patentclip cannot
+honour it (--horovod, --distill-model, --remote-sync ...), stops the run at start and says what to use instead:
+docs/openclip_flags.md. Logs, tensorboard files and checkpoints go where open_clip puts them:
 <logs>/<name>/{out.log, params.txt, tensorboard/, checkpoints/}.
 
 Examples:
@@ -111,7 +115,8 @@ def build_plugin_parser() -> argparse.ArgumentParser:
 
 def _print_help(plugin_parser: argparse.ArgumentParser) -> None:
     plugin_parser.print_help()
-    print("\nopen_clip_train flags (all accepted unchanged):\n")
+    print("\nopen_clip_train flags (honoured, or refused at start with what to use instead: "
+          "docs/openclip_flags.md):\n")
     sys.stdout.flush()
     try:
         openclip_parse_args(["--help"])
@@ -136,7 +141,27 @@ def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace
     args.precision_given = precision_given
     args.argv = argv
     apply_recipe(args, argv)  # --recipe NAME: its settings, except for flags given on the command line
+    resolve_siglip(args, flags_given(argv))
+    check_openclip_flags(args)
     return args
+
+
+def resolve_siglip(args: argparse.Namespace, given) -> None:
+    """open_clip's ``--siglip``: the image-text loss is SigLIP (registered loss ``siglip``) and the model gets a
+    learned logit bias. Without ``--loss`` it selects ``--loss siglip`` (with no recipe or ``--recipe clip``);
+    with ``--loss`` the spec must name ``siglip``. (``--loss siglip`` without ``--siglip`` builds the same model:
+    the trainer asks the selected losses, ``losses.losses_need_logit_bias``.)"""
+    if not args.siglip:
+        return
+    if "--loss" not in given:
+        if args.recipe not in (None, "clip"):
+            raise SystemExit(f"--siglip replaces the image-text loss of --recipe clip; --recipe {args.recipe} has "
+                             f"several losses: name them with --loss (e.g. --loss siglip,...)")
+        args.loss = "siglip"
+        args.recipe_settings.pop("loss", None)
+    elif "siglip" not in [name for name, _ in parse_loss_spec(args.loss)]:
+        raise SystemExit(f"--siglip but --loss {args.loss!r} has no siglip term: add siglip to --loss or drop "
+                         f"--siglip")
 
 
 def default_args(**overrides) -> argparse.Namespace:

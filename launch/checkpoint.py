@@ -5,6 +5,7 @@ Layout (``--checkpoint-dir``, default ``<logs>/<name>/checkpoints``, open_clip's
 
     epoch_<N>.pt            open_clip format {epoch, name, state_dict}: vanilla open_clip loads it
                             (``--pretrained epoch_N.pt``; logit_scale stored 0-dim as open_clip has it)
+    epoch_latest.pt         with ``--save-most-recent``: a copy of the newest epoch_<N>.pt (open_clip's name)
     deepspeed/<tag>/        DeepSpeed engine state: model, optimizer, ZeRO partitions (one file per rank),
                             plus ``meta.json`` (epoch, step, the size of every file) written last
     deepspeed/latest        the tag of the newest COMPLETE checkpoint
@@ -45,6 +46,7 @@ import torch.distributed as dist
 from patentclip.launch.model import load_open_clip_state_dict, open_clip_state_dict
 
 DS_SUBDIR = "deepspeed"
+LATEST_PT = "epoch_latest.pt"  # --save-most-recent
 META = "meta.json"
 UPLOAD_RETRIES_ENV = "PATENTCLIP_UPLOAD_RETRIES"
 # fault injection for the crash and outage tests: seconds to wait after each uploaded file (default 0)
@@ -214,6 +216,9 @@ class CheckpointStore:
             tmp = os.path.join(self.local, f"epoch_{epoch}.pt.tmp")
             torch.save(oc, tmp)
             os.replace(tmp, os.path.join(self.local, f"epoch_{epoch}.pt"))
+            if args.save_most_recent:  # open_clip's --save-most-recent: the newest epoch also as epoch_latest.pt
+                shutil.copyfile(os.path.join(self.local, f"epoch_{epoch}.pt"), tmp)
+                os.replace(tmp, os.path.join(self.local, LATEST_PT))
         if dist.is_initialized():
             dist.barrier()
         ok, error = True, None
@@ -224,8 +229,8 @@ class CheckpointStore:
                 for name in mine:
                     _upload(os.path.join(local_tag, name), posixpath.join(self.remote_ds, tag, name), self.retries)
                 if args.rank == 0 and not mid_epoch:
-                    _upload(os.path.join(self.local, f"epoch_{epoch}.pt"),
-                            posixpath.join(self.remote, f"epoch_{epoch}.pt"), self.retries)
+                    for name in [f"epoch_{epoch}.pt"] + ([LATEST_PT] if args.save_most_recent else []):
+                        _upload(os.path.join(self.local, name), posixpath.join(self.remote, name), self.retries)
         except CheckpointError as exc:
             ok, error = False, str(exc)
         oks = _gather((ok, error), args.world_size)

@@ -31,7 +31,6 @@ from open_clip_train.scheduler import const_lr, const_lr_cooldown, cosine_lr
 from open_clip_train.train import AverageMeter
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-from torch.utils.tensorboard import SummaryWriter
 
 from patentclip.launch import checkpoint as ckpt
 from patentclip.launch.args import parse_train_args, strip_flag
@@ -39,12 +38,13 @@ from patentclip.launch.checkpoint import is_remote
 from patentclip.launch.evaluate import evaluate_during_training
 from patentclip.launch.model import (PatentTrainModule, head_state, load_head_state, lock_towers,
                                      make_logit_scale_nonscalar, optimizer_param_groups)
+from patentclip.launch.scalars import ScalarLog, report_backends
 from patentclip.launch.signals import EXIT_REQUEUE, StopSignal, synchronized
-from patentclip.launch.step import accumulate_batches, train_step_accum
+from patentclip.launch.step import accumulate_batches, begin_step, train_step_accum
 from patentclip.plugins.augment import rrc_aug_cfg, with_patent_augmentations
 from patentclip.plugins.builtin import load_builtin_plugins
 from patentclip.plugins.classes import load_class_table
-from patentclip.plugins.losses import LossSet
+from patentclip.plugins.losses import LossSet, losses_need_logit_bias
 from patentclip.plugins.models import register_model_configs
 from patentclip.plugins.registry import DATASETS, import_plugin_modules
 
@@ -70,9 +70,23 @@ def relaunch_with_torchrun(args) -> int:
     try:
         elastic_launch(config, sys.executable)("-u", "-m", "patentclip.launch.train", *argv)
     except ChildFailedError as exc:
+        codes = {rank: failure.exitcode for rank, failure in exc.failures.items()}
+        if stopped_with_checkpoint(codes):
+            print(f"patentclip-train: the run stopped on a signal after writing and committing a checkpoint "
+                  f"(ranks exited with {EXIT_REQUEUE}, the requeue code); continue it with the same command and "
+                  f"--resume latest", file=sys.stderr)
+            return EXIT_REQUEUE
         print(f"patentclip-train: a rank failed:\n{exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def stopped_with_checkpoint(exit_codes: Dict[int, int]) -> bool:
+    """True when the ranks that ended with a non-zero code all exited with the requeue code: a stop signal,
+    a committed checkpoint and the requeue marker (``stop_and_requeue``), not a failure. (A rank that
+    requeues keeps its stop handlers to the end, so the launcher's SIGTERM to the ranks still running when the
+    first one exits cannot turn its exit into a signal death.)"""
+    return bool(exit_codes) and all(code == EXIT_REQUEUE for code in exit_codes.values())
 
 
 def deepspeed_config(args) -> dict:
@@ -169,7 +183,8 @@ def setup_run(args) -> torch.device:
     args.log_level = logging.DEBUG if args.debug else logging.INFO
     setup_logging(args.log_path, args.log_level)
     quiet_library_loggers()
-    args.tensorboard = "tensorboard" in args.report_to or "all" in args.report_to
+    backends = report_backends(args.report_to)
+    args.tensorboard, args.wandb = "tensorboard" in backends, "wandb" in backends
     args.checkpoint_path = os.path.join(log_base_path, "checkpoints")
     if args.checkpoint_dir and not is_remote(args.checkpoint_dir):
         args.checkpoint_path = args.checkpoint_dir
@@ -232,15 +247,46 @@ def make_model(args, device):
         args.force_image_size = args.force_image_size[0]
     rrc_aug_cfg(args)
     random_seed(args.seed, 0)
+    model_kwargs = {}
+    if args.siglip:  # open_clip_train.main's SigLIP initial values (and a learned logit bias)
+        model_kwargs = {"init_logit_scale": math.log(10), "init_logit_bias": -10}
     model, preprocess_train, preprocess_val = create_model_and_transforms(
         args.model, args.pretrained, precision="fp32", device=device,
         force_quick_gelu=args.force_quick_gelu, force_custom_text=args.force_custom_text,
         force_patch_dropout=args.force_patch_dropout, force_image_size=args.force_image_size,
         force_context_length=args.force_context_length, image_mean=args.image_mean, image_std=args.image_std,
         image_interpolation=args.image_interpolation, image_resize_mode=args.image_resize_mode,
-        aug_cfg=args.aug_cfg, pretrained_image=args.pretrained_image, output_dict=True, cache_dir=args.cache_dir)
+        aug_cfg=args.aug_cfg, pretrained_image=args.pretrained_image, output_dict=True, cache_dir=args.cache_dir,
+        **model_kwargs)
     make_logit_scale_nonscalar(model)
     return model, with_patent_augmentations(preprocess_train, args), preprocess_val
+
+
+#: torch.compile backend of --torchcompile (tests use aot_eager: the same graph capture without code generation)
+COMPILE_BACKEND_ENV = "PATENTCLIP_COMPILE_BACKEND"
+
+
+def apply_model_flags(model, args) -> None:
+    """open_clip's flags that change the model before the optimizer sees it, in open_clip_train.main's order:
+    --lock-image/--lock-text, --grad-checkpointing, --use-bn-sync (several ranks), --torchcompile (in place,
+    ``nn.Module.compile``: the state dict keeps its keys, so checkpoints are unchanged)."""
+    lock_towers(model, args)
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing()
+    if args.use_bn_sync and args.world_size > 1:
+        if not args.device.startswith("cuda"):
+            raise SystemExit("--use-bn-sync needs GPUs (torch's SyncBatchNorm runs on CUDA only); drop it on CPU")
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # converts the batch-norm layers in place
+    if args.torchcompile:
+        backend = os.environ.get(COMPILE_BACKEND_ENV, "inductor")
+        logging.info("Compiling the model (torch.compile, backend %s)", backend)
+        model.compile(backend=backend)
+
+
+def make_optimizer(module, args) -> torch.optim.Optimizer:
+    """open_clip's AdamW (--lr, --beta1, --beta2, --eps, --wd; no decay on gains, biases, norms, logit scale)."""
+    return torch.optim.AdamW(optimizer_param_groups(module, args.wd), lr=args.lr, betas=(args.beta1, args.beta2),
+                             eps=args.eps)
 
 
 def write_params(args) -> None:
@@ -269,6 +315,8 @@ def build_run(args) -> Run:
     register_model_configs()
     load_builtin_plugins()
     import_plugin_modules(args.plugins.split(","))
+    if not args.siglip and losses_need_logit_bias(args.loss):
+        args.siglip = True  # the model gets a learned logit bias and open_clip's SigLIP initial values
     device = setup_run(args)
     deepspeed = init_deepspeed(args, device)
     class_table = load_class_table(args.train_data, args.classes_json)
@@ -282,9 +330,7 @@ def build_run(args) -> Run:
     if resume_target and resume_target[0] == "open_clip":
         start_epoch = ckpt.load_weights_before_engine(model, resume_target)
     random_seed(args.seed, args.rank)
-    lock_towers(model, args)
-    if args.grad_checkpointing:
-        model.set_grad_checkpointing()
+    apply_model_flags(model, args)
 
     criterion = LossSet(args.loss, args, class_table)
     if criterion.needs_second_view and not args.multiview:
@@ -299,9 +345,9 @@ def build_run(args) -> Run:
         logging.info("Model:\n%s", model)
         write_params(args)
 
-    optimizer = torch.optim.AdamW(optimizer_param_groups(module, args.wd), lr=args.lr,
-                                  betas=(args.beta1, args.beta2), eps=args.eps)
-    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=deepspeed_config(args))
+    ds_config = deepspeed_config(args)
+    logging.debug("DeepSpeed config: %s", json.dumps(ds_config))
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=make_optimizer(module, args), config=ds_config)
     logging.info("DeepSpeed engine: ZeRO stage %d, %s, world size %d", args.zero_stage,
                  "bf16" if engine.bfloat16_enabled() else ("fp16" if engine.fp16_enabled() else "fp32"),
                  args.world_size)
@@ -326,7 +372,7 @@ def build_run(args) -> Run:
     # the schedule sets the lr of the optimizer DeepSpeed steps (ZeRO wraps the client optimizer)
     scheduler = make_scheduler(args, engine.optimizer, steps_per_epoch)
 
-    writer = SummaryWriter(args.tensorboard_path) if args.save_logs and args.tensorboard else None
+    writer = ScalarLog.open(args)
     step_log = open(os.path.join(args.logs, args.name, "train_steps.jsonl"), "a") if args.save_logs else None
     input_dtype = torch.bfloat16 if engine.bfloat16_enabled() else (
         torch.float16 if engine.fp16_enabled() else get_input_dtype("fp32"))
@@ -407,6 +453,7 @@ def run_epoch(run: Run, epoch: int) -> Tuple[int, int, bool]:
         if not args.skip_scheduler:
             run.scheduler(step)
         logger.data_time_m.update(time.time() - end)
+        begin_step(run.engine, args, step)
         total_loss, terms, features = train_step_accum(run.engine, micro, args, run.device, run.input_dtype)
         logger.batch_time_m.update(time.time() - end)
         end = time.time()
@@ -446,8 +493,12 @@ def stop_and_requeue(run: Run, where: str) -> int:
     return EXIT_REQUEUE
 
 
-def finish(run: Run) -> None:
-    """Phase 4: close the logs, write ``summary.json`` and leave the process group."""
+def finish(run: Run, exit_code: int = 0) -> None:
+    """Phase 4: close the logs, write ``summary.json`` and leave the process group.
+
+    After a stop (``exit_code == EXIT_REQUEUE``) the stop-signal handlers stay installed until the process exits:
+    the checkpoint is committed, and a late SIGTERM (a launcher tearing down the ranks once the first one has
+    exited) must not turn the requeue exit into a death by signal."""
     args = run.args
     if run.step_log is not None:
         run.step_log.close()
@@ -460,7 +511,8 @@ def finish(run: Run) -> None:
         with open(os.path.join(args.logs, args.name, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         logging.info("Done: logs, checkpoints and tensorboard files in %s", os.path.join(args.logs, args.name))
-    run.stopper.uninstall()
+    if exit_code != EXIT_REQUEUE:
+        run.stopper.uninstall()
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -482,7 +534,7 @@ def train(args) -> int:
             break
         if args.distributed:
             torch.distributed.barrier()
-    finish(run)
+    finish(run, exit_code)
     return exit_code
 
 
