@@ -82,11 +82,14 @@ def relaunch_with_torchrun(args) -> int:
 
 
 def stopped_with_checkpoint(exit_codes: Dict[int, int]) -> bool:
-    """True when the ranks that ended with a non-zero code all exited with the requeue code: a stop signal,
-    a committed checkpoint and the requeue marker (``stop_and_requeue``), not a failure. (A rank that
-    requeues keeps its stop handlers to the end, so the launcher's SIGTERM to the ranks still running when the
-    first one exits cannot turn its exit into a signal death.)"""
-    return bool(exit_codes) and all(code == EXIT_REQUEUE for code in exit_codes.values())
+    """True when the ranks' non-zero exits are a stop, not a failure: some rank exited with the requeue code and
+    every other one either did too or was ended by a signal. A rank exits with the requeue code only after the
+    stop checkpoint is committed and the requeue marker written, both collective (``stop_and_requeue``), so the
+    run is resumable; the torchrun agent then sends SIGTERM to the ranks still exiting, which can end them by
+    the signal (Python restores the default handlers as it shuts down). A rank that exited with any other
+    code failed."""
+    codes = list(exit_codes.values())
+    return EXIT_REQUEUE in codes and all(code == EXIT_REQUEUE or code < 0 for code in codes)
 
 
 def deepspeed_config(args) -> dict:
@@ -493,12 +496,8 @@ def stop_and_requeue(run: Run, where: str) -> int:
     return EXIT_REQUEUE
 
 
-def finish(run: Run, exit_code: int = 0) -> None:
-    """Phase 4: close the logs, write ``summary.json`` and leave the process group.
-
-    After a stop (``exit_code == EXIT_REQUEUE``) the stop-signal handlers stay installed until the process exits:
-    the checkpoint is committed, and a late SIGTERM (a launcher tearing down the ranks once the first one has
-    exited) must not turn the requeue exit into a death by signal."""
+def finish(run: Run) -> None:
+    """Phase 4: close the logs, write ``summary.json`` and leave the process group."""
     args = run.args
     if run.step_log is not None:
         run.step_log.close()
@@ -511,8 +510,7 @@ def finish(run: Run, exit_code: int = 0) -> None:
         with open(os.path.join(args.logs, args.name, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         logging.info("Done: logs, checkpoints and tensorboard files in %s", os.path.join(args.logs, args.name))
-    if exit_code != EXIT_REQUEUE:
-        run.stopper.uninstall()
+    run.stopper.uninstall()
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -534,7 +532,7 @@ def train(args) -> int:
             break
         if args.distributed:
             torch.distributed.barrier()
-    finish(run, exit_code)
+    finish(run)
     return exit_code
 
 

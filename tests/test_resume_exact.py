@@ -36,13 +36,13 @@ EPOCHS = 3
 SAVE_EVERY = 4
 AUGS = ["--aug-hflip", "0.5", "--aug-random-erasing", "0.5", "--aug-gridmask", "0.5"]
 STOPS = ("usr1", "kill9", "term1")
-#: name, flags, stops of the chain (each configuration sees all three kinds of stop)
+#: name, flags, stops of the chain (each configuration sees all three kinds of stop). The clip recipe's run adds
+#: the one registered loss no recipe uses (siglip, which also gives the model its learned logit bias).
 CONFIGS = [
     ("designclip", ["--recipe", "designclip", "--loss-weighting", "uncertainty", "--head-text-dropout", "0.3",
                     *AUGS], STOPS),
     ("llm-informed", ["--recipe", "llm-informed"], STOPS),
-    ("clip", ["--recipe", "clip", *AUGS], STOPS),
-    ("siglip", ["--siglip", "--aug-hflip", "0.5"], STOPS),
+    ("clip+siglip", ["--recipe", "clip", "--loss", "clip=1,siglip=0.5", *AUGS], STOPS),
 ]
 
 
@@ -124,6 +124,10 @@ def stopped_run(train, logs, name, flags, stop, steps_per_epoch):
         tag = f"step_{2 * SAVE_EVERY}"
         assert steps_per_epoch < 2 * SAVE_EVERY < 2 * steps_per_epoch
         wait_for(p, f"checkpoint {tag}", lambda: latest_tag(run_dir) == tag)
+        ranks = rank_pids(p)
+        assert len(ranks) == 2, ranks
+        for pid in ranks.values():  # torchrun starts every rank in a session of its own, with its loader workers
+            os.killpg(pid, signal.SIGKILL)
         os.killpg(p.pid, signal.SIGKILL)
         out = p.communicate(timeout=120)[0]
         assert p.returncode == -signal.SIGKILL
@@ -168,3 +172,14 @@ def test_every_recipe_and_loss_resumes_bit_for_bit_after_every_kind_of_stop(smal
             assert s == reference[s["step"]], (name, s["step"], s, reference[s["step"]])
         log = (logs / "chain" / "out.log").read_text()
         assert log.count("Resumed DeepSpeed checkpoint") == len(stops)
+
+
+def test_the_launcher_tells_a_stop_from_a_failure():
+    """Exit codes of the ranks that ended non-zero: a stop when one exited with the requeue code (its checkpoint is
+    committed on every rank by then) and the others did too or were ended by the launcher's signal."""
+    from patentclip.launch.train import stopped_with_checkpoint
+
+    assert stopped_with_checkpoint({0: 3, 1: 3}) and stopped_with_checkpoint({0: 3, 1: -15})
+    assert stopped_with_checkpoint({1: 3})
+    for codes in ({0: 1, 1: -15}, {0: -9}, {0: 3, 1: 1}, {}):
+        assert not stopped_with_checkpoint(codes), codes
