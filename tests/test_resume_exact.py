@@ -167,7 +167,7 @@ def test_every_recipe_and_loss_resumes_bit_for_bit_after_every_kind_of_stop(smal
         assert done.returncode == 0, out[-4000:]
         chain = steps_of(logs / "chain")
         assert {s["step"] for s in chain} == set(reference), name
-        assert len(chain) > len(reference)  # the steps after the kill -9's checkpoint were done twice
+        assert len(chain) >= len(reference)  # steps run after the kill -9's checkpoint are done again
         for s in chain:  # every step of every run, every loss term, bit for bit
             assert s == reference[s["step"]], (name, s["step"], s, reference[s["step"]])
         log = (logs / "chain" / "out.log").read_text()
