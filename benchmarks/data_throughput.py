@@ -133,8 +133,9 @@ def main(argv=None) -> int:
 
     # ceilings: read every member and decode every image, nothing else, the same worker processes and batching
     import webdataset as wds
-    from patentclip.plugins.image_transport import FINISH_KEY
+    from patentclip.plugins.data.batch import IMAGE_FIELDS, KEY
     from patentclip.plugins.openclip_compat import group_by_keys_nothrow
+    from patentclip.shards import sample_format as SF
     from webdataset.tariterators import tar_file_iterator
 
     class Raw(torch.utils.data.IterableDataset):
@@ -149,7 +150,7 @@ def main(argv=None) -> int:
             for u in urls:
                 with open(u, "rb") as f:
                     for s in group_by_keys_nothrow({**x, "__url__": u} for x in tar_file_iterator(f)):
-                        img = Image.open(io.BytesIO(s["png"])).convert("RGB")
+                        img = Image.open(io.BytesIO(s[SF.image_ext_of(s)])).convert("RGB")
                         if self.transform is not None:
                             self.transform(img)
                         n += 1
@@ -176,24 +177,27 @@ def main(argv=None) -> int:
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     finish = {"s": 0.0, "n": 0}
 
-    def finished(b):  # what the step does first: model-ready float images on the device
+    def finished(b, transport):  # what the step does first: model-ready float images on the device
         t = time.perf_counter()
-        for k in ("image", "image2"):
-            if k in b and FINISH_KEY in b:
-                b[k] = b[FINISH_KEY](b[k].to(device, non_blocking=True))
+        for k in IMAGE_FIELDS:
+            if k in b:
+                b[k] = transport.images(b, k, device, torch.float32)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
         finish["s"] += time.perf_counter() - t
-        finish["n"] += len(b["key"])
-        return len(b["key"])
+        finish["n"] += len(b[KEY])
+        return len(b[KEY])
 
-    for label, kw, count in (("patentclip_sampler_on_views_off", {}, lambda b: len(b["key"])),
-                             ("patentclip_views_off_finished_on_device", {}, finished),
-                             ("patentclip_views_off_float_transport", {"image_transport": "float"},
-                              lambda b: len(b["key"])),
-                             ("patentclip_sampler_on_views_on", {"multiview": True}, lambda b: len(b["key"]))):
+    def drawings(b):
+        return len(b[KEY])
+
+    for label, kw, finish_on_device in (("patentclip_sampler_on_views_off", {}, False),
+                                        ("patentclip_views_off_finished_on_device", {}, True),
+                                        ("patentclip_views_off_float_transport", {"image_transport": "float"}, False),
+                                        ("patentclip_sampler_on_views_on", {"multiview": True}, False)):
         info = DATASETS.get("patent-wds")(oc_args(**kw), preprocess, True, epoch=0, tokenizer=tokenizer,
                                           class_table=table)
+        count = (lambda b, t=info.dataloader.image_transport: finished(b, t)) if finish_on_device else drawings
 
         def it(p, info=info):
             info.set_epoch(p)

@@ -14,7 +14,7 @@ loading: this measures the training step):
   ``DistributedDataParallel``, ClipLoss (``create_loss``), AdamW with open_clip's parameter groups, its cosine
   schedule and ``torch.autocast`` of ``--precision amp_bf16`` (fp32 weights; no grad scaler, as open_clip);
 * patentclip: what ``patentclip-train --recipe clip --precision bf16 --zero-stage 1`` builds (its argument
-  parser, the PatentTrainModule, the DeepSpeed engine from ``launch.train.deepspeed_config`` -- bf16 weights, fp32
+  parser, the PatentTrainModule, the DeepSpeed engine from ``launch.distributed.deepspeed_config`` -- bf16 weights, fp32
   master copy and optimizer state in ZeRO-1 --, ``launch.step.train_step``, the cosine schedule and the per-step
   ``.item()`` of the logged terms).
 
@@ -103,6 +103,7 @@ def vanilla_runner(name, bs, precision, device, batch):
 
     import step_overhead
     from patentclip.launch.model import optimizer_param_groups
+    from patentclip.plugins.data import batch as B
 
     args = parse_args(["--model", name, "--batch-size", str(bs), "--precision", precision, "--lr", "1e-4",
                        "--warmup", "5", "--log-every-n-steps", str(10 ** 9)])
@@ -112,7 +113,7 @@ def vanilla_runner(name, bs, precision, device, batch):
     torch.manual_seed(0)
     model, _, _ = create_model_and_transforms(name, precision=precision, device=device, output_dict=True)
     loss = create_loss(args)
-    flops = count_step_flops(model, loss, batch["image"], batch["text"], get_autocast(precision, device.type))
+    flops = count_step_flops(model, loss, batch[B.IMAGE], batch[B.TEXT], get_autocast(precision, device.type))
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(optimizer_param_groups(model, args.wd), lr=args.lr,
                                   betas=(args.beta1, args.beta2), eps=args.eps)
@@ -121,7 +122,7 @@ def vanilla_runner(name, bs, precision, device, batch):
     state = {"epoch": 0}
 
     def run(steps):
-        data = {"train": step_overhead.ListData([(batch["image"], batch["text"])] * steps, bs)}
+        data = {"train": step_overhead.ListData([(batch[B.IMAGE], batch[B.TEXT])] * steps, bs)}
         train_one_epoch(ddp, data, loss, state["epoch"], optimizer, scaler, scheduler, None, args)
         state["epoch"] += 1
 
@@ -139,7 +140,7 @@ def patentclip_runner(name, bs, precision, zero_stage, device, batch):
     from patentclip.launch.args import parse_train_args
     from patentclip.launch.model import PatentTrainModule, make_logit_scale_nonscalar, optimizer_param_groups
     from patentclip.launch.step import train_step
-    from patentclip.launch.train import deepspeed_config
+    from patentclip.launch.distributed import deepspeed_config
     from patentclip.plugins.losses import LossSet
 
     args = parse_train_args(["--train-data", "unused", "--model", name, "--batch-size", str(bs), "--precision",
@@ -177,6 +178,7 @@ def bench_model(a, name, bs, device, precision):
     import torch
 
     import step_overhead
+    from patentclip.plugins.data import batch as B
 
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -186,7 +188,7 @@ def bench_model(a, name, bs, device, precision):
     image_size = image_size if isinstance(image_size, int) else image_size[0]
     full = step_overhead.make_batch(bs, image_size, cfg["text_cfg"]["context_length"])
     batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in full.items()
-             if k not in ("image2", "has_view2", "view2")}
+             if k not in B.SECOND_VIEW_FIELDS}
     del full
     vanilla_precision = {"bf16": "amp_bf16", "fp16": "amp"}.get(precision, precision)
     print(f"[{name}] building vanilla open_clip (DDP, {vanilla_precision}) and patentclip ({precision}, "
@@ -330,7 +332,7 @@ def main(argv=None) -> int:
 
     import deepspeed
 
-    from patentclip.launch.train import init_deepspeed
+    from patentclip.launch.distributed import init_deepspeed
     from patentclip.plugins.models import register_model_configs
     from patentclip.plugins.builtin import load_builtin_plugins
 

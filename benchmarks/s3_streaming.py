@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     from data_throughput import make_shards
     from patentclip.plugins import openclip_compat
     from patentclip.plugins.classes import load_class_table
+    from patentclip.plugins.data.batch import KEY
     from patentclip.plugins.models import register_model_configs
     from patentclip.plugins.builtin import load_builtin_plugins
     from patentclip.plugins.registry import DATASETS
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
                 info.set_epoch(p)
                 c0 = proc_cpu(server.proc.pid)
                 t = time.perf_counter()
-                n = sum(len(b["key"]) for b in info.dataloader)
+                n = sum(len(b[KEY]) for b in info.dataloader)
                 dt = time.perf_counter() - t
                 counts[name] = n
                 if name == "s3":

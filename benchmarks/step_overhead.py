@@ -11,7 +11,7 @@ Both sides run in this one process on the CPU, fp32, one rank, on the same in-me
 * vanilla: ``open_clip_train.train.train_one_epoch`` with open_clip's own model (0-dim logit_scale), ClipLoss
   (``create_loss``), AdamW with open_clip's parameter groups and its cosine schedule, over a list of batches;
 * patentclip: what ``patentclip-train`` builds (arguments through its parser with ``--recipe clip``, the
-  PatentTrainModule, the DeepSpeed engine from ``launch.train.deepspeed_config``, ``launch.step.train_step``,
+  PatentTrainModule, the DeepSpeed engine from ``launch.distributed.deepspeed_config``, ``launch.step.train_step``,
   the cosine schedule, the per-step ``.item()`` of the logged terms);
 * the other recipes, each against the same vanilla open_clip: ``--recipe designclip`` (class-aware
   classification head, class-aware contrastive and multi-view contrastive: it encodes a second image per
@@ -43,6 +43,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 import torch  # noqa: E402  (after DS_ACCELERATOR)
 
 from _common import at_most, below, parse_args, row, write_json  # noqa: E402
+from patentclip.plugins.data import batch as B  # noqa: E402
 
 NON_VIEW = ["class_aware_contrastive", "class_aware_classification", "class_contrastive", "category_contrastive"]
 NUM_CLASSES = 12
@@ -73,13 +74,13 @@ def make_batch(bs, image_size, context_length, seed=0):
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    return {"image": torch.randn(bs, 3, image_size, image_size, generator=g),
-            "text": torch.randint(1, 49000, (bs, context_length), generator=g),
-            "image2": torch.randn(bs, 3, image_size, image_size, generator=g),
-            "class_id": torch.randint(0, NUM_CLASSES, (bs,), generator=g),
-            "has_view2": torch.ones(bs, dtype=torch.long),
-            "key": [f"k{i}" for i in range(bs)], "view": ["front"] * bs, "view2": ["side"] * bs,
-            "patent_id": [f"p{i}" for i in range(bs)]}
+    return {B.IMAGE: torch.randn(bs, 3, image_size, image_size, generator=g),
+            B.TEXT: torch.randint(1, 49000, (bs, context_length), generator=g),
+            B.IMAGE2: torch.randn(bs, 3, image_size, image_size, generator=g),
+            B.CLASS_ID: torch.randint(0, NUM_CLASSES, (bs,), generator=g),
+            B.HAS_VIEW2: torch.ones(bs, dtype=torch.long),
+            B.KEY: [f"k{i}" for i in range(bs)], B.VIEW: ["front"] * bs, B.VIEW2: ["side"] * bs,
+            B.PATENT_ID: [f"p{i}" for i in range(bs)]}
 
 
 def class_table():
@@ -107,7 +108,7 @@ def vanilla_runner(a, batch, steps):
     loss = create_loss(args)
     optimizer = torch.optim.AdamW(optimizer_param_groups(model, args.wd),  # open_clip main's two groups
                                   lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps)
-    data = {"train": ListData([(batch["image"], batch["text"])] * steps, a.batch_size)}
+    data = {"train": ListData([(batch[B.IMAGE], batch[B.TEXT])] * steps, a.batch_size)}
     scheduler = cosine_lr(optimizer, args.lr, args.warmup, steps * 1000)
     state = {"epoch": 0}
 
@@ -150,7 +151,7 @@ def patentclip_runner(a, batch, steps, variants=None, extra_argv=()):
     from patentclip.launch.model import (PatentTrainModule, lock_towers, make_logit_scale_nonscalar,
                                          optimizer_param_groups)
     from patentclip.launch.step import train_step
-    from patentclip.launch.train import deepspeed_config
+    from patentclip.launch.distributed import deepspeed_config
     from patentclip.plugins.losses import LossSet
 
     argv = ["--train-data", "unused", "--model", a.model, "--batch-size", str(a.batch_size), "--precision", "fp32",
@@ -177,7 +178,7 @@ def patentclip_runner(a, batch, steps, variants=None, extra_argv=()):
 
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=deepspeed_config(args))
     scheduler = cosine_lr(engine.optimizer, args.lr, args.warmup, steps * 1000)
-    single = {k: v for k, v in batch.items() if k not in ("image2", "has_view2", "view2")}
+    single = {k: v for k, v in batch.items() if k not in B.SECOND_VIEW_FIELDS}
     device, state = torch.device("cpu"), {"step": 0}
 
     def make_run(name=None):
@@ -201,7 +202,7 @@ def patentclip_runner(a, batch, steps, variants=None, extra_argv=()):
 def init_single_rank():
     import socket
 
-    from patentclip.launch.train import init_deepspeed
+    from patentclip.launch.distributed import init_deepspeed
     import torch
 
     with socket.socket() as s:

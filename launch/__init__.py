@@ -1,0 +1,1 @@
+"""patentclip.launch: running the training (flags, model, step, loop, checkpoints, signals, demo)."""

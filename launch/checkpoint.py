@@ -44,21 +44,22 @@ import torch
 import torch.distributed as dist
 
 from patentclip.launch.model import load_open_clip_state_dict, open_clip_state_dict
+from patentclip.plugins.remote_io import is_remote, retry
 
 DS_SUBDIR = "deepspeed"
 LATEST_PT = "epoch_latest.pt"  # --save-most-recent
 META = "meta.json"
+# retries of a checkpoint upload, download or commit (default 5, fewer than the shard reader's
+# PATENTCLIP_IO_RETRIES: a checkpoint taken at a stop signal must be committed within the scheduler's grace time,
+# and 5 retries wait 15.5 s in all at the default backoff); the waits follow PATENTCLIP_IO_BACKOFF
 UPLOAD_RETRIES_ENV = "PATENTCLIP_UPLOAD_RETRIES"
+DEFAULT_UPLOAD_RETRIES = 5
 # fault injection for the crash and outage tests: seconds to wait after each uploaded file (default 0)
 UPLOAD_DELAY_ENV = "PATENTCLIP_FAULT_UPLOAD_DELAY"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written completely; ``latest`` still names the previous complete one."""
-
-
-def is_remote(path: Optional[str]) -> bool:
-    return bool(path) and "://" in path and not path.startswith("file://")
 
 
 def deepspeed_dir(checkpoint_path: str) -> str:
@@ -116,16 +117,9 @@ def tag_complete(ds_dir: str, tag: str) -> bool:
 
 
 def _with_retries(fn, what: str, retries: int):
-    for attempt in range(retries + 1):
-        try:
-            return fn()
-        except Exception as exc:
-            if attempt == retries:
-                raise CheckpointError(f"{what} failed after {retries} retries: {type(exc).__name__}: {exc}") from exc
-            delay = min(20.0, 0.5 * 2 ** attempt)
-            logging.warning("%s failed (%s: %s); retry %d/%d in %.1f s", what, type(exc).__name__, exc,
-                            attempt + 1, retries, delay)
-            time.sleep(delay)
+    """``fn()`` with the one retry rule (plugins/remote_io.py), ``retries`` times, every error retried (a missing
+    object may be an eventually consistent listing); raises :class:`CheckpointError` after the last."""
+    return retry(fn, what, retries=retries, error=CheckpointError, give_up=())
 
 
 def _upload(local_file: str, url: str, retries: int) -> None:
@@ -184,7 +178,7 @@ class CheckpointStore:
         self.local = args.checkpoint_path
         self.remote = args.checkpoint_dir if is_remote(args.checkpoint_dir) else None
         self.keep = int(args.keep_checkpoints)
-        self.retries = int(os.environ.get(UPLOAD_RETRIES_ENV, "5"))
+        self.retries = int(os.environ.get(UPLOAD_RETRIES_ENV, str(DEFAULT_UPLOAD_RETRIES)))
 
     @property
     def local_ds(self) -> str:

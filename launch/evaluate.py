@@ -34,7 +34,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from patentclip.plugins.image_transport import finish_images
+from patentclip.plugins.data import batch as B
+from patentclip.plugins.image_transport import transport_of
 
 DEFAULT_TEMPLATES = (
     "a patent drawing of {}.",
@@ -97,24 +98,26 @@ class EvalResult:
 def extract_features(model, dataloader, device, input_dtype=torch.float32, max_batches: Optional[int] = None,
                      with_text: bool = True) -> Dict:
     """Run the model over an evaluation loader; L2-normalised features (on the CPU) and the metadata of every
-    drawing. ``with_text=False`` encodes the images only (a retrieval database, linear-probe training data)."""
+    drawing. ``with_text=False`` encodes the images only (a retrieval database, linear-probe training data). The
+    images are finished on ``device`` by the loader's image transport."""
     model.eval()
+    transport = transport_of(dataloader)
     out: Dict[str, List] = {"image_features": [], "text_features": [], "class_id": [], "grant_day": [],
                             "patent_id": [], "view": [], "key": []}
     for i, batch in enumerate(dataloader):
         if max_batches is not None and i >= max_batches:
             break
-        images = finish_images(batch, "image", device, input_dtype)
+        images = transport.images(batch, B.IMAGE, device, input_dtype)
         if with_text:
-            feats = model(images, batch["text"].to(device=device))
+            feats = model(images, batch[B.TEXT].to(device=device))
             out["text_features"].append(F.normalize(feats["text_features"].float(), dim=-1).cpu())
         else:
             feats = {"image_features": model.encode_image(images, normalize=True)}  # as forward() does
         out["image_features"].append(F.normalize(feats["image_features"].float(), dim=-1).cpu())
-        out["class_id"].append(batch["class_id"].cpu())
-        out["grant_day"].append(batch["grant_day"].cpu())
-        for k in ("patent_id", "view", "key"):
-            out[k].extend(batch[k])
+        out["class_id"].append(batch[B.CLASS_ID].cpu())
+        out["grant_day"].append(batch[B.GRANT_DAY].cpu())
+        for k, name in (("patent_id", B.PATENT_ID), ("view", B.VIEW), ("key", B.KEY)):
+            out[k].extend(batch[name])
     if not out["image_features"]:
         raise ValueError("the evaluation data yielded no samples")
     for k in ("image_features", "class_id", "grant_day"):

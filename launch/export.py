@@ -45,6 +45,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from patentclip.plugins.remote_io import is_remote
+
 WEIGHTS_NAME = "open_clip_model.safetensors"   # open_clip.constants.HF_SAFE_WEIGHTS_NAME
 CONFIG_NAME = "open_clip_config.json"          # open_clip.constants.HF_CONFIG_NAME
 HEAD_WEIGHTS_NAME = "patentclip_head.safetensors"
@@ -86,12 +88,6 @@ def build_head_module(head: Dict, builder: Optional[Callable] = None) -> torch.n
     module = (builder or _head_builder())(head["config"])
     module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in head["state_dict"].items()})
     return module.float().eval()
-
-
-def is_remote(path: str) -> bool:
-    import fsspec
-
-    return isinstance(path, str) and "://" in path and fsspec.core.split_protocol(path)[0] not in (None, "file")
 
 
 def _sibling_fetcher(url: str, local: str, dest: str) -> Callable[[str], None]:

@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from patentclip.plugins.data.batch import IMAGE2
 from patentclip.plugins.losses import LossSet
 
 
@@ -96,8 +97,8 @@ class PatentTrainModule(nn.Module):
 
     def compute_features(self, images: torch.Tensor, texts: torch.Tensor, batch: Dict) -> Dict:
         features = self.clip(images, texts)
-        if "image2" in batch:
-            features["image2_features"] = self.clip.encode_image(batch["image2"], normalize=True)
+        if IMAGE2 in batch:
+            features["image2_features"] = self.clip.encode_image(batch[IMAGE2], normalize=True)
         return features
 
     def forward(self, images: torch.Tensor, texts: torch.Tensor, batch: Dict, accum: Optional[Dict] = None,

@@ -23,6 +23,8 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import torch
 
+from patentclip.plugins.data import batch as B
+
 FIG_DPI = 110
 
 # (title, [(label, key)]) of the report's metric tables
@@ -100,9 +102,9 @@ def collect_images(loaders: Iterable, keys: Iterable[str], preprocess) -> Dict[s
     mean, std = _normalize_stats(preprocess)
     for loader in loaders:
         for batch in loader:
-            for i, k in enumerate(batch["key"]):
+            for i, k in enumerate(batch[B.KEY]):
                 if k in want and k not in out:
-                    out[k] = to_uint8(batch["image"][i], mean, std)
+                    out[k] = to_uint8(batch[B.IMAGE][i], mean, std)
             if len(out) == len(want):
                 return out
     return out

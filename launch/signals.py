@@ -4,12 +4,15 @@
 (preemption, ``scancel``) and SIGINT set a flag instead of killing the process. The training loop asks
 ``should_stop()`` at every step boundary; the answer is agreed across ranks (an all-reduce of the flag), so
 every rank stops after the same step even when the signal reached only some of them. The trainer then writes
-a checkpoint (with the data-loader position) and exits with :data:`EXIT_REQUEUE`; ``slurm/*.sh`` requeue the
-job on that code and the requeued job resumes with ``--resume latest``.
+a checkpoint (with the data-loader position), and only after it is committed leaves the requeue marker
+(:func:`mark_requeue`: ``<logs>/<name>/requeue``, then a barrier so no rank exits before it exists) and exits with
+:data:`EXIT_REQUEUE`; ``slurm/*.sh`` requeue the job on the marker (srun's exit code is unreliable once it kills
+ranks) and the requeued job resumes with ``--resume latest``.
 """
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from typing import Optional
 
@@ -72,3 +75,18 @@ def synchronized(batches, device=None):
                 logging.warning("another rank ran out of data: ending the epoch here on every rank")
             return
         yield batch
+
+
+def requeue_marker(args) -> str:
+    """File the trainer writes when it stopped on a signal after a committed checkpoint: run me again."""
+    return os.path.join(args.logs, args.name, "requeue")
+
+
+def mark_requeue(args, reason: str) -> None:
+    """After the stop checkpoint is committed: leave the requeue marker (rank 0), then a barrier, so that no
+    rank exits (and makes srun kill the others) before the marker exists."""
+    if args.rank == 0:
+        with open(requeue_marker(args), "w") as f:
+            f.write(reason + "\n")
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()

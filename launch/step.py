@@ -31,8 +31,9 @@ from typing import Dict, Iterable, Iterator, List, Sequence, Tuple
 import torch
 
 from patentclip.launch.model import FEATURE_SCALARS, merge_batches
-from patentclip.plugins.image_transport import IMAGE_KEYS, finish_images
-from patentclip.plugins.losses import draw_seed
+from patentclip.plugins.data.batch import IMAGE, IMAGE_FIELDS, TEXT
+from patentclip.plugins.image_transport import FLOAT, ImageTransport
+from patentclip.plugins.seeding import stable_int
 
 
 # the module's copy of logit_scale differs from the fp32 master copy by at most the bf16/fp16 rounding
@@ -63,7 +64,7 @@ def clamp_logit_scale(engine, args) -> None:
 
 def step_seed(seed: int, step: int, rank: int) -> int:
     """The seed of torch's global generator for optimizer step ``step`` on ``rank`` (see ``begin_step``)."""
-    return draw_seed("step", seed, step, rank)
+    return stable_int("step", seed, step, rank)
 
 
 def begin_step(engine, args, step: int) -> None:
@@ -74,13 +75,14 @@ def begin_step(engine, args, step: int) -> None:
     module.criterion.set_step(step)
 
 
-def move_batch(batch: Dict, device, input_dtype) -> Dict:
-    """Images to the device in the model's dtype (uint8 pixels normalised there), every other tensor to the
-    device; lists (keys, views) and the image finisher stay."""
+def move_batch(batch: Dict, device, input_dtype, image_transport: ImageTransport = FLOAT) -> Dict:
+    """Images to the device in the model's dtype, finished there by the loader's ``image_transport`` (uint8
+    pixels normalised; the default: float images, moved only), every other tensor to the device; lists (keys,
+    views) stay."""
     out = {}
     for k, v in batch.items():
-        if k in IMAGE_KEYS and torch.is_tensor(v):
-            v = finish_images(batch, k, device, input_dtype)
+        if k in IMAGE_FIELDS and torch.is_tensor(v):
+            v = image_transport.images(batch, k, device, input_dtype)
         elif torch.is_tensor(v):
             v = v.to(device=device, non_blocking=True)
             if v.is_floating_point():
@@ -110,11 +112,13 @@ def prepare_engine(engine) -> None:
     engine._patentclip_prepared = True
 
 
-def train_step(engine, batch: Dict, args, device, input_dtype) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], Dict]:
-    """Forward, backward and optimizer step on one batch; returns (total loss, loss terms, model features)."""
+def train_step(engine, batch: Dict, args, device, input_dtype, image_transport: ImageTransport = FLOAT
+               ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], Dict]:
+    """Forward, backward and optimizer step on one batch; returns (total loss, loss terms, model features).
+    ``image_transport``: the loader's (``loader.image_transport``), which finishes its images on the device."""
     prepare_engine(engine)
-    batch = move_batch(batch, device, input_dtype)
-    total_loss, terms, features = engine(batch["image"], batch["text"], batch)
+    batch = move_batch(batch, device, input_dtype, image_transport)
+    total_loss, terms, features = engine(batch[IMAGE], batch[TEXT], batch)
     engine.backward(total_loss)
     engine.step()
     clamp_logit_scale(engine, args)
@@ -133,29 +137,29 @@ def accumulate_batches(batches: Iterable[Dict], accum_freq: int) -> Iterator[Lis
             group = []
 
 
-def train_step_accum(engine, batches: Sequence[Dict], args, device,
-                     input_dtype) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], Dict]:
+def train_step_accum(engine, batches: Sequence[Dict], args, device, input_dtype,
+                     image_transport: ImageTransport = FLOAT) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], Dict]:
     """One optimizer step over ``len(batches)`` micro-batches with open_clip's feature cache (module docstring).
 
     Needs ``gradient_accumulation_steps == len(batches)`` in the DeepSpeed config. Returns the loss and terms
     of the whole accumulated batch (those of the last pass) and the last micro-batch's features."""
     if len(batches) == 1:
-        return train_step(engine, batches[0], args, device, input_dtype)
+        return train_step(engine, batches[0], args, device, input_dtype, image_transport)
     gas = engine.gradient_accumulation_steps()
     if gas != len(batches):
         raise ValueError(f"{len(batches)} micro-batches but DeepSpeed's gradient_accumulation_steps is {gas}: "
                          f"set it to --accum-freq")
     prepare_engine(engine)
-    batches = [move_batch(b, device, input_dtype) for b in batches]
+    batches = [move_batch(b, device, input_dtype, image_transport) for b in batches]
     cached = []
     with torch.no_grad():
         for b in batches:
-            feats = engine(b["image"], b["text"], b, features_only=True)
+            feats = engine(b[IMAGE], b[TEXT], b, features_only=True)
             cached.append({k: v for k, v in feats.items() if k not in FEATURE_SCALARS})
     merged = merge_batches(batches)
     last = len(batches) - 1
     for j, b in enumerate(batches):
-        total_loss, terms, features = engine(b["image"], b["text"], b,
+        total_loss, terms, features = engine(b[IMAGE], b[TEXT], b,
                                              accum={"features": cached, "batch": merged, "index": j},
                                              loss_param_grad=(j == last))
         # backward of a new node, not of the engine's output itself: DeepSpeed 0.19 divides the gradient of its

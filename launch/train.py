@@ -13,10 +13,8 @@ import json
 import logging
 import math
 import os
-import socket
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable, Dict, Optional, Tuple
@@ -28,108 +26,25 @@ from open_clip_train.distributed import broadcast_object, init_distributed_devic
 from open_clip_train.logger import setup_logging
 from open_clip_train.main import random_seed
 from open_clip_train.scheduler import const_lr, const_lr_cooldown, cosine_lr
-from open_clip_train.train import AverageMeter
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from patentclip.launch import checkpoint as ckpt
-from patentclip.launch.args import parse_train_args, strip_flag
-from patentclip.launch.checkpoint import is_remote
+from patentclip.launch.args import parse_train_args
 from patentclip.launch.evaluate import evaluate_during_training
 from patentclip.launch.model import (PatentTrainModule, head_state, load_head_state, lock_towers,
                                      make_logit_scale_nonscalar, optimizer_param_groups)
+from patentclip.launch.distributed import deepspeed_config, init_deepspeed, relaunch_with_torchrun
+from patentclip.launch.progress import StepLogger
 from patentclip.launch.scalars import ScalarLog, report_backends
-from patentclip.launch.signals import EXIT_REQUEUE, StopSignal, synchronized
+from patentclip.launch.signals import EXIT_REQUEUE, StopSignal, mark_requeue, requeue_marker, synchronized
 from patentclip.launch.step import accumulate_batches, begin_step, train_step_accum
 from patentclip.plugins.augment import rrc_aug_cfg, with_patent_augmentations
 from patentclip.plugins.builtin import load_builtin_plugins
 from patentclip.plugins.classes import load_class_table
+from patentclip.plugins.image_transport import transport_of
 from patentclip.plugins.losses import LossSet, losses_need_logit_bias
 from patentclip.plugins.models import register_model_configs
 from patentclip.plugins.registry import DATASETS, import_plugin_modules
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def relaunch_with_torchrun(args) -> int:
-    """``--nproc-per-node N`` outside torchrun/srun: start N local ranks with torchrun's launcher and wait.
-
-    Uses ``torch.distributed.launcher.api.elastic_launch`` (what the ``torchrun`` command runs) rather than
-    the torchrun command line, whose parser would take open_clip flags such as ``--logs`` as abbreviations
-    of its own.
-    """
-    argv = strip_flag(args.argv, "--nproc-per-node")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=args.nproc_per_node, run_id=uuid.uuid4().hex,
-                          rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=0,
-                          monitor_interval=1)
-    try:
-        elastic_launch(config, sys.executable)("-u", "-m", "patentclip.launch.train", *argv)
-    except ChildFailedError as exc:
-        codes = {rank: failure.exitcode for rank, failure in exc.failures.items()}
-        if stopped_with_checkpoint(codes):
-            print(f"patentclip-train: the run stopped on a signal after writing and committing a checkpoint "
-                  f"(ranks exited with {EXIT_REQUEUE}, the requeue code); continue it with the same command and "
-                  f"--resume latest", file=sys.stderr)
-            return EXIT_REQUEUE
-        print(f"patentclip-train: a rank failed:\n{exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def stopped_with_checkpoint(exit_codes: Dict[int, int]) -> bool:
-    """True when the ranks' non-zero exits are a stop, not a failure: some rank exited with the requeue code and
-    every other one either did too or was ended by a signal. A rank exits with the requeue code only after the
-    stop checkpoint is committed and the requeue marker written, both collective (``stop_and_requeue``), so the
-    run is resumable; the torchrun agent then sends SIGTERM to the ranks still exiting, which can end them by
-    the signal (Python restores the default handlers as it shuts down). A rank that exited with any other
-    code failed."""
-    codes = list(exit_codes.values())
-    return EXIT_REQUEUE in codes and all(code == EXIT_REQUEUE or code < 0 for code in codes)
-
-
-def deepspeed_config(args) -> dict:
-    bf16 = args.precision in ("bf16", "amp_bf16", "amp_bfloat16", "pure_bf16")
-    fp16 = args.precision in ("fp16", "amp", "pure_fp16")
-    cfg = {
-        "train_micro_batch_size_per_gpu": args.batch_size,
-        "gradient_accumulation_steps": args.accum_freq,
-        "zero_optimization": {"stage": args.zero_stage},
-        "bf16": {"enabled": bf16},
-        "fp16": {"enabled": fp16},
-        "steps_per_print": 1 << 30,
-        "wall_clock_breakdown": False,
-    }
-    # DeepSpeed clips at 1.0 unless told otherwise; open_clip clips only with --grad-clip-norm
-    cfg["gradient_clipping"] = args.grad_clip_norm if args.grad_clip_norm is not None else 0.0
-    if args.deepspeed_config:
-        with open(args.deepspeed_config) as f:
-            user = json.load(f)
-        for k, v in user.items():
-            if isinstance(v, dict) and isinstance(cfg.get(k), dict):
-                cfg[k].update(v)
-            else:
-                cfg[k] = v
-    return cfg
-
-
-def requeue_marker(args) -> str:
-    """File the trainer writes when it stopped on a signal after a committed checkpoint: run me again."""
-    return os.path.join(args.logs, args.name, "requeue")
-
-
-def mark_requeue(args, reason: str) -> None:
-    """After the stop checkpoint is committed: leave the requeue marker (rank 0), then a barrier, so that no
-    rank exits (and makes srun kill the others) before the marker exists."""
-    if args.rank == 0:
-        with open(requeue_marker(args), "w") as f:
-            f.write(reason + "\n")
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+from patentclip.plugins.remote_io import is_remote
 
 
 def gather_loader_states(dataloader, args) -> list:
@@ -199,26 +114,6 @@ def setup_run(args) -> torch.device:
     if args.rank == 0 and os.path.exists(requeue_marker(args)):
         os.remove(requeue_marker(args))
     return device
-
-
-def init_deepspeed(args, device):
-    """The process group DeepSpeed uses: open_clip's when distributed, else a 1-rank group."""
-    # imported here, not at the top: DeepSpeed picks its accelerator on import, after setup_run has set
-    # DS_ACCELERATOR for a CPU run
-    import deepspeed
-    import torch.distributed as dist
-
-    if device.type == "cpu":
-        # skip JIT-compiling the shared-memory comm op on CPU (about 40 s); gloo does the work
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    if not dist.is_initialized():
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("LOCAL_RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False)
-    return deepspeed
 
 
 @dataclass
@@ -385,45 +280,6 @@ def build_run(args) -> Run:
                loader_state=loader_state, writer=writer, step_log=step_log)
 
 
-class StepLogger:
-    """open_clip's progress lines (every ``--log-every-n-steps``), the tensorboard scalars, and one line per
-    step in ``train_steps.jsonl`` (every loss term, for exact-resume checks)."""
-
-    def __init__(self, run: Run, epoch: int, dataloader):
-        self.run, self.epoch, self.dataloader = run, epoch, dataloader
-        self.sample_digits = math.ceil(math.log(dataloader.num_samples + 1, 10))
-        self.losses_m, self.batch_time_m, self.data_time_m = {}, AverageMeter(), AverageMeter()
-
-    def log(self, step: int, i: int, batch_count: int, micro, values: Dict[str, float], features) -> None:
-        run, args = self.run, self.run.args
-        if run.step_log is not None:
-            run.step_log.write(json.dumps({"step": step, "epoch": self.epoch, **values}) + "\n")
-            run.step_log.flush()
-        if args.rank != 0 or not (i % args.log_every_n_steps == 0 or batch_count == run.steps_per_epoch):
-            return
-        n = sum(len(b["key"]) for b in micro)
-        num_samples = batch_count * args.batch_size * args.accum_freq * args.world_size
-        percent_complete = 100.0 * batch_count / run.steps_per_epoch
-        for k, v in values.items():
-            self.losses_m.setdefault(k, AverageMeter()).update(v, n)
-        logit_scale = features["logit_scale"].detach().float().mean().item()
-        loss_log = " ".join(f"{k.capitalize()}: {m.val:#.5g} ({m.avg:#.5g})" for k, m in self.losses_m.items())
-        sps = args.batch_size * args.accum_freq * args.world_size / self.batch_time_m.val
-        lr = run.engine.optimizer.param_groups[0]["lr"]
-        logging.info(
-            f"Train Epoch: {self.epoch} [{num_samples:>{self.sample_digits}}/{self.dataloader.num_samples} "
-            f"({percent_complete:.0f}%)] Data (t): {self.data_time_m.avg:.3f} Batch (t): {self.batch_time_m.avg:.3f}, "
-            f"{sps:#g}/s LR: {lr:5f} Logit Scale: {logit_scale:.3f} " + loss_log)
-        if run.writer is not None:
-            log_data = {"data_time": self.data_time_m.val, "batch_time": self.batch_time_m.val,
-                        "samples_per_second": sps, "scale": logit_scale, "lr": lr, **values}
-            for name, val in log_data.items():
-                run.writer.add_scalar("train/" + name, val, step)
-            run.writer.add_scalar("data/skipped_samples", self.dataloader.skipped, step)
-        self.batch_time_m.reset()
-        self.data_time_m.reset()
-
-
 def save(run: Run, epoch: int, step: int, tag: Optional[str] = None) -> None:
     """A checkpoint of the engine, the data-loader positions of every rank and the classification head."""
     run.store.save(run.engine, epoch=epoch, step=step, class_table=run.class_table,
@@ -457,7 +313,8 @@ def run_epoch(run: Run, epoch: int) -> Tuple[int, int, bool]:
             run.scheduler(step)
         logger.data_time_m.update(time.time() - end)
         begin_step(run.engine, args, step)
-        total_loss, terms, features = train_step_accum(run.engine, micro, args, run.device, run.input_dtype)
+        total_loss, terms, features = train_step_accum(run.engine, micro, args, run.device, run.input_dtype,
+                                                       transport_of(dataloader))
         logger.batch_time_m.update(time.time() - end)
         end = time.time()
         batch_count = i + 1

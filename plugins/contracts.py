@@ -73,7 +73,10 @@ class Loader(Protocol):
 
     ``state_dict()`` is saved with every checkpoint (one per rank) and ``load_state_dict`` makes a fresh loader
     continue with exactly the batches the uninterrupted run would have produced. ``num_batches`` is the same
-    on every rank (equal batch counts, so no rank waits on a collective the others never reach).
+    on every rank (equal batch counts, so no rank waits on a collective the others never reach). A loader whose
+    workers send images that are not model-ready (the uint8 pixels of ``patent-wds``) has ``image_transport``
+    (plugins/image_transport.py), which the step and evaluation call to finish them on the device; without one
+    its image fields are taken as model-ready float tensors (``image_transport.transport_of``).
     """
 
     num_batches: int

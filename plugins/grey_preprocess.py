@@ -20,8 +20,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 import torchvision.transforms as T
 
-from patentclip.plugins.image_transport import (DeviceNormalize, DrawErasing, PILToUint8, is_to_tensor,
-                                                 split_for_uint8)
+from patentclip.plugins.image_transport import DrawErasing, ImageTransport, PILToUint8, is_to_tensor
 
 GREY_MODES = ("L", "LA", "1")
 
@@ -75,26 +74,25 @@ class GreyAwarePreprocess:
     """Callable on a decoded PIL image of any mode: grey images take the one-channel path, others are converted
     to RGB and go through ``preprocess`` unchanged.
 
-    ``uint8=True`` (the uint8 image transport, plugins/image_transport.py): where the preprocess allows it, both
-    paths stop at the uint8 pixels (one channel for grey drawings) and ``self.finish`` is the
-    :class:`DeviceNormalize` that completes them on the device; random erasing is drawn here and its boxes of
-    the last call are ``last_erase()``. ``self.finish`` is None otherwise and ``self.uint8_refused`` says why."""
+    With the ``ImageTransport`` chosen for this preprocess, of kind uint8 (plugins/image_transport.py), both
+    paths stop at the uint8 pixels (one channel for grey drawings), which the transport finishes on the device;
+    random erasing is drawn here and its boxes of the last call are ``last_erase()``. Without one (or a float
+    one) they make the float tensors of ``preprocess``."""
 
-    def __init__(self, preprocess: Callable, uint8: bool = False):
+    def __init__(self, preprocess: Callable, transport: Optional[ImageTransport] = None):
         self.preprocess = preprocess
-        self.finish: Optional[DeviceNormalize] = None
-        self.uint8_refused = ""
+        self.uint8 = transport is not None and transport.split is not None
         self.erase_boxes: List[Tuple[int, int, int, int]] = []
+        self.erasing = 0  # random-erasing steps drawn here and painted on the device
         tail: List[Callable] = []
-        if uint8:
-            split, self.uint8_refused = split_for_uint8(preprocess)
-            if split is not None:
-                drawers = [DrawErasing(e, self.erase_boxes) for e in split.erasing]
-                tail = [PILToUint8()] + split.on_uint8 + drawers
-                self.preprocess = T.Compose(split.before + tail)
-                self.finish = DeviceNormalize(split.normalize.mean, split.normalize.std, [d.value for d in drawers])
+        if self.uint8:
+            split = transport.split
+            drawers = [DrawErasing(e, v, self.erase_boxes) for e, v in zip(split.erasing, split.erase_values)]
+            tail = [PILToUint8()] + split.on_uint8 + drawers
+            self.preprocess = T.Compose(split.before + tail)
+            self.erasing = len(drawers)
         steps = grey_steps(preprocess)
-        if steps is not None and self.finish is not None:  # geometric steps, then uint8 pixels on one channel
+        if steps is not None and self.uint8:  # geometric steps, then uint8 pixels on one channel
             steps = steps[:next(i for i, s in enumerate(steps) if is_to_tensor(s))] + tail
         self.grey = T.Compose(steps) if steps is not None else None
 
@@ -108,15 +106,10 @@ class GreyAwarePreprocess:
             img = img.convert("RGB")
         return self.preprocess(img)
 
-    @property
-    def erasing(self) -> int:
-        """Random-erasing steps drawn here and painted on the device (0 with the float transport)."""
-        return len(self.finish.erase_values) if self.finish is not None else 0
-
     def last_erase(self) -> torch.Tensor:
         """(erasing steps, 4) int32: the boxes the last call drew (top, left, height, width; -1s: none)."""
         return torch.tensor(self.erase_boxes, dtype=torch.int32).view(-1, 4)
 
     def __repr__(self) -> str:
         return (f"GreyAwarePreprocess(one-channel path: {self.grey is not None}, transport: "
-                f"{'uint8' if self.finish is not None else 'float'}, {self.preprocess!r})")
+                f"{'uint8' if self.uint8 else 'float'}, {self.preprocess!r})")

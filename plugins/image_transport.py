@@ -5,16 +5,23 @@ channels (600 KB at 224 px), is copied through shared memory, stacked into the b
 the worker spends about a quarter of its time per drawing on the ``/255``, the normalisation and that stacking.
 
 With ``--image-transport uint8`` (the default) a worker stops at the uint8 pixels after the geometric steps (one
-channel for a grey drawing: 50 KB at 224 px, a twelfth), and :class:`DeviceNormalize`, which the loader hands
-along with every batch as ``batch["image_finish"]``, does ``/255 -> three channels -> Normalize`` on the device
-inside the step (:func:`finish_images`). The arithmetic is the same, in the same order and precision, so the
-tensors the model sees are bit-identical to the float transport's (tested, with flips, GridMask and erasing).
+channel for a grey drawing: 50 KB at 224 px, a twelfth), and :class:`DeviceNormalize` does ``/255 -> three
+channels -> Normalize`` on the device inside the step. The arithmetic is the same, in the same order and
+precision, so the tensors the model sees are bit-identical to the float transport's (tested, with flips, GridMask
+and erasing).
+
+The decision is one object, :class:`ImageTransport`, made once per loader from the flag and the preprocess
+(``ImageTransport.choose``) and owned by the loader (``loader.image_transport``, as timm's ``PrefetchLoader`` owns
+its normalisation): the workers run its first half (plugins/grey_preprocess.py builds their preprocess from its
+split), and the consumer of the batches, the training step or evaluation's feature extraction, calls
+``transport.images(batch, field, device, dtype)`` for the second. Nothing of it travels in the batch; a loader
+without a transport sends float images (:func:`transport_of`).
 
 The split is taken when every step between ``ToTensor`` and ``Normalize`` is a flip or GridMask, which run on the
 uint8 pixels instead (GridMask's fill 1.0 painted as 255, the same value after ``/255``), and every step after
 ``Normalize`` is random erasing with a fixed value: the worker makes its random draws (the same calls in the same
-order, so every later draw is unchanged too) and sends the box along (``batch["image_erase"]``: per drawing and
-erasing step, top, left, height, width, or -1s), and the device paints the box after normalising. Random erasing
+order, so every later draw is unchanged too) and sends the box along (the batch field ``IMAGE_ERASE``: per drawing
+and erasing step, top, left, height, width, or -1s), and the device paints the box after normalising. Random erasing
 with random values (``value="random"``), or a step this module does not know, keeps the float transport for that
 pipeline, and the log says which step did.
 """
@@ -27,10 +34,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torchvision.transforms as T
 
+from patentclip.plugins.data.batch import erase_field
+
 TRANSPORTS = ("uint8", "float")
-IMAGE_KEYS = ("image", "image2")
-FINISH_KEY = "image_finish"
-ERASE_SUFFIX = "_erase"  # batch["image_erase"]: the erase boxes of batch["image"]
 
 
 def is_to_tensor(step) -> bool:
@@ -63,6 +69,7 @@ class Uint8Split:
     on_uint8: List[Callable]  # flips / GridMask, run on the pixels
     normalize: T.Normalize
     erasing: List[T.RandomErasing] = field(default_factory=list)  # after Normalize: drawn in the worker
+    erase_values: List[List[float]] = field(default_factory=list)  # their fill values (one, or one per channel)
 
 
 def split_for_uint8(preprocess) -> Tuple[Optional[Uint8Split], str]:
@@ -85,21 +92,25 @@ def split_for_uint8(preprocess) -> Tuple[Optional[Uint8Split], str]:
             return None, "RandomErasing with random values runs after Normalize"
     if getattr(after[norm_at], "inplace", False):
         return None, "Normalize is in place"
-    return Uint8Split(before, list(after[:norm_at]), after[norm_at], list(after[norm_at + 1:])), ""
+    erasing = list(after[norm_at + 1:])
+    values = [_erasing_value(e) for e in erasing]
+    for e, v in zip(erasing, values):
+        if len(v) not in (1, 3):
+            raise ValueError(f"RandomErasing value {e.value!r}: one value or one per channel (3)")
+    return Uint8Split(before, list(after[:norm_at]), after[norm_at], erasing, values), ""
 
 
 class DrawErasing(torch.nn.Module):
     """Random erasing's random draws on the worker, the erasing itself left to the device.
 
     Makes exactly the calls of ``T.RandomErasing.forward`` and ``get_params`` (for an image of 3 channels and the
-    pixels' size) and appends the box, ``(top, left, height, width)`` or ``(-1, -1, -1, -1)`` when nothing is
-    erased, to ``boxes``; returns the pixels unchanged."""
+    pixels' size, ``value`` the step's fill as :class:`Uint8Split` has it) and appends the box,
+    ``(top, left, height, width)`` or ``(-1, -1, -1, -1)`` when nothing is erased, to ``boxes``; returns the
+    pixels unchanged."""
 
-    def __init__(self, step: T.RandomErasing, boxes: List[Tuple[int, int, int, int]]):
+    def __init__(self, step: T.RandomErasing, value: List[float], boxes: List[Tuple[int, int, int, int]]):
         super().__init__()
-        self.step, self.boxes, self.value = step, boxes, _erasing_value(step)
-        if len(self.value) not in (1, 3):
-            raise ValueError(f"RandomErasing value {step.value!r}: one value or one per channel (3)")
+        self.step, self.value, self.boxes = step, value, boxes
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         box = (-1, -1, -1, -1)
@@ -174,16 +185,69 @@ class DeviceNormalize:
         return f"DeviceNormalize(mean={self.mean}, std={self.std}, erasing={self.erase_values})"
 
 
-def finish_images(batch: Dict, key: str, device, dtype: torch.dtype) -> torch.Tensor:
-    """``batch[key]`` on ``device`` in ``dtype``, normalised there if the loader sent uint8 pixels."""
-    x = batch[key]
-    if x.dtype == torch.uint8:
-        finish = batch.get(FINISH_KEY)
-        if finish is None:
-            raise ValueError(f"batch[{key!r}] holds uint8 pixels but the batch has no {FINISH_KEY!r} to normalise "
-                             f"them (a loader of the uint8 image transport adds it)")
-        x = finish(x.to(device=device, non_blocking=True), batch.get(key + ERASE_SUFFIX))
-    return x.to(device=device, dtype=dtype, non_blocking=True)
+class ImageTransport:
+    """What a loader's workers send for its images and how its consumer finishes them (the module docstring).
+
+    ``kind``: ``"uint8"`` (pixels, finished on the device by ``finish``) or ``"float"`` (model-ready tensors, moved
+    only). ``split``: the preprocess cut the workers run (uint8), else None. ``refused``: why uint8 was asked
+    for but the preprocess does not allow it ("" otherwise)."""
+
+    def __init__(self, split: Optional[Uint8Split] = None, refused: str = ""):
+        self.split = split
+        self.refused = refused
+        self.finish: Optional[DeviceNormalize] = None
+        if split is not None:
+            self.finish = DeviceNormalize(split.normalize.mean, split.normalize.std, split.erase_values)
+
+    @classmethod
+    def choose(cls, requested: str, preprocess) -> "ImageTransport":
+        """The transport for ``--image-transport requested`` and this preprocess; uint8 falls back to float
+        (logged) for a preprocess it cannot split."""
+        if requested not in TRANSPORTS:
+            raise ValueError(f"unknown image transport {requested!r}; choose one of {', '.join(TRANSPORTS)}")
+        if requested == "float":
+            return cls()
+        split, why = split_for_uint8(preprocess)
+        if split is None:
+            log_fallback(why)
+        return cls(split, why)
+
+    @property
+    def kind(self) -> str:
+        return "uint8" if self.split is not None else "float"
+
+    @property
+    def erasing(self) -> int:
+        """Random-erasing steps drawn in the workers and painted on the device (0 with the float transport)."""
+        return len(self.split.erasing) if self.split is not None else 0
+
+    def to_device(self, images: torch.Tensor, device, dtype: torch.dtype,
+                  erase: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """A batch of this transport's images, model-ready on ``device`` in ``dtype`` (``erase``: the boxes the
+        workers drew, with deferred random erasing)."""
+        if (images.dtype == torch.uint8) != (self.finish is not None):
+            raise ValueError(
+                f"a {images.dtype} image batch, but this image transport is {self.kind}"
+                + (": pass the loader's image_transport to the step" if self.finish is None else ""))
+        if self.finish is not None:
+            images = self.finish(images.to(device=device, non_blocking=True), erase)
+        return images.to(device=device, dtype=dtype, non_blocking=True)
+
+    def images(self, batch: Dict, field: str, device, dtype: torch.dtype) -> torch.Tensor:
+        """``batch[field]`` (an image field of plugins/data/batch.py) model-ready on ``device`` in ``dtype``."""
+        return self.to_device(batch[field], device, dtype, batch.get(erase_field(field)))
+
+    def __repr__(self) -> str:
+        return f"ImageTransport({self.kind}{', ' + repr(self.finish) if self.finish is not None else ''})"
+
+
+FLOAT = ImageTransport()  # what a loader without an image transport sends
+
+
+def transport_of(loader) -> ImageTransport:
+    """A loader's image transport (``loader.image_transport``); float for a loader that has none (a dataset
+    plugin that sends model-ready tensors)."""
+    return getattr(loader, "image_transport", FLOAT)
 
 
 def log_fallback(why: str) -> None:

@@ -39,9 +39,10 @@ from open_clip.loss import SigLipLoss, gather_features
 from torch import nn
 
 from patentclip.plugins.classes import ClassTable
+from patentclip.plugins.data.batch import CLASS_ID, HAS_VIEW2, IMAGE2
 from patentclip.plugins.heads import AttentionFusionHead
 from patentclip.plugins.registry import LOSSES
-from patentclip.plugins.samplers import uniform01
+from patentclip.plugins.seeding import stable_int
 
 #: LLM-informed paper, Figure 1: the top 40% of classes by frequency are "head", the bottom 60% "tail".
 HEAD_CLASS_FRACTION = 0.4
@@ -51,8 +52,8 @@ WEIGHTINGS = ("fixed", "uncertainty")
 
 def draw_seed(*parts) -> int:
     """A seed for a ``torch.Generator`` as a pure function of ``parts`` (e.g. salt, seed, step, rank): the
-    project's seeded hash (``samplers.uniform01``) as a 53-bit integer."""
-    return int(uniform01(*parts) * (1 << 53))
+    project's seeded hash (``seeding.stable_int``)."""
+    return stable_int(*parts)
 
 
 def parse_loss_spec(spec: str) -> List[Tuple[str, float]]:
@@ -215,12 +216,12 @@ class _ContrastiveBase(nn.Module):
     def class_ids(self, batch: Dict, device) -> torch.Tensor:
         """The batch's class ids (long, on ``device``), checked against classes.json."""
         def compute():
-            if "class_id" not in batch:
-                raise KeyError(f"loss {type(self).__name__} needs batch['class_id'] (the patent pipeline provides it)")
-            cls = batch["class_id"].to(device=device, dtype=torch.long)
+            if CLASS_ID not in batch:
+                raise KeyError(f"loss {type(self).__name__} needs batch[{CLASS_ID!r}] (the patent pipeline has it)")
+            cls = batch[CLASS_ID].to(device=device, dtype=torch.long)
             check_class_ids(cls, self.num_classes, self.class_source)
             return cls
-        return self._memo(("class_id", str(device)), compute)
+        return self._memo((CLASS_ID, str(device)), compute)
 
     def row_values(self, t: torch.Tensor, name: Optional[str] = None) -> torch.Tensor:
         """Per-sample values of the logit rows: local with --local-loss, else gathered over the ranks."""
@@ -245,7 +246,7 @@ class _ContrastiveBase(nn.Module):
         """``1/N sum_i m_i w_{c_i} (CE(logits_per_a_i, i) + CE(logits_per_b_i, i)) / 2`` over the logit rows."""
         lp_a, lp_b = self.pair_log_probs(features, a, b)
         labels = self.clip.get_ground_truth(lp_a.device, lp_a.shape[0])
-        cls = self.row_values(self.class_ids(batch, lp_a.device), "class_id")
+        cls = self.row_values(self.class_ids(batch, lp_a.device), CLASS_ID)
         w = weights.to(device=lp_a.device, dtype=lp_a.dtype)[cls]
         if row_mask is not None:
             w = w * row_mask.to(w.dtype)
@@ -324,11 +325,11 @@ class MultiviewContrastive(ClassAwareContrastive):
     def forward(self, features: Dict, batch: Dict) -> Dict[str, torch.Tensor]:
         if "image2_features" not in features:
             raise KeyError("multiview_contrastive needs the second view of each patent (features['image2_features']"
-                           " from batch['image2']): run the data pipeline in multi-view mode (args.multiview)")
+                           f" from batch[{IMAGE2!r}]): run the data pipeline in multi-view mode (args.multiview)")
         mask = None
-        if self.single == "drop" and "has_view2" in batch:
+        if self.single == "drop" and HAS_VIEW2 in batch:
             device = features["image_features"].device
-            mask = self.row_values(batch["has_view2"].to(device=device, dtype=torch.long), "has_view2") != 0
+            mask = self.row_values(batch[HAS_VIEW2].to(device=device, dtype=torch.long), HAS_VIEW2) != 0
         return {"multiview_contrastive": self.class_weighted_nll(features, batch, self.class_weights,
                                                                  "image_features", "image2_features", mask)}
 
@@ -404,7 +405,7 @@ class ClassAwareClassification(_ContrastiveBase):
 
     def forward(self, features: Dict, batch: Dict) -> Dict[str, torch.Tensor]:
         v, t = features["image_features"], features["text_features"]
-        cls = self.row_values(self.class_ids(batch, v.device), "class_id")
+        cls = self.row_values(self.class_ids(batch, v.device), CLASS_ID)
         if self.world_size > 1 and not self.local_loss:
             v, t = self._memo(("rows", "image_features", "text_features"), lambda: gather_features(
                 v, t, local_loss=False, gather_with_grad=self.gather_with_grad, rank=self.rank,
@@ -443,7 +444,7 @@ class _GroupContrastive(_ContrastiveBase):
 
     def forward(self, features: Dict, batch: Dict) -> Dict[str, torch.Tensor]:
         lp_i, lp_t = self.pair_log_probs(features)
-        cls_cols = self.col_values(self.class_ids(batch, lp_i.device), "class_id")
+        cls_cols = self.col_values(self.class_ids(batch, lp_i.device), CLASS_ID)
         g_cols = self.groups.to(cls_cols.device)[cls_cols]
         if self.world_size > 1 and self.local_loss:
             n = lp_i.shape[0]
@@ -539,7 +540,7 @@ class LossSet(nn.Module):
 
     @property
     def needs_second_view(self) -> bool:
-        """True when a selected loss needs ``batch["image2"]`` (the trainer then sets ``args.multiview``)."""
+        """True when a selected loss needs the second view, ``IMAGE2`` (the trainer then sets ``args.multiview``)."""
         return any(getattr(loss, "needs_second_view", False) for loss in self.losses.values())
 
     def set_step(self, step: int) -> None:

@@ -1,14 +1,21 @@
-"""Reading shards from object storage: a webdataset ``gopen`` handler for every fsspec URL (``s3://``, ``gs://``,
-``az://``, ...), with retries.
+"""Object storage for every part of patentclip: what counts as remote, the one retry rule, and reading shards.
 
-webdataset 1.x opens URLs through ``webdataset.gopen.gopen_schemes`` and has no ``s3://`` handler of its own.
-:func:`register_fsspec_gopen` adds one that reads through fsspec (s3fs for ``s3://``; endpoint, credentials and
-region from the standard AWS environment variables, e.g. ``AWS_ENDPOINT_URL``).
-
-:class:`RetryingReader` keeps the byte offset it has delivered. When the connection drops or the server answers
-5xx mid-shard, it waits (exponential backoff), reopens the object and seeks to that offset, so the tar stream
-continues exactly where it was; after ``max_retries`` failures in a row it raises :class:`ShardReadError` naming
-the shard URL and the last error.
+* :func:`is_remote`: a path is remote when it is a URL of a filesystem other than the local one (``s3://``,
+  ``gs://``, ``memory://``, ...): it has ``://`` and is not a ``file://`` URL. Local paths, ``file://`` URLs,
+  ``pathlib`` paths and None are not.
+* :func:`retry`: call a function with retries and exponential backoff. ``PATENTCLIP_IO_RETRIES`` (default
+  :data:`DEFAULT_RETRIES` = 8) is the number of *retries* after the first attempt; the wait before retry ``n``
+  (1-based) is ``PATENTCLIP_IO_BACKOFF * 2 ** (n - 1)`` seconds (default 0.5 s), at most :data:`MAX_DELAY` (30 s).
+  ``FileNotFoundError`` (and what else the caller names) is not retried. After the last retry the caller's error
+  type is raised, naming what failed, the number of retries and the last error. The shard reader, the shard
+  builder's uploads and listings, and the checkpoint uploads (with their own count, launch/checkpoint.py) use it.
+* Reading shards: webdataset 1.x opens URLs through ``webdataset.gopen.gopen_schemes`` and has no ``s3://``
+  handler of its own. :func:`register_fsspec_gopen` adds one that reads through fsspec (s3fs for ``s3://``;
+  endpoint, credentials and region from the standard AWS environment variables, e.g. ``AWS_ENDPOINT_URL``).
+  :class:`RetryingReader` keeps the byte offset it has delivered. When the connection drops or the server
+  answers 5xx mid-shard, it waits, reopens the object and seeks to that offset, so the tar stream continues
+  exactly where it was; after ``max_retries`` failures in a row it raises :class:`ShardReadError` naming the
+  shard URL, the byte offset and the last error.
 """
 from __future__ import annotations
 
@@ -17,24 +24,68 @@ import io
 import logging
 import os
 import time
-from typing import Optional
+from typing import Callable, Optional, Tuple, Type, TypeVar
 
 import fsspec
 
 RETRY_ENV = "PATENTCLIP_IO_RETRIES"
 BACKOFF_ENV = "PATENTCLIP_IO_BACKOFF"
+DEFAULT_RETRIES = 8
+DEFAULT_BACKOFF = 0.5
+MAX_DELAY = 30.0
+
+T = TypeVar("T")
 
 
 class ShardReadError(IOError):
     """A shard could not be read after all retries."""
 
 
-def _retries() -> int:
-    return int(os.environ.get(RETRY_ENV, "8"))
+def is_remote(path) -> bool:
+    """True for a URL of a filesystem other than the local one (see the module docstring)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return False
+    s = os.fspath(path)
+    return isinstance(s, str) and "://" in s and not s.startswith("file://")
 
 
-def _backoff() -> float:
-    return float(os.environ.get(BACKOFF_ENV, "0.5"))
+def io_retries() -> int:
+    """Retries after the first attempt: ``PATENTCLIP_IO_RETRIES``, default :data:`DEFAULT_RETRIES`."""
+    return max(0, int(os.environ.get(RETRY_ENV, str(DEFAULT_RETRIES))))
+
+
+def io_backoff() -> float:
+    """Seconds before the first retry: ``PATENTCLIP_IO_BACKOFF``, default :data:`DEFAULT_BACKOFF`."""
+    return float(os.environ.get(BACKOFF_ENV, str(DEFAULT_BACKOFF)))
+
+
+def retry(fn: Callable[[], T], what: str, *, retries: Optional[int] = None, backoff: Optional[float] = None,
+          error: Callable[[str], BaseException] = OSError,
+          give_up: Tuple[Type[BaseException], ...] = (FileNotFoundError,),
+          before_retry: Optional[Callable[[], None]] = None) -> T:
+    """``fn()``, retried on any exception but those in ``give_up`` (module docstring: counts, waits).
+
+    ``retries``/``backoff``: None reads the environment. ``before_retry`` runs after each wait (e.g. reconnect).
+    After the last retry raises ``error(f"{what} failed after {retries} retries: {type}: {message}")`` from the
+    last exception."""
+    retries = io_retries() if retries is None else retries
+    backoff = io_backoff() if backoff is None else backoff
+    failures = 0
+    while True:
+        try:
+            return fn()
+        except give_up:
+            raise
+        except Exception as exc:  # connection drops, timeouts, 5xx from s3fs/aiohttp/botocore
+            failures += 1
+            if failures > retries:
+                raise error(f"{what} failed after {retries} retries: {type(exc).__name__}: {exc}") from exc
+            delay = min(MAX_DELAY, backoff * 2 ** (failures - 1))
+            logging.warning("%s failed (%s: %s); retry %d/%d in %.1f s", what, type(exc).__name__, exc, failures,
+                            retries, delay)
+            time.sleep(delay)
+            if before_retry is not None:
+                before_retry()
 
 
 class RetryingReader(io.RawIOBase):
@@ -44,58 +95,43 @@ class RetryingReader(io.RawIOBase):
                  block_size: int = 4 << 20):
         super().__init__()
         self.url = url
-        self.max_retries = _retries() if max_retries is None else max_retries
-        self.backoff = _backoff() if backoff is None else backoff
+        self.max_retries = io_retries() if max_retries is None else max_retries
+        self.backoff = io_backoff() if backoff is None else backoff
         self.block_size = block_size
         self.offset = 0
         self.retries_used = 0
         self._f = None
         self._open()
 
-    def _open(self):
-        def attempt():
-            fs, path = fsspec.core.url_to_fs(self.url)
-            f = fs.open(path, "rb", block_size=self.block_size)
-            if self.offset:
-                f.seek(self.offset)
-            return f
+    def _connect(self):
+        fs, path = fsspec.core.url_to_fs(self.url)
+        f = fs.open(path, "rb", block_size=self.block_size)
+        if self.offset:
+            f.seek(self.offset)
+        return f
 
-        self._f = self._with_retries(attempt, "open")
+    def _open(self):
+        self._f = self._with_retries(self._connect, "open")
 
     def _with_retries(self, fn, what: str):
-        failures = 0
-        while True:
+        def reconnect():  # after a failed read: a fresh connection at the same offset
+            self.retries_used += 1
             try:
-                return fn()
-            except FileNotFoundError:
-                raise
-            except Exception as exc:  # connection drops, timeouts, 5xx from s3fs/aiohttp/botocore
-                failures += 1
-                self.retries_used += 1
-                if failures > self.max_retries:
-                    raise ShardReadError(
-                        f"{self.url}: {what} failed after {self.max_retries} retries at byte {self.offset}: "
-                        f"{type(exc).__name__}: {exc}") from exc
-                delay = min(30.0, self.backoff * 2 ** (failures - 1))
-                logging.warning("%s: %s failed at byte %d (%s: %s); retry %d/%d in %.1f s", self.url, what,
-                                self.offset, type(exc).__name__, exc, failures, self.max_retries, delay)
-                time.sleep(delay)
+                if self._f is not None:
+                    self._f.close()
+            except Exception:
+                pass
+            self._f = None
+            if what == "read":
                 try:
-                    if self._f is not None:
-                        self._f.close()
-                except Exception:
-                    pass
-                self._f = None
-                if what == "read":
-                    fs, path = fsspec.core.url_to_fs(self.url)
-                    try:
-                        f = fs.open(path, "rb", block_size=self.block_size)
-                        f.seek(self.offset)
-                        self._f = f
-                    except FileNotFoundError:
-                        raise
-                    except Exception as reopen_exc:  # counted by the next loop turn
-                        logging.debug("reopen of %s failed: %s", self.url, reopen_exc)
+                    self._f = self._connect()
+                except FileNotFoundError:
+                    raise
+                except Exception as reopen_exc:  # counted by the next attempt (not connected)
+                    logging.debug("reopen of %s failed: %s", self.url, reopen_exc)
+
+        return retry(fn, f"{self.url}: {what} at byte {self.offset}", retries=self.max_retries,
+                     backoff=self.backoff, error=ShardReadError, before_retry=reconnect)
 
     def readable(self) -> bool:
         return True

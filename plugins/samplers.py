@@ -48,7 +48,6 @@ to its copy from the pass before, at a group boundary.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections import deque
@@ -57,15 +56,10 @@ from typing import Callable, Hashable, List, Sequence, TypeVar
 import torch
 
 from patentclip.plugins.registry import SAMPLERS
+from patentclip.plugins.seeding import uniform01
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
-
-
-def uniform01(*parts) -> float:
-    """A deterministic uniform number in [0, 1) from the given parts."""
-    h = hashlib.blake2b("\x1f".join(str(p) for p in parts).encode(), digest_size=8).digest()
-    return (int.from_bytes(h, "little") >> 11) / float(1 << 53)
 
 
 def repeat_distance(copies: Sequence[int], n: int, distance: int) -> int:

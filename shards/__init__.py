@@ -1,0 +1,1 @@
+"""patentclip.shards: patent records in (importers, manifest, synthetic patents) and WebDataset shards out."""

@@ -1,6 +1,6 @@
 """Build WebDataset shards (``patentclip-shards build``): plan, encode in parallel, write atomically, resume.
 
-One sample per drawing::
+One sample per drawing (the format: shards/sample_format.py)::
 
     <patent_id>_<NN>.png | .jpg | .webp   the drawing, normalised (docs/manifest.md, "Images")
     <patent_id>_<NN>.txt                  its first caption (what vanilla open_clip trains on)
@@ -50,30 +50,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from patentclip.plugins.remote_io import is_remote, retry
+from patentclip.plugins.seeding import uniform01
+
 from .captions import (DEFAULT_MAX_CHARS, DEFAULT_TEMPLATES, JOIN_MODES, CaptionIndex, CaptionReader,
-                       clean_captions, join_captions, load_templates, parse_templates, render_templates,
-                       template_fields)
+                       clean_captions, clean_captions_traced, drawing_fields, join_captions, line_provenance,
+                       load_templates, parse_templates, render_templates)
+from . import sample_format as SF
 from .images import DEFAULT_MAX_SIDE, ImageError, ImageOptions, normalize_image
 from .importers import ImportOptions, import_records
 from .manifest import PatentRecord, Problem
 
 HEAD_FRACTION = 0.4
 BUILD_DIR = ".build"
-#: Bumped when the shard contents for the same input and flags change.
-FORMAT_VERSION = 2
+#: Bumped when the shard contents for the same input and flags change (3: caption_provenance from captions files).
+FORMAT_VERSION = 3
 _TAR_MTIME = 1262304000  # 2010-01-01: fixed so that the same input gives byte-identical shards
 _SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{6})\.tar$")
-
-
-def _u01(*parts) -> float:
-    h = hashlib.blake2b("\x1f".join(str(p) for p in parts).encode(), digest_size=8).digest()
-    return (int.from_bytes(h, "little") >> 11) / float(1 << 53)
 
 
 def assign_split(patent_id: str, splits: Sequence[Tuple[str, float]], seed: int) -> str:
     """The split of a patent: a seeded hash of its id against the cumulative split fractions."""
     total = sum(f for _, f in splits)
-    u = _u01("split", seed, patent_id) * total
+    u = uniform01("split", seed, patent_id) * total
     acc = 0.0
     for name, frac in splits:
         acc += frac
@@ -100,13 +99,8 @@ def encode_image(path: Path, image_format: str) -> Tuple[bytes, Tuple[int, int]]
 # --------------------------------------------------------------------------------------------------------------
 
 
-def is_url(path) -> bool:
-    s = str(path)
-    return "://" in s and not s.startswith("file://")
-
-
 def _join(base: str, *parts: str) -> str:
-    if is_url(base):
+    if is_remote(base):
         return posixpath.join(base.rstrip("/"), *parts)
     return os.path.join(base, *parts)
 
@@ -128,20 +122,10 @@ def storage_options_from(endpoint_url: Optional[str] = None, region: Optional[st
     return opts
 
 
-def _retry(fn, what: str, attempts: Optional[int] = None, backoff: Optional[float] = None):
-    """Call ``fn`` with retries and exponential backoff (``PATENTCLIP_IO_RETRIES``, default 5 attempts;
-    ``PATENTCLIP_IO_BACKOFF``, default 0.5 s: the variables the shard reader uses)."""
-    attempts = max(1, int(os.environ.get("PATENTCLIP_IO_RETRIES", "5"))) if attempts is None else attempts
-    backoff = float(os.environ.get("PATENTCLIP_IO_BACKOFF", "0.5")) if backoff is None else backoff
-    for i in range(attempts):
-        try:
-            return fn()
-        except (FileNotFoundError, PermissionError):
-            raise
-        except Exception as exc:
-            if i == attempts - 1:
-                raise OSError(f"{what} failed after {attempts} attempts: {type(exc).__name__}: {exc}") from exc
-            time.sleep(backoff * 2 ** i)
+def _retry(fn, what: str):
+    """Call ``fn`` with patentclip's retry rule (plugins/remote_io.py: ``PATENTCLIP_IO_RETRIES`` retries, default 8,
+    exponential backoff from ``PATENTCLIP_IO_BACKOFF``); a missing file or a refused permission is not retried."""
+    return retry(fn, what, give_up=(FileNotFoundError, PermissionError))
 
 
 class Output:
@@ -151,8 +135,8 @@ class Output:
         s = str(out)
         if s.startswith("file://"):
             s = s[len("file://"):]
-        self.url = s.rstrip("/") if is_url(s) else str(Path(s))
-        self.local = not is_url(s)
+        self.url = s.rstrip("/") if is_remote(s) else str(Path(s))
+        self.local = not is_remote(s)
         self.storage_options = dict(storage_options or {})
         self._fs = None
 
@@ -324,7 +308,7 @@ def plan_shards(by_split: Dict[str, List[PatentRecord]], samples_per_shard: int,
     """The shard jobs of every split (see the module docstring); independent of the number of workers."""
     jobs: List[ShardJob] = []
     for split, records in by_split.items():
-        order = sorted(records, key=lambda r: (_u01("order", seed, r.patent_id), r.patent_id))
+        order = sorted(records, key=lambda r: (uniform01("order", seed, r.patent_id), r.patent_id))
         current: List[PatentRecord] = []
         count = 0
         index = 0
@@ -421,24 +405,26 @@ def run_job(job: ShardJob, settings: BuildSettings) -> Dict[str, Any]:
                 for r in job.records:
                     samples = []
                     for d in r.drawings:
-                        key = f"{r.patent_id}_{d.index:02d}"
+                        key = SF.sample_key(r.patent_id, d.index)
                         try:
                             data, orig, size = normalize_image(r.image_path(d), settings.image)
                         except ImageError as exc:
                             problems.append(_drawing_problem(r, d, f"{exc.kind.replace('_', ' ')} ({exc})", exc.kind,
                                                              "drawing"))
                             continue
-                        fields = template_fields(title=None if r.extra.get("_title_generated") else r.title,
-                                                 obj=d.extra.get("object") or r.object, view=d.view,
-                                                 class_name=r.class_name, class_code=r.class_code,
-                                                 caption=d.extra.get("caption"), patent_id=r.patent_id)
-                        own = list(d.captions) or render_templates(settings.templates, fields)
-                        joined = reader.read(job.caption_offsets[key]) if reader and key in job.caption_offsets \
+                        own = list(d.captions) or render_templates(settings.templates, drawing_fields(r, d))
+                        line = reader.read_line(job.caption_offsets[key]) if reader and key in job.caption_offsets \
                             else None
-                        captions, repairs = clean_captions(join_captions(own, joined, settings.captions_join),
-                                                           settings.max_caption_chars)
+                        joined = list(line.get("captions") or []) if line is not None else None
+                        prov, bad_prov = line_provenance(line) if line else (None, None)
+                        merged = join_captions(own, joined, settings.captions_join)
+                        merged_prov = join_captions([None] * len(own), prov, settings.captions_join) if prov else None
+                        captions, repairs, kept_from = clean_captions_traced(merged, settings.max_caption_chars)
+                        if bad_prov:
+                            repairs.append(("caption_provenance_dropped", f"captions file: {bad_prov}"))
                         if not captions and joined is not None:
                             captions, more = clean_captions(own, settings.max_caption_chars)
+                            merged_prov = None
                             repairs.append(("caption_empty", "no usable caption in the captions file; the drawing's "
                                                              "own captions are used"))
                             repairs.extend(more)
@@ -448,31 +434,29 @@ def run_job(job: ShardJob, settings: BuildSettings) -> Dict[str, Any]:
                             problems.append(_drawing_problem(r, d, "no caption (none given and no template applies)",
                                                              "no_caption", "drawing"))
                             continue
-                        meta = {"patent_id": r.patent_id, "drawing_index": d.index, "num_drawings": 0,
-                                "view": d.view, "class_id": settings.class_ids[r.class_code],
-                                "class_code": r.class_code, "class_name": r.class_name,
-                                "category": settings.categories[r.class_code], "grant_date": r.grant_date,
-                                "title": r.title, "captions": captions, "orig_size": list(orig),
-                                "size": list(size)}
+                        meta = {SF.PATENT_ID: r.patent_id, SF.DRAWING_INDEX: d.index, SF.NUM_DRAWINGS: 0,
+                                SF.VIEW: d.view, SF.CLASS_ID: settings.class_ids[r.class_code],
+                                SF.CLASS_CODE: r.class_code, SF.CLASS_NAME: r.class_name,
+                                SF.CATEGORY: settings.categories[r.class_code], SF.GRANT_DATE: r.grant_date,
+                                SF.TITLE: r.title, SF.CAPTIONS: captions, SF.ORIG_SIZE: list(orig),
+                                SF.SIZE: list(size)}
+                        if merged_prov:
+                            meta[SF.CAPTION_PROVENANCE] = [merged_prov[i] for i in kept_from]
                         for k, v in list(r.extra.items()) + list(d.extra.items()):
                             if not k.startswith("_") and k not in meta:
                                 meta[k] = v
-                        samples.append((key, data, captions[0], meta))
+                        samples.append((key, data, meta))
                     if not samples:
                         src = r.extra.get("_source")
                         problems.append(Problem(r.line, r.patent_id, f"{src + ' ' if src else ''}line {r.line}: "
                                                 f"patent {r.patent_id}: no drawing could be written; record skipped",
                                                 "no_drawings", "record", source=src).to_dict())
                         continue
-                    for key, data, txt, meta in samples:
-                        meta["num_drawings"] = len(samples)
-                        cid = str(meta["class_id"]).encode()
-                        # members in sorted extension order, like webdataset's TarWriter
-                        members = sorted([("cls", cid), ("json", json.dumps(meta, ensure_ascii=False).encode()),
-                                          (ext, data), ("txt", txt.encode("utf-8"))])
-                        for e, b in members:
-                            _add_member(tar, f"{key}.{e}", b)
-                        views[meta["view"]] += 1
+                    for key, data, meta in samples:
+                        meta[SF.NUM_DRAWINGS] = len(samples)
+                        for name, b in SF.encode_members(key, ext, data, meta):
+                            _add_member(tar, name, b)
+                        views[meta[SF.VIEW]] += 1
                     class_counts[r.class_code] += len(samples)
                     dates.append(r.grant_date)
                     records_written += 1
@@ -873,7 +857,7 @@ def shard_pattern(folder, names: Optional[Sequence[str]] = None) -> str:
     """Brace pattern covering a split folder's shards (from its sizes.json unless names are given); the folder
     may be a local path or an fsspec URL."""
     folder = str(folder)
-    remote = is_url(folder)
+    remote = is_remote(folder)
     join = (lambda a, b: posixpath.join(a.rstrip("/"), b)) if remote else (lambda a, b: str(Path(a) / b))
     if names is None:
         if remote:

@@ -3,9 +3,12 @@
 Where a drawing's captions come from (docs/importers.md, "Captions"):
 
 1. A **captions file** (``--captions FILE``), JSON Lines ``{"key": ..., "captions": [...]}``, e.g. captions an LLM
-   wrote offline (both seed papers do this). ``key`` is the drawing's sample key ``<patent_id>_<NN>`` or its
-   image path exactly as the input names it. ``--captions-join`` says what happens to the drawing's own captions:
-   ``replace`` (default: only the file's), ``prepend`` (the file's first) or ``append``.
+   wrote offline (both seed papers do this; ``patentclip-caption`` writes them). ``key`` is the drawing's sample
+   key ``<patent_id>_<NN>`` or its image path exactly as the input names it. ``--captions-join`` says what happens
+   to the drawing's own captions: ``replace`` (default: only the file's), ``prepend`` (the file's first) or
+   ``append``. An optional ``"provenance"`` list, one object per caption (``patentclip-caption`` writes engine,
+   model, instruction version and seed), goes into the shards as ``caption_provenance``, aligned with
+   ``captions`` (``null`` for a drawing's own captions); other fields of the line are ignored.
 2. Otherwise the drawing's own captions: the manifest's, or, for the importers, **templates** (``{title}``,
    ``{object}``, ``{a_object}``, ``{view}``, ``{class_name}``, ``{class_code}``, ``{caption}``, ``{patent_id}``);
    a template is used for a drawing only when every field it names is known. Several templates give several
@@ -55,8 +58,10 @@ def article(noun: str) -> str:
     return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
 
 
-def parse_templates(lines: Iterable[str], source: str = "templates") -> Tuple[str, ...]:
-    """Check templates: each must name only :data:`TEMPLATE_FIELDS`; returns them as a tuple. Raises ValueError."""
+def parse_templates(lines: Iterable[str], source: str = "templates",
+                    fields: Optional[Sequence[str]] = TEMPLATE_FIELDS) -> Tuple[str, ...]:
+    """Check templates: each must name only ``fields`` (:data:`TEMPLATE_FIELDS`; ``None``: any name, for patterns
+    a language model fills in); returns them as a tuple. Raises ValueError."""
     out = []
     for i, t in enumerate(lines, start=1):
         if not isinstance(t, str) or not t.strip():
@@ -65,22 +70,22 @@ def parse_templates(lines: Iterable[str], source: str = "templates") -> Tuple[st
             names = [f for _, f, _, _ in string.Formatter().parse(t) if f is not None]
         except ValueError as exc:
             raise ValueError(f"{source}: template {i} {t!r}: {exc}") from None
-        bad = [n for n in names if n not in TEMPLATE_FIELDS]
+        bad = [n for n in names if fields is not None and n not in fields]
         if bad:
             raise ValueError(f"{source}: template {i} {t!r} names unknown field(s) {bad}; known: "
-                             f"{', '.join(TEMPLATE_FIELDS)}")
+                             f"{', '.join(fields)}")
         out.append(t.strip())
     if not out:
         raise ValueError(f"{source}: no templates")
     return tuple(out)
 
 
-def load_templates(path) -> Tuple[str, ...]:
+def load_templates(path, fields: Optional[Sequence[str]] = TEMPLATE_FIELDS) -> Tuple[str, ...]:
     """Templates from a file: a JSON list of strings, or text with one template per line (``#`` comments)."""
     text = Path(path).read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
-        return parse_templates(json.loads(text), str(path))
-    return parse_templates([ln for ln in text.splitlines() if not ln.lstrip().startswith("#")], str(path))
+        return parse_templates(json.loads(text), str(path), fields)
+    return parse_templates([ln for ln in text.splitlines() if not ln.lstrip().startswith("#")], str(path), fields)
 
 
 def template_fields(*, title=None, obj=None, view=None, class_name=None, class_code=None, caption=None,
@@ -94,6 +99,15 @@ def template_fields(*, title=None, obj=None, view=None, class_name=None, class_c
     if "object" in f:
         f["a_object"] = article(f["object"])
     return f
+
+
+def drawing_fields(record, drawing) -> Dict[str, str]:
+    """The known template fields of a drawing of a :class:`~patentclip.shards.manifest.PatentRecord` (a generated
+    title, ``Design DP-17``, is not a title; the drawing's own ``object`` wins over the record's)."""
+    return template_fields(title=None if record.extra.get("_title_generated") else record.title,
+                           obj=drawing.extra.get("object") or record.object, view=drawing.view,
+                           class_name=record.class_name, class_code=record.class_code,
+                           caption=drawing.extra.get("caption"), patent_id=record.patent_id)
 
 
 def render_templates(templates: Sequence[str], fields: Mapping[str, str]) -> List[str]:
@@ -113,8 +127,17 @@ def render_templates(templates: Sequence[str], fields: Mapping[str, str]) -> Lis
 def clean_captions(captions: Iterable[str], max_chars: int = DEFAULT_MAX_CHARS) -> Tuple[List[str], List[Tuple[str, str]]]:
     """Clean captions (module docstring). Returns ``(captions, repairs)``, repairs as ``(kind, detail)`` with kind
     ``caption_control_chars``, ``caption_truncated`` or ``caption_empty``."""
+    out, repairs, _ = clean_captions_traced(captions, max_chars)
+    return out, repairs
+
+
+def clean_captions_traced(captions: Iterable[str], max_chars: int = DEFAULT_MAX_CHARS
+                          ) -> Tuple[List[str], List[Tuple[str, str]], List[int]]:
+    """:func:`clean_captions`, and for each caption kept the 0-based position of the input it came from (so that
+    what travels with a caption, e.g. its provenance, stays with it)."""
     out: List[str] = []
     repairs: List[Tuple[str, str]] = []
+    sources: List[int] = []
     for i, c in enumerate(captions, start=1):
         if not isinstance(c, str):
             repairs.append(("caption_empty", f"caption {i} is not a string ({type(c).__name__}); dropped"))
@@ -136,7 +159,8 @@ def clean_captions(captions: Iterable[str], max_chars: int = DEFAULT_MAX_CHARS) 
             repairs.append(("caption_truncated", f"caption {i}: {n} characters cut to {len(c)}"))
         if c not in out:
             out.append(c)
-    return out, repairs
+            sources.append(i - 1)
+    return out, repairs, sources
 
 
 class CaptionIndex:
@@ -205,13 +229,30 @@ class CaptionReader:
         self.f = open(path, "rb")
 
     def read(self, offset: int) -> List[str]:
+        return list(self.read_line(offset).get("captions") or [])
+
+    def read_line(self, offset: int) -> Dict:
+        """The whole line at ``offset`` (``{"key", "captions", ...}``; ``{}`` when it is not a caption line)."""
         self.f.seek(offset)
         raw = self.f.readline()
         obj, _ = _parse_caption_line(raw, 2)
-        return list(obj["captions"]) if obj else []
+        return obj or {}
 
     def close(self):
         self.f.close()
+
+
+def line_provenance(line: Mapping) -> Tuple[Optional[List], Optional[str]]:
+    """The ``provenance`` list of a captions-file line, aligned with its ``captions``: ``(list, None)``, ``(None,
+    None)`` when the line has none, ``(None, reason)`` when it is malformed (not a list of one object or null per
+    caption)."""
+    prov = line.get("provenance")
+    if prov is None:
+        return None, None
+    caps = line.get("captions") or []
+    if not (isinstance(prov, list) and len(prov) == len(caps) and all(p is None or isinstance(p, dict) for p in prov)):
+        return None, (f"provenance is not a list of {len(caps)} objects (one per caption); ignored")
+    return list(prov), None
 
 
 def join_captions(own: Sequence[str], joined: Optional[Sequence[str]], mode: str) -> List[str]:

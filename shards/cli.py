@@ -6,10 +6,48 @@ import json
 import os
 import sys
 
+from patentclip.plugins.registry import import_plugin_modules
 from patentclip.shards.build import build_shards, shard_pattern, storage_options_from, summary
 from patentclip.shards.importers import ImportOptions, formats
 from patentclip.shards.inspect import format_findings, inspect_shards
 from patentclip.shards.synth import generate_synthetic_patents
+
+
+def add_import_arguments(g) -> None:
+    """The importers' flags (docs/importers.md) on an argparse group: shared by ``build`` and ``patentclip-caption``,
+    which must see the same drawings under the same keys."""
+    g.add_argument("--images-root", default=None, help="folder the image paths are relative to (default: the "
+                                                       "input file's folder)")
+    g.add_argument("--locarno-table", default=None, metavar="FILE",
+                   help="patent id -> Locarno class (CSV/TSV with header, JSON object or JSON Lines)")
+    g.add_argument("--locarno-id-column", default="patent_id", help="(default: %(default)s)")
+    g.add_argument("--locarno-class-column", default="class", help="(default: %(default)s)")
+    g.add_argument("--class-names", default=None, metavar="FILE", help="Locarno code -> class name table")
+    g.add_argument("--missing-class", choices=["skip", "other"], default="skip",
+                   help="patents without a class: skip and report (default), or put them in 99-00 and report")
+    g.add_argument("--default-date", default=None, metavar="YYYY-MM-DD",
+                   help="grant date for patents whose input has none (reported); without it they are skipped")
+    g.add_argument("--dp2-image", choices=["subfigure", "figure"], default="subfigure",
+                   help="DeepPatent2: the segmented subfigure_file (default) or the whole figure_file")
+    for col, default, what in (("path", "full_path", "image path"), ("class", "cat", "class (Locarno code or name)"),
+                               ("id", None, "patent id (default: the patent number in the path)"),
+                               ("date", None, "grant date"), ("title", None, "title"), ("view", None, "view"),
+                               ("caption", None, "caption"), ("class-name", None, "class name")):
+        g.add_argument(f"--{col}-column", default=default, help=f"CSV: column of the {what}"
+                       + (f" (default: {default})" if default else ""))
+    g.add_argument("--delimiter", default=None, help="CSV delimiter (default: tab if the header has one, else ',')")
+
+
+def import_options_from(args):
+    """:class:`ImportOptions` from the flags of :func:`add_import_arguments`."""
+    return ImportOptions(images_root=args.images_root, locarno_table=args.locarno_table,
+                         locarno_id_column=args.locarno_id_column, locarno_class_column=args.locarno_class_column,
+                         class_names=args.class_names, missing_class=args.missing_class,
+                         default_date=args.default_date, image_field=args.dp2_image, path_column=args.path_column,
+                         class_column=args.class_column, id_column=args.id_column, date_column=args.date_column,
+                         title_column=args.title_column, view_column=args.view_column,
+                         caption_column=args.caption_column, class_name_column=args.class_name_column,
+                         delimiter=args.delimiter)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "or repaired and reported, never dropped silently; exit status 1 only when nothing was written.")
     b.add_argument("--format", dest="input_format", default="manifest",
                    choices=formats(), help="input format, a registered importer (default: manifest)")
+    b.add_argument("--plugins", default="",
+                   help="comma-separated Python modules to import first: they register their own input formats "
+                        "(docs/extending.md)")
     b.add_argument("--manifest", "--input", dest="inputs", action="append", required=True, metavar="FILE",
                    help="input file; repeat for several (DeepPatent2 JSON files, DeepPatent lists, CSVs)")
     b.add_argument("--out", required=True, help="output folder or URL (one sub-folder per split)")
@@ -79,27 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(fields: {title} {object} {a_object} {view} {class_name} {class_code} {caption} {patent_id})")
     g.add_argument("--max-caption-chars", type=int, default=1000,
                    help="longer captions are cut at a word boundary and reported, 0 = no limit (default: %(default)s)")
-    g = b.add_argument_group("importers (docs/importers.md)")
-    g.add_argument("--images-root", default=None, help="folder the image paths are relative to (default: the "
-                                                       "input file's folder)")
-    g.add_argument("--locarno-table", default=None, metavar="FILE",
-                   help="patent id -> Locarno class (CSV/TSV with header, JSON object or JSON Lines)")
-    g.add_argument("--locarno-id-column", default="patent_id", help="(default: %(default)s)")
-    g.add_argument("--locarno-class-column", default="class", help="(default: %(default)s)")
-    g.add_argument("--class-names", default=None, metavar="FILE", help="Locarno code -> class name table")
-    g.add_argument("--missing-class", choices=["skip", "other"], default="skip",
-                   help="patents without a class: skip and report (default), or put them in 99-00 and report")
-    g.add_argument("--default-date", default=None, metavar="YYYY-MM-DD",
-                   help="grant date for patents whose input has none (reported); without it they are skipped")
-    g.add_argument("--dp2-image", choices=["subfigure", "figure"], default="subfigure",
-                   help="DeepPatent2: the segmented subfigure_file (default) or the whole figure_file")
-    for col, default, what in (("path", "full_path", "image path"), ("class", "cat", "class (Locarno code or name)"),
-                               ("id", None, "patent id (default: the patent number in the path)"),
-                               ("date", None, "grant date"), ("title", None, "title"), ("view", None, "view"),
-                               ("caption", None, "caption"), ("class-name", None, "class name")):
-        g.add_argument(f"--{col}-column", default=default, help=f"CSV: column of the {what}"
-                       + (f" (default: {default})" if default else ""))
-    g.add_argument("--delimiter", default=None, help="CSV delimiter (default: tab if the header has one, else ',')")
+    add_import_arguments(b.add_argument_group("importers (docs/importers.md)"))
     g = b.add_argument_group("object storage")
     g.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL)")
     g.add_argument("--region", default=None, help="S3 region (default: AWS_DEFAULT_REGION)")
@@ -136,6 +157,9 @@ def parse_splits(items):
 
 
 def main(argv=None) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugins", default="")
+    import_plugin_modules(pre.parse_known_args(argv)[0].plugins.split(","))  # before --format's choices are listed
     args = build_parser().parse_args(argv)
     if args.command == "synth":
         views = tuple(v.strip() for v in args.views.split(",") if v.strip())
@@ -153,14 +177,7 @@ def main(argv=None) -> int:
         return 1 if findings["problems"] else 0
 
     try:
-        iopts = ImportOptions(images_root=args.images_root, locarno_table=args.locarno_table,
-                              locarno_id_column=args.locarno_id_column,
-                              locarno_class_column=args.locarno_class_column, class_names=args.class_names,
-                              missing_class=args.missing_class, default_date=args.default_date,
-                              image_field=args.dp2_image, path_column=args.path_column, class_column=args.class_column,
-                              id_column=args.id_column, date_column=args.date_column, title_column=args.title_column,
-                              view_column=args.view_column, caption_column=args.caption_column,
-                              class_name_column=args.class_name_column, delimiter=args.delimiter)
+        iopts = import_options_from(args)
         report = build_shards(args.inputs if len(args.inputs) > 1 else args.inputs[0], args.out,
                               samples_per_shard=args.samples_per_shard, splits=parse_splits(args.split),
                               seed=args.seed, image_format=args.image_format, progress=not args.no_progress,

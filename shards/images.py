@@ -97,11 +97,10 @@ def _flatten(im: Image.Image, mode: str) -> Image.Image:
     return im
 
 
-def normalize_image(source, opts: ImageOptions) -> Tuple[bytes, Tuple[int, int], Tuple[int, int]]:
-    """Decode ``source`` (a path or bytes), normalise it and encode it.
-
-    Returns ``(encoded bytes, original (w, h), written (w, h))``. Raises :class:`ImageError`.
-    """
+def decode_drawing(source, mode: str = "L", max_side: int = DEFAULT_MAX_SIDE) -> Tuple[Image.Image, Tuple[int, int]]:
+    """Decode ``source`` (a path or bytes) completely and normalise it (module docstring): flattened onto white,
+    converted to ``mode``, shrunk to ``max_side`` (0 = keep the size). Returns ``(image, original (w, h))``.
+    Raises :class:`ImageError`. The shard builder encodes the result; the captioner shows it to a model."""
     if isinstance(source, (bytes, bytearray)):
         data = bytes(source)
     else:
@@ -128,7 +127,7 @@ def normalize_image(source, opts: ImageOptions) -> Tuple[bytes, Tuple[int, int],
                 im.seek(0)  # multi-page TIFF: the first page is the drawing
             im.load()
             orig = (w, h)
-            out = _flatten(im, opts.mode)
+            out = _flatten(im, mode)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -136,10 +135,19 @@ def normalize_image(source, opts: ImageOptions) -> Tuple[bytes, Tuple[int, int],
     except Exception as exc:  # UnidentifiedImageError, truncated data, broken chunks, ...
         msg = str(exc) or type(exc).__name__
         raise ImageError("unreadable_image", f"{type(exc).__name__}: {msg}") from None
-    if opts.max_side and max(out.size) > opts.max_side:
-        s = opts.max_side / max(out.size)
+    if max_side and max(out.size) > max_side:
+        s = max_side / max(out.size)
         size = (max(1, round(out.size[0] * s)), max(1, round(out.size[1] * s)))
         out = out.resize(size, Image.LANCZOS, reducing_gap=3.0)
+    return out, orig
+
+
+def normalize_image(source, opts: ImageOptions) -> Tuple[bytes, Tuple[int, int], Tuple[int, int]]:
+    """Decode ``source`` (a path or bytes), normalise it (:func:`decode_drawing`) and encode it.
+
+    Returns ``(encoded bytes, original (w, h), written (w, h))``. Raises :class:`ImageError`.
+    """
+    out, orig = decode_drawing(source, opts.mode, opts.max_side)
     buf = io.BytesIO()
     if opts.ext == "png":
         out.save(buf, format="PNG", compress_level=6)

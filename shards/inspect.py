@@ -1,4 +1,4 @@
-"""``patentclip-shards inspect``: validate shards and describe them.
+"""``patentclip-shards inspect``: validate shards against their format (shards/sample_format.py) and describe them.
 
 Checks (each failure is one line in ``problems``; the CLI exits 1 when there is any):
 
@@ -20,13 +20,14 @@ import io
 import json
 import multiprocessing as mp
 import posixpath
-import re
 import tarfile
 from collections import Counter
 from typing import Any, Dict, List, Optional, Tuple
 
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
-_KEY_RE = re.compile(r"^(?P<pid>[A-Za-z0-9][A-Za-z0-9_-]*)_(?P<idx>\d{2,})$")
+from patentclip.plugins.remote_io import is_remote
+
+from . import sample_format as SF
+
 
 
 def _fs_and_path(url: str, storage_options: Optional[Dict] = None):
@@ -63,33 +64,32 @@ def check_shard(url: str, storage_options: Optional[Dict] = None,
         key = s["key"]
         where = f"{name}: sample {key!r}"
         exts = s["members"]
-        imgs = [e for e in exts if e in IMAGE_EXTS]
-        for need in ("txt", "json", "cls"):
+        imgs = [e for e in exts if e in SF.IMAGE_EXTS]
+        for need in SF.REQUIRED_MEMBERS:
             if need not in exts:
                 problems.append(f"{where}: no .{need} member")
         if len(imgs) != 1:
             problems.append(f"{where}: {len(imgs)} image members ({', '.join(imgs) or 'none'}); expected one")
         meta = s.get("meta")
-        m = _KEY_RE.match(key)
+        m = SF.KEY_RE.match(key)
         if not m:
             problems.append(f"{where}: key is not <patent_id>_<NN>")
         if isinstance(meta, dict):
-            pid, idx = meta.get("patent_id"), meta.get("drawing_index")
+            pid, idx = meta.get(SF.PATENT_ID), meta.get(SF.DRAWING_INDEX)
             if m and (pid != m.group("pid") or not isinstance(idx, int) or idx != int(m.group("idx"))):
                 problems.append(f"{where}: key does not match json patent_id {pid!r} / drawing_index {idx!r}")
-            if "cls" in s and s["cls"] is not None and meta.get("class_id") != s["cls"]:
-                problems.append(f"{where}: cls {s['cls']} but json class_id {meta.get('class_id')!r}")
-            caps = meta.get("captions")
-            if s.get("txt") is not None and isinstance(caps, list) and caps and caps[0] != s["txt"]:
+            if SF.CLS in s and s[SF.CLS] is not None and meta.get(SF.CLASS_ID) != s[SF.CLS]:
+                problems.append(f"{where}: cls {s[SF.CLS]} but json class_id {meta.get(SF.CLASS_ID)!r}")
+            caps = meta.get(SF.CAPTIONS)
+            if s.get(SF.TXT) is not None and isinstance(caps, list) and caps and caps[0] != s[SF.TXT]:
                 problems.append(f"{where}: txt is not the first of the json captions")
-            for f in ("class_code", "grant_date", "num_drawings", "view"):
+            for f in SF.CHECKED_META_FIELDS:
                 if f not in meta:
                     problems.append(f"{where}: json has no {f!r}")
-        samples.append({"key": key, "patent_id": (meta or {}).get("patent_id") if isinstance(meta, dict) else None,
-                        "class_id": s.get("cls"), "class_code": (meta or {}).get("class_code") if isinstance(meta, dict) else None,
-                        "view": (meta or {}).get("view") if isinstance(meta, dict) else None,
-                        "grant_date": (meta or {}).get("grant_date") if isinstance(meta, dict) else None,
-                        "num_drawings": (meta or {}).get("num_drawings") if isinstance(meta, dict) else None})
+        got = meta if isinstance(meta, dict) else {}
+        samples.append({"key": key, "patent_id": got.get(SF.PATENT_ID), "class_id": s.get(SF.CLS),
+                        "class_code": got.get(SF.CLASS_CODE), "view": got.get(SF.VIEW),
+                        "grant_date": got.get(SF.GRANT_DATE), "num_drawings": got.get(SF.NUM_DRAWINGS)})
 
     try:
         with fs.open(p, "rb") as raw:
@@ -115,24 +115,24 @@ def check_shard(url: str, storage_options: Optional[Dict] = None,
                     current["members"].append(ext)
                     where = f"{name}: member {ti.name!r}"
                     try:
-                        if ext in IMAGE_EXTS:
+                        if ext in SF.IMAGE_EXTS:
                             with Image.open(io.BytesIO(data)) as im:
                                 im.load()
-                        elif ext == "txt":
+                        elif ext == SF.TXT:
                             t = data.decode("utf-8")
-                            current["txt"] = t
+                            current[SF.TXT] = t
                             if not t.strip():
                                 problems.append(f"{where}: empty caption")
-                        elif ext == "json":
+                        elif ext == SF.JSON:
                             current["meta"] = json.loads(data.decode("utf-8"))
                             if not isinstance(current["meta"], dict):
                                 problems.append(f"{where}: not a JSON object")
-                        elif ext == "cls":
-                            current["cls"] = int(data.decode("ascii").strip())
+                        elif ext == SF.CLS:
+                            current[SF.CLS] = SF.decode_cls(data)
                     except Exception as exc:
                         problems.append(f"{where}: does not decode ({type(exc).__name__}: {exc})")
-                        if ext == "cls":
-                            current["cls"] = None
+                        if ext == SF.CLS:
+                            current[SF.CLS] = None
     except FileNotFoundError:
         return {"url": url, "name": name, "missing": True, "count": 0, "patents": [], "classes": {}, "views": {},
                 "years": {}, "date_min": None, "date_max": None, "problems": [f"{name}: file not found"]}
@@ -191,7 +191,7 @@ def _resolve(spec: str, storage_options=None) -> Tuple[Dict[str, Dict[str, Any]]
     """split name -> {folder, urls, sizes, classes}, plus problems."""
     problems: List[str] = []
     splits: Dict[str, Dict[str, Any]] = {}
-    remote = "://" in spec and not spec.startswith("file://")
+    remote = is_remote(spec)
     j = (lambda a, b: posixpath.join(a.rstrip("/"), b))
     if "{" in spec or spec.endswith(".tar"):
         urls = _expand(spec)

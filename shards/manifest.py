@@ -71,6 +71,7 @@ REPAIR_KINDS = (
     "caption_control_chars",  # control characters removed from a caption
     "caption_truncated",  # a caption longer than the limit was cut at a word boundary
     "caption_empty",  # an empty caption was dropped (others are left)
+    "caption_provenance_dropped",  # a captions-file line's provenance list was malformed (its captions are kept)
 )
 
 

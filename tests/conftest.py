@@ -69,3 +69,13 @@ def s3_server(tmp_path_factory):
     server = S3Server(str(tmp_path_factory.mktemp("s3"))).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_caption_models(tmp_path_factory):
+    """A tiny LLaVA (captioner) and a tiny Llama (language model) with a locally trained tokenizer, written as
+    model folders by patentclip-caption's own tiny-models code; loaded offline (HF_HUB_OFFLINE=1)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from patentclip.shards.captioning.tiny import make_tiny_models
+
+    return make_tiny_models(tmp_path_factory.mktemp("tiny-models"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -64,11 +65,15 @@ def _ensure_resolvable(name: str) -> None:
 
 
 class SlurmCluster:
-    def __init__(self, root: str, cpus: int = 0, memory_mb: int = 0):
+    """``gpus``: GPUs the node declares (gres ``gpu``, backed by character devices like /dev/null), so that scripts
+    with ``#SBATCH --gpus-per-task`` / ``--gpus-per-node`` are accepted as written; the jobs run on the CPU."""
+
+    def __init__(self, root: str, cpus: int = 0, memory_mb: int = 0, gpus: int = 0):
         self.root = Path(root)
         self.node = _short_hostname()
         self.cpus = cpus or max(2, os.cpu_count() or 2)
         self.memory_mb = memory_mb or 4096
+        self.gpus = gpus
         self.conf = self.root / "slurm.conf"
 
     def env(self) -> Dict[str, str]:
@@ -78,8 +83,20 @@ class SlurmCluster:
         for d in ("state", "spool", "log", "run"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         r = self.root
+        gres = ""
+        if self.gpus:
+            (r / "dev").mkdir(exist_ok=True)
+            files = []
+            for i in range(self.gpus):
+                dev = r / "dev" / f"fakegpu{i}"
+                if not dev.exists():
+                    os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+                files.append(str(dev))
+            (r / "gres.conf").write_text("".join(f"NodeName={self.node} Name=gpu File={f}\n" for f in files))
+            gres = f" Gres=gpu:{self.gpus}"
         self.conf.write_text(f"""\
 ClusterName=patentclip-test
+{"GresTypes=gpu" if self.gpus else ""}
 SlurmctldHost={self.node}(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
@@ -107,7 +124,7 @@ SlurmdPidFile={r}/run/slurmd.pid
 SlurmctldLogFile={r}/log/slurmctld.log
 SlurmdLogFile={r}/log/slurmd.log
 SlurmdParameters=config_overrides
-NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN
+NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb}{gres} State=UNKNOWN
 PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 """)
 

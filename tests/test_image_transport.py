@@ -12,9 +12,9 @@ from patentclip.launch.step import move_batch
 from patentclip.plugins.augment import add_augmentations
 from patentclip.plugins.classes import load_class_table
 from patentclip.plugins.grey_preprocess import GreyAwarePreprocess
-from patentclip.plugins.image_transport import FINISH_KEY, DeviceNormalize, finish_images, split_for_uint8
+from patentclip.plugins.data.batch import FIELDS, collate_patent_batch
+from patentclip.plugins.image_transport import FLOAT, DeviceNormalize, ImageTransport, split_for_uint8
 from patentclip.plugins.models import register_model_configs
-from patentclip.plugins.patent_data import collate_patent_batch
 from patentclip.plugins.builtin import load_builtin_plugins
 from patentclip.plugins.registry import DATASETS
 from test_grey_preprocess import drawing, transforms
@@ -23,10 +23,10 @@ load_builtin_plugins()
 register_model_configs()
 
 
-def finished(fast, img):
+def finished(fast, transport, img):
     x = fast(img)
     assert x.dtype == torch.uint8
-    return fast.finish(x[None])[0]
+    return transport.finish(x[None])[0]
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB"])
@@ -42,8 +42,9 @@ def test_uint8_transport_is_bit_identical_to_float_preprocess(which, mode):
         pre = add_augmentations(pre, hflip=0.5, gridmask=0.5,
                                                                 random_erasing=0.8)
         pre = T.Compose(list(pre.transforms) + [T.RandomErasing(p=0.7, value=(0.5, -1.0, 2.0), scale=(0.3, 0.6))])
-    float_path, uint8_path = GreyAwarePreprocess(pre), GreyAwarePreprocess(pre, uint8=True)
-    assert uint8_path.finish is not None and uint8_path.uint8_refused == ""
+    uint8 = ImageTransport.choose("uint8", pre)
+    float_path, uint8_path = GreyAwarePreprocess(pre), GreyAwarePreprocess(pre, uint8)
+    assert uint8.finish is not None and uint8.refused == ""
     erased = set()
     for size in ((150, 110), (90, 240), (300, 300)):
         img = drawing(size).convert(mode) if mode != "L" else drawing(size)
@@ -57,7 +58,7 @@ def test_uint8_transport_is_bit_identical_to_float_preprocess(which, mode):
             pixels = uint8_path(img)
             after_got = torch.rand(())
             assert pixels.dtype == torch.uint8 and pixels.shape[0] == (1 if mode == "L" else 3)
-            got = uint8_path.finish(pixels[None], uint8_path.last_erase()[None])[0]
+            got = uint8.finish(pixels[None], uint8_path.last_erase()[None])[0]
             assert got.shape == want.shape == (3, 224, 224)
             assert torch.equal(got, want), (which, mode, size, seed)
             assert torch.equal(after_got, after_want)  # the same random draws
@@ -69,7 +70,7 @@ def test_uint8_transport_is_bit_identical_to_float_preprocess(which, mode):
 def test_gridmask_paints_white_on_the_pixels():
     """GridMask fills with 1.0 before Normalize; on the pixels that is 255, and some drawings do get masked."""
     pre = add_augmentations(transforms()[1], gridmask=1.0)
-    fast = GreyAwarePreprocess(pre, uint8=True)
+    fast = GreyAwarePreprocess(pre, ImageTransport.choose("uint8", pre))
     img = Image.new("L", (224, 224), 0)  # black: only the mask is white
     torch.manual_seed(0)
     x = fast(img)
@@ -85,8 +86,9 @@ def test_random_valued_erasing_keeps_the_float_transport(synthetic_shards, caplo
     pre = T.Compose(list(train.transforms) + [T.RandomErasing(p=0.5, value="random")])
     split, why = split_for_uint8(pre)
     assert split is None and why == "RandomErasing with random values runs after Normalize"
-    fast = GreyAwarePreprocess(pre, uint8=True)
-    assert fast.finish is None and fast(drawing()).dtype == torch.float32
+    transport = ImageTransport.choose("uint8", pre)
+    fast = GreyAwarePreprocess(pre, transport)
+    assert transport.finish is None and transport.kind == "float" and fast(drawing()).dtype == torch.float32
     assert split_for_uint8(lambda im: im)[0] is None
     assert "GaussianBlur" in split_for_uint8(T.Compose(list(train.transforms) + [T.GaussianBlur(3)]))[1]
 
@@ -101,7 +103,8 @@ def test_random_valued_erasing_keeps_the_float_transport(synthetic_shards, caplo
                                           class_table=table)
     assert "image transport: float (RandomErasing with random values runs after Normalize)" in caplog.text
     b = next(iter(info.dataloader))
-    assert b["image"].dtype == torch.float32 and FINISH_KEY not in b and "image_erase" not in b
+    assert b["image"].dtype == torch.float32 and set(b) <= set(FIELDS) and "image_erase" not in b
+    assert info.dataloader.image_transport.kind == "float"
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -117,20 +120,23 @@ def test_pipeline_batches_match_across_transports(synthetic_shards, workers):
                                                                 random_erasing=0.5)
     table = load_class_table(synthetic_shards["train"])
     for is_train, pre, shards in ((True, train, synthetic_shards["train"]), (False, val, synthetic_shards["val"])):
-        out = {}
+        out, transports = {}, {}
         for transport in ("uint8", "float"):
             kw = dict(train=shards) if is_train else dict(val=shards)
             args = data_args(**kw, workers=workers, multiview=True, sampler="class_aware", image_transport=transport)
             info = DATASETS.get("patent-wds")(args, pre, is_train, tokenizer=tok, class_table=table)
             out[transport] = list(info.dataloader)
+            transports[transport] = info.dataloader.image_transport
+            assert transports[transport].kind == transport
         assert len(out["uint8"]) == len(out["float"]) > 1
         for u, f in zip(out["uint8"], out["float"]):
             assert u["key"] == f["key"]
             assert u["image"].dtype == torch.uint8 and u["image"].shape[1] == 1  # grey drawings, one channel
-            assert f["image"].dtype == torch.float32 and FINISH_KEY not in f
+            assert f["image"].dtype == torch.float32 and set(u) <= set(FIELDS) and set(f) <= set(FIELDS)
             if is_train:  # the erase boxes travel with the pixels, one per drawing and erasing step
                 assert u["image_erase"].shape == u["image2_erase"].shape == (len(u["key"]), 1, 4)
-            mu, mf = move_batch(u, "cpu", torch.float32), move_batch(f, "cpu", torch.float32)
+            mu = move_batch(u, "cpu", torch.float32, transports["uint8"])
+            mf = move_batch(f, "cpu", torch.float32, transports["float"])
             for name in ("image", "image2") if is_train else ("image",):
                 assert mu[name].dtype == torch.float32 and torch.equal(mu[name], mf[name]), name
             assert torch.equal(mu["text"], mf["text"])
@@ -160,15 +166,22 @@ def test_deferred_erasing_paints_its_boxes_and_checks_them():
 
 
 def test_finish_needs_the_finisher_and_keeps_float_batches():
+    import torchvision.transforms as T
+
     b = {"image": torch.zeros(2, 1, 4, 4, dtype=torch.uint8)}
-    with pytest.raises(ValueError, match="image_finish"):
-        finish_images(b, "image", "cpu", torch.float32)
-    norm = DeviceNormalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    b[FINISH_KEY] = norm
-    x = finish_images(b, "image", "cpu", torch.bfloat16)
+    with pytest.raises(ValueError, match="uint8 image batch, but this image transport is float: pass the loader"):
+        FLOAT.images(b, "image", "cpu", torch.float32)
+    with pytest.raises(ValueError, match="image transport is float"):
+        move_batch(b, "cpu", torch.float32)  # the step without the loader's transport
+    transport = ImageTransport.choose("uint8", T.Compose([T.ToTensor(), T.Normalize((0.5,) * 3, (0.25,) * 3)]))
+    norm = transport.finish
+    x = transport.images(b, "image", "cpu", torch.bfloat16)
     assert x.shape == (2, 3, 4, 4) and x.dtype == torch.bfloat16 and torch.all(x == -2)
     f = torch.randn(2, 3, 4, 4)
     assert norm(f) is f  # a float batch is already normalised
+    assert FLOAT.images({"image": f}, "image", "cpu", torch.float32) is f
+    with pytest.raises(ValueError, match="float32 image batch, but this image transport is uint8"):
+        transport.images({"image": f}, "image", "cpu", torch.float32)
     with pytest.raises(ValueError, match="uint8 image batch"):
         norm(torch.zeros(2, 2, 4, 4, dtype=torch.uint8))
 
@@ -184,7 +197,8 @@ def test_finish_on_cuda_matches_the_cpu_float_preprocess():
     train, _ = transforms()
     pre = add_augmentations(train, hflip=0.5, gridmask=0.9,
                                                               random_erasing=0.7)
-    float_path, uint8_path = GreyAwarePreprocess(pre), GreyAwarePreprocess(pre, uint8=True)
+    uint8 = ImageTransport.choose("uint8", pre)
+    float_path, uint8_path = GreyAwarePreprocess(pre), GreyAwarePreprocess(pre, uint8)
     want, pixels, boxes = [], [], []
     for seed in range(8):
         torch.manual_seed(seed)
@@ -192,6 +206,6 @@ def test_finish_on_cuda_matches_the_cpu_float_preprocess():
         torch.manual_seed(seed)
         pixels.append(uint8_path(drawing((150 + seed, 110))))
         boxes.append(uint8_path.last_erase())
-    b = {"image": torch.stack(pixels), FINISH_KEY: uint8_path.finish, "image_erase": torch.stack(boxes)}
-    got = finish_images(b, "image", "cuda", torch.float32)
+    b = {"image": torch.stack(pixels), "image_erase": torch.stack(boxes)}
+    got = uint8.images(b, "image", "cuda", torch.float32)
     assert got.device.type == "cuda" and torch.equal(got.cpu(), torch.stack(want))

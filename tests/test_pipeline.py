@@ -8,10 +8,11 @@ import torch
 
 from conftest import data_args
 from patentclip.plugins.classes import load_class_table
-from patentclip.plugins.image_transport import finish_images
-from patentclip.plugins.patent_data import grant_day, stable_index
 from patentclip.plugins.builtin import load_builtin_plugins
+from patentclip.plugins.data.batch import IMAGE
+from patentclip.plugins.data.examples import grant_day
 from patentclip.plugins.registry import DATASETS, SAMPLERS
+from patentclip.plugins.seeding import stable_index
 
 load_builtin_plugins()
 
@@ -52,7 +53,7 @@ def test_train_batches_contents(synthetic_shards, tiny_model_parts):
     assert len(batches) == info.dataloader.num_batches
     b = batches[0]
     assert b["image"].shape == (8, 1, 64, 64) and b["image"].dtype == torch.uint8  # grey pixels (uint8 transport)
-    x = finish_images(b, "image", "cpu", torch.float32)  # normalised as the step does it
+    x = info.dataloader.image_transport.images(b, IMAGE, "cpu", torch.float32)  # normalised as the step does it
     assert x.shape == (8, 3, 64, 64) and x.dtype == torch.float32
     assert b["text"].shape == (8, 40) and b["text"].dtype == torch.long
     assert b["class_id"].dtype == torch.long and int(b["class_id"].max()) < len(table)

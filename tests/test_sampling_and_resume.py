@@ -177,7 +177,8 @@ def test_repeats_of_a_1_to_100_tail_at_beta_1_2(tail_1_to_100, parts, batch_size
     they cannot (a batch of 16 needs ~11 tail examples from 4 drawings): the copies are kept repeat_distance
     apart, the most any order allows, a batch holds at most ceil(16 / d) copies, and the loader warns with the
     numbers. The plain shuffle does worse in both cases."""
-    from patentclip.plugins import patent_data, samplers
+    from patentclip.plugins import samplers
+    from patentclip.plugins.data import patents
 
     pattern, table = tail_1_to_100
     # the group's copies, from the sampler (a pure function of seed, epoch, key)
@@ -205,7 +206,7 @@ def test_repeats_of_a_1_to_100_tail_at_beta_1_2(tail_1_to_100, parts, batch_size
         assert d < 16 and 1 < worst <= math.ceil(16 / d)
         assert "cannot keep every drawing's copies a batch (16) apart" in caplog.text
         assert f"copies are kept {d} apart" in caplog.text and "lower --sampler-beta" in caplog.text
-    monkeypatch.setattr(patent_data, "spread_repeats", lambda items, key, distance: list(items))
+    monkeypatch.setattr(patents, "spread_repeats", lambda items, key, distance: list(items))
     plain = [k for b in loader(args, parts, table).dataloader for k in b["key"]]
     assert min_repeat_distance(plain) < d
 
@@ -216,7 +217,7 @@ def test_no_batch_holds_a_drawing_twice(synthetic_shards, parts, workers, kw, mo
     would be each other's negatives), while the plain group shuffle does put some in one batch. (The epoch is
     shortened so that no worker rolls over into a second pass of its shards, where a drawing can meet its copy
     from the first pass at a group boundary: documented in samplers.py.)"""
-    from patentclip.plugins import patent_data
+    from patentclip.plugins.data import patents
 
     table = load_class_table(synthetic_shards["train"])
     args = data_args(synthetic_shards["train"], sampler="class_aware", sampler_beta=1.2, workers=workers,
@@ -225,7 +226,7 @@ def test_no_batch_holds_a_drawing_twice(synthetic_shards, parts, workers, kw, mo
     keys = [k for b in batches for k in b["key"]]
     assert len(keys) > len(set(keys))  # the sampler did repeat drawings
     assert all(len(set(b["key"])) == len(b["key"]) for b in batches)
-    monkeypatch.setattr(patent_data, "spread_repeats", lambda items, key, distance: list(items))
+    monkeypatch.setattr(patents, "spread_repeats", lambda items, key, distance: list(items))
     plain = list(loader(args, parts, table).dataloader)
     assert len(plain) == len(batches)
     assert any(len(set(b["key"])) < len(b["key"]) for b in plain)
@@ -341,7 +342,7 @@ def test_loader_resume_continues_exactly(synthetic_shards, parts, parts_uint8, w
 
 def test_resume_does_not_reread_consumed_shard_groups(synthetic_shards, parts, monkeypatch):
     """After resuming late in the epoch, only the current shard group (and later ones) are read."""
-    from patentclip.plugins import patent_data
+    from patentclip.plugins.data import tars
 
     table = load_class_table(synthetic_shards["train"])
     args = data_args(synthetic_shards["train"], shuffle_group_shards=1)
@@ -355,8 +356,8 @@ def test_resume_does_not_reread_consumed_shard_groups(synthetic_shards, parts, m
         next(it)
     state = part.state_dict()
     opened = []
-    real = patent_data._tar_samples
-    monkeypatch.setattr(patent_data, "_tar_samples", lambda url, skips: (opened.append(url), real(url, skips))[1])
+    real = tars.tar_samples
+    monkeypatch.setattr(tars, "tar_samples", lambda url, skips: (opened.append(url), real(url, skips))[1])
     fresh = loader(args, parts, table).dataloader
     fresh.load_state_dict(state)
     rest = list(fresh)
