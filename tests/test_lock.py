@@ -24,10 +24,14 @@ def locked():
 
 
 def requirements():
+    """The install_requires and the dev extra that apply on this Python (environment markers evaluated)."""
+    from packaging.requirements import Requirement
+
     cfg = configparser.ConfigParser()
     cfg.read(REPO / "setup.cfg")
     lines = cfg["options"]["install_requires"].split("\n") + cfg["options.extras_require"]["dev"].split("\n")
-    return {norm(re.split(r"[<>=!~\[;\s]", line.strip(), maxsplit=1)[0]) for line in lines if line.strip()}
+    reqs = [Requirement(line.split("#")[0].strip()) for line in lines if line.split("#")[0].strip()]
+    return {norm(r.name) for r in reqs if r.marker is None or r.marker.evaluate()}
 
 
 def test_every_dependency_is_pinned():
