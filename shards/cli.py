@@ -9,6 +9,7 @@ import sys
 from patentclip.plugins.registry import import_plugin_modules
 from patentclip.shards.build import build_shards, shard_pattern, storage_options_from, summary
 from patentclip.shards.importers import ImportOptions, formats
+from patentclip.shards.images import DEFAULT_TRAIN_IMAGE_SIZE, storage_side
 from patentclip.shards.inspect import format_findings, inspect_shards
 from patentclip.shards.synth import generate_synthetic_patents
 
@@ -106,9 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-mode", choices=["L", "RGB"], default="L",
                    help="colour mode of the written drawings: L (8-bit grey, default: patent drawings are line art; "
                         "readers convert to RGB on load) or RGB (keeps colour); transparency is flattened onto white")
-    g.add_argument("--max-side", type=int, default=512,
-                   help="shrink drawings whose longest side exceeds this many pixels, 0 = never "
-                        "(default: %(default)s, detail for 224-336 px training)")
+    g.add_argument("--train-image-size", type=int, default=DEFAULT_TRAIN_IMAGE_SIZE,
+                   help="the largest image size (px) the shards will be trained at: drawings are stored with a "
+                        "longest side of this times 8/7, the margin of the random crop (default: %(default)s -> "
+                        "256 px; 336 -> 384). Larger drawings cost every loader worker decode and resize time for "
+                        "pixels the model never sees")
+    g.add_argument("--max-side", type=int, default=None,
+                   help="shrink drawings whose longest side exceeds this many pixels, 0 = never; overrides "
+                        "--train-image-size (default: from --train-image-size)")
     g = b.add_argument_group("captions")
     g.add_argument("--captions", default=None, metavar="JSONL",
                    help="JSON Lines {\"key\": <patent_id>_<NN> or image path, \"captions\": [...]} joined to the "
@@ -178,11 +184,12 @@ def main(argv=None) -> int:
 
     try:
         iopts = import_options_from(args)
+        max_side = args.max_side if args.max_side is not None else storage_side(args.train_image_size)
         report = build_shards(args.inputs if len(args.inputs) > 1 else args.inputs[0], args.out,
                               samples_per_shard=args.samples_per_shard, splits=parse_splits(args.split),
                               seed=args.seed, image_format=args.image_format, progress=not args.no_progress,
                               workers=max(1, args.workers), input_format=args.input_format, import_options=iopts,
-                              split_date=args.split_date, query_split=args.query_split, max_side=args.max_side,
+                              split_date=args.split_date, query_split=args.query_split, max_side=max_side,
                               image_mode=args.image_mode, quality=args.quality, captions=args.captions,
                               captions_join=args.captions_join, templates_file=args.caption_templates,
                               max_caption_chars=args.max_caption_chars, storage_options=so,

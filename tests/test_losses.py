@@ -556,7 +556,10 @@ def test_feature_cache_accumulation_equals_one_big_batch(tiny_module_factory):
         if g_big is None:
             assert p.grad is None or not p.grad.any(), n
             continue
-        assert torch.allclose(p.grad, g_big, atol=1e-6, rtol=1e-4), n
+        # float32 sums in another order (three micro-batches vs one batch): compare against the tensor's scale,
+        # not element-wise (an element near zero of a gradient whose entries reach ~30 differs by ~1e-5)
+        err = (p.grad - g_big).abs().max().item()
+        assert err <= 1e-6 + 2e-6 * g_big.abs().max().item(), (n, err, g_big.abs().max().item())
         checked += 1
     assert checked > 50
 

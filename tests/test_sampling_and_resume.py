@@ -340,6 +340,64 @@ def test_loader_resume_continues_exactly(synthetic_shards, parts, parts_uint8, w
             assert torch.equal(x[name], y[name]), name
 
 
+def test_persistent_workers_across_epochs_and_a_mid_epoch_resume(synthetic_shards, parts, tmp_path, monkeypatch):
+    """Workers are started once and kept across epochs; every epoch is the one a fresh loader gives (keys and
+    tensors), a loader resumed mid-epoch on persistent workers continues exactly and its next epoch does not
+    re-apply the resume state."""
+    import os
+
+    from patentclip.plugins.data import patents
+
+    pids = tmp_path / "pids"
+    real = patents.group_examples
+
+    def recording(*a, **kw):  # runs in the (forked) workers
+        with open(pids, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(patents, "group_examples", recording)
+
+    def worker_pids():
+        out = set(pids.read_text().split()) if pids.exists() else set()
+        pids.unlink(missing_ok=True)
+        return out
+
+    def same(xs, ys):
+        assert [x["key"] for x in xs] == [y["key"] for y in ys]
+        for x, y in zip(xs, ys):
+            for name in ("image", "text", "class_id"):
+                assert torch.equal(x[name], y[name]), name
+
+    table = load_class_table(synthetic_shards["train"])
+    args = data_args(synthetic_shards["train"], workers=2, sampler="class_aware")
+    fresh = {e: list(loader(args, parts, table, epoch=e).dataloader) for e in (1, 2)}
+    worker_pids()
+    info = loader(args, parts, table, epoch=1)
+    assert info.dataloader.persistent_workers
+    same(list(info.dataloader), fresh[1])
+    first = worker_pids()
+    info.set_epoch(2)
+    same(list(info.dataloader), fresh[2])
+    assert worker_pids() == first and len(first) == 2          # the same two processes in both epochs
+
+    k = 3
+    part = loader(args, parts, table, epoch=1)
+    it = iter(part.dataloader)
+    for _ in range(k):
+        next(it)
+    state = part.dataloader.state_dict()
+    del it, part
+    worker_pids()
+    resumed = loader(args, parts, table, epoch=1)
+    resumed.dataloader.load_state_dict(state)
+    same(list(resumed.dataloader), fresh[1][k:])
+    after_resume = worker_pids()
+    resumed.set_epoch(2)
+    same(list(resumed.dataloader), fresh[2])                  # the epoch-1 resume state is not applied again
+    assert worker_pids() == after_resume and len(after_resume) == 2   # and the workers were kept
+
+
 def test_resume_does_not_reread_consumed_shard_groups(synthetic_shards, parts, monkeypatch):
     """After resuming late in the epoch, only the current shard group (and later ones) are read."""
     from patentclip.plugins.data import tars

@@ -37,6 +37,12 @@ class SkipCounter:
         logging.warning("skipped %s: %s: %s", where or "a sample", reason, exn)
         return True
 
+    def add(self, other: "SkipCounter") -> None:
+        """Count what ``other`` counted (a shard read in a background thread, added when its group is used)."""
+        self.count += other.count
+        for reason, n in other.reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + n
+
 
 def tar_samples(url: str, skips: SkipCounter) -> Iterator[Dict]:
     """The samples (raw bytes per extension) of one shard; read errors after retries are raised, a corrupt
@@ -57,28 +63,45 @@ def tar_samples(url: str, skips: SkipCounter) -> Iterator[Dict]:
             pass
 
 
-def read_group(group: List[str], skips: SkipCounter) -> List[Dict]:
-    """The raw samples of a shard group, in shard order (I/O only: runs in the prefetch thread)."""
-    samples: List[Dict] = []
-    for url in group:
-        samples.extend(tar_samples(url, skips))
-    return samples
+READ_THREADS = 4   # shards of a worker read at once (the current group's and the next group's)
 
 
-def prefetched(groups: Iterable[Tuple[int, List[str]]], skips: SkipCounter
+def prefetched(groups: Iterable[Tuple[int, List[str]]], skips: SkipCounter, threads: int = READ_THREADS
                ) -> Iterator[Tuple[int, List[str], List[Dict]]]:
-    """(index, shards, raw samples) of each group; the next group is read by a background thread while the
-    current one is decoded, so a worker does not stall at group boundaries (S3 latency)."""
+    """(index, shards, raw samples) of each group, the samples in shard order.
+
+    Read-ahead: the shards of a group are read by ``threads`` background threads at once (a group arrives after
+    about its slowest shard rather than the sum of its shards: what a worker waits for before its first batch of
+    an epoch or after a resume), and the next group's shards are read while the current group is decoded, so a
+    worker does not stall at group boundaries (S3 latency). Memory: at most the current and the next group.
+    Order: each shard's samples are kept apart and joined in the group's shard order, so the examples and
+    therefore the resume positions are those of a sequential read. What a shard's read skips is counted into
+    ``skips`` when its group is yielded, not when it is read ahead, so a resume position's skip count covers
+    exactly the groups before it. (A worker cannot start on a group's first
+    shard before the others arrive: the group shuffle, plugins/data/patents.py, draws from the whole group.)
+    """
     groups = iter(groups)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patentclip-prefetch")
+    pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="patentclip-prefetch")
+
+    def read(url: str) -> Tuple[List[Dict], SkipCounter]:
+        mine = SkipCounter()
+        return list(tar_samples(url, mine)), mine
+
+    def submit(item):
+        return [pool.submit(read, url) for url in item[1]] if item else None
+
     try:
         nxt = next(groups, None)
-        pending = pool.submit(read_group, nxt[1], skips) if nxt else None
+        pending = submit(nxt)
         while nxt is not None:
             gidx, group = nxt
-            raw = pending.result()
+            raw: List[Dict] = []
+            for f in pending:
+                samples, skipped = f.result()
+                raw.extend(samples)
+                skips.add(skipped)
             nxt = next(groups, None)
-            pending = pool.submit(read_group, nxt[1], skips) if nxt else None
+            pending = submit(nxt)
             yield gidx, group, raw
     finally:
         # at the batch quota the prefetched group is not needed: do not wait for it
