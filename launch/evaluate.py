@@ -62,6 +62,7 @@ class EvalSettings:
     probe_folds: int = 2
     max_chunk_bytes: int = 1 << 30    # memory of one retrieval chunk (metrics.retrieval_metrics)
     seed: int = 0
+    zero_shot: bool = True            # False: no zero-shot metrics (--zeroshot-frequency between its epochs)
 
     def __post_init__(self):
         if self.relevance not in ("class", "patent"):
@@ -102,8 +103,8 @@ def extract_features(model, dataloader, device, input_dtype=torch.float32, max_b
     images are finished on ``device`` by the loader's image transport."""
     model.eval()
     transport = transport_of(dataloader)
-    out: Dict[str, List] = {"image_features": [], "text_features": [], "class_id": [], "grant_day": [],
-                            "patent_id": [], "view": [], "key": []}
+    out: Dict[str, List] = {"image_features": [], "text_features": [], "text_tokens": [], "class_id": [],
+                            "grant_day": [], "patent_id": [], "view": [], "key": []}
     for i, batch in enumerate(dataloader):
         if max_batches is not None and i >= max_batches:
             break
@@ -111,6 +112,7 @@ def extract_features(model, dataloader, device, input_dtype=torch.float32, max_b
         if with_text:
             feats = model(images, batch[B.TEXT].to(device=device))
             out["text_features"].append(F.normalize(feats["text_features"].float(), dim=-1).cpu())
+            out["text_tokens"].append(batch[B.TEXT].cpu())
         else:
             feats = {"image_features": model.encode_image(images, normalize=True)}  # as forward() does
         out["image_features"].append(F.normalize(feats["image_features"].float(), dim=-1).cpu())
@@ -123,6 +125,9 @@ def extract_features(model, dataloader, device, input_dtype=torch.float32, max_b
     for k in ("image_features", "class_id", "grant_day"):
         out[k] = torch.cat(out[k])
     out["text_features"] = torch.cat(out["text_features"]) if with_text else None
+    # identical captions (the same token sequence) get one id: they are one text for image-text retrieval
+    out["text_id"] = torch.unique(torch.cat(out["text_tokens"]), dim=0, return_inverse=True)[1] if with_text else None
+    del out["text_tokens"]
     return out
 
 
@@ -430,13 +435,15 @@ def run_evaluation(model, dataloader, class_table, tokenizer, device, input_dtyp
     db = extract_features(model, db_loader, device, input_dtype, with_text=False) if db_loader is not None else None
     probe = (extract_features(model, probe_train_loader, device, input_dtype, with_text=False)
              if probe_train_loader is not None else None)
-    classifier = zero_shot_classifier(model, tokenizer, class_table.names, settings.templates, device, input_dtype)
+    classifier = zero_shot_classifier(model, tokenizer, class_table.names, settings.templates, device,
+                                      input_dtype) if settings.zero_shot else None
     n_cls = len(class_table)
 
     metrics: Dict[str, float] = {}
     dev = torch.device(compute_device)
     metrics.update(M.image_text_recall(feats["image_features"].to(dev), feats["text_features"].to(dev),
-                                       ks=(1, 5, 10), max_chunk_bytes=settings.max_chunk_bytes))
+                                       ks=(1, 5, 10), text_ids=feats["text_id"].to(dev),
+                                       max_chunk_bytes=settings.max_chunk_bytes))
     cls_metrics, per_class_lists, info = classification_from_features(
         feats, n_cls, settings, zs_classifier=classifier, head=head, probe_train=probe, is_head=is_head,
         device=compute_device)
@@ -493,7 +500,9 @@ def evaluate_during_training(engine, val_data, class_table, tokenizer, epoch, ar
         return {}
     templates = args.eval_zeroshot_templates.split("|") if getattr(args, "eval_zeroshot_templates", None) \
         else DEFAULT_TEMPLATES
-    settings = EvalSettings(templates=tuple(templates), seed=getattr(args, "seed", 0))
+    # open_clip's --zeroshot-frequency: zero-shot metrics every N-th epoch and the last (0: never)
+    zero_shot = args.zeroshot_frequency > 0 and (epoch % args.zeroshot_frequency == 0 or epoch == args.epochs)
+    settings = EvalSettings(templates=tuple(templates), seed=getattr(args, "seed", 0), zero_shot=zero_shot)
     model = engine.module.clip
     head = find_classification_head(getattr(engine.module, "criterion", None))
     was_training = model.training

@@ -337,6 +337,27 @@ def _read_open_clip_file(path: str) -> Checkpoint:
                       kind="open_clip")
 
 
+class _RandomInitWarning(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded for model ... Model initialized randomly" record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def weights_loaded_after():
+    """While a model is built whose weights are loaded right after (from a checkpoint): open_clip's factory logs
+    that it initialised the model randomly, which would be false for what the user gets, so that one record is
+    dropped (open_clip logs it on the root logger)."""
+    drop = _RandomInitWarning()
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
 def read_checkpoint(path: str, workdir: Optional[str] = None, head_builder: Optional[Callable] = None) -> Checkpoint:
     """Read any patentclip checkpoint (see the module docstring); remote URLs are fetched into ``workdir``
     (a temporary folder the caller keeps until it is done; required for remote paths)."""
@@ -356,6 +377,7 @@ def read_checkpoint(path: str, workdir: Optional[str] = None, head_builder: Opti
         return ck
     if path.startswith("file://"):
         path = path[len("file://"):]
+    path = os.path.abspath(path)  # recorded as the source: it must name the file from any working directory
     if os.path.isfile(path):
         return _read_open_clip_file(path)
     if os.path.isdir(path):
@@ -407,9 +429,11 @@ def build_model(ck: Checkpoint, model_name: Optional[str] = None, device="cpu"):
         raise ValueError(f"{ck.source} does not record its model name: pass --model")
     if model_name and ck.model_name and model_name != ck.model_name:
         logging.warning("--model %s, but the checkpoint was trained as %s", model_name, ck.model_name)
-    model, _, preprocess = open_clip.create_model_and_transforms(name, precision="fp32", device="cpu",
-                                                                 output_dict=True, **ck.model_kwargs)
+    with weights_loaded_after():
+        model, _, preprocess = open_clip.create_model_and_transforms(name, precision="fp32", device="cpu",
+                                                                     output_dict=True, **ck.model_kwargs)
     load_open_clip_state_dict(model, ck.state_dict)
+    logging.info("Loaded the weights of %s from %s", name, ck.source)
     ctx = ck.model_kwargs.get("force_context_length")
     tokenizer = open_clip.get_tokenizer(name, context_length=ctx) if ctx else open_clip.get_tokenizer(name)
     return model.to(device).eval(), preprocess, tokenizer, name
