@@ -456,9 +456,9 @@ def test_loop_flags_in_one_run(flags_run):
     last = torch.load(ck / "epoch_3.pt", map_location="cpu", weights_only=False)
     latest = torch.load(ck / "epoch_latest.pt", map_location="cpu", weights_only=False)
     assert latest["epoch"] == 3 and all(torch.equal(v, last["state_dict"][k]) for k, v in latest["state_dict"].items())
-    # --log-local: every rank's own log; --debug: DEBUG lines
-    assert (run / "out-0.log").is_file() and not (run / "out.log").exists()
-    log = (run / "out-0.log").read_text()
+    # --log-local: every rank's own log (open_clip's name, out-<rank>); --debug: DEBUG lines
+    assert (run / "out-0").is_file() and not (run / "out.log").exists()
+    log = (run / "out-0").read_text()
     assert "| DEBUG |" in log and "DeepSpeed config:" in log
     # --log-every-n-steps 3: progress lines at batches 0, 3, 6, ... and the last of each epoch
     steps = read_jsonl(run / "train_steps.jsonl")
