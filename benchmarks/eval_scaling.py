@@ -4,7 +4,7 @@
     python benchmarks/eval_scaling.py --device cuda --preset gpu   # up to 250K queries x 800K drawings, one GPU
     python benchmarks/eval_scaling.py --quick --json out.json      # tiny sizes, seconds (the suite's test)
 
-For each size it times :func:`patentclip.launch.metrics.retrieval_metrics` exactly as ``patentclip-eval`` calls
+For each size it times :func:`patentclip.evaluation.metrics.retrieval_metrics` exactly as ``patentclip-eval`` calls
 it (prior-art filter on random grant dates, the query's own patent excluded, head/tail groups, chunks sized from
 ``--max-chunk-mb``), on random L2-normalised features, and prints seconds, nanoseconds per (query, database)
 pair and the ratios to the smallest size: time ratio / pair ratio stays near 1 when the cost is linear in
@@ -25,6 +25,8 @@ import time
 import torch
 
 from _common import at_most, parse_args, row, write_json
+
+from patentclip.plugins.classes import head_class_mask
 
 EXPONENT_TARGET = 1.1
 
@@ -49,8 +51,7 @@ def make_data(q: int, n: int, dim: int, classes: int, device, seed: int = 0):
     dt = torch.randint(0, 11_000, (n,), generator=g)
     qp = torch.randint(0, max(1, n // 5), (q,), generator=g)
     dp = torch.arange(n) // 5
-    head = torch.zeros(classes, dtype=torch.bool)
-    head[: math.ceil(0.4 * classes)] = True
+    head = head_class_mask(probs)  # the class table's head/tail rule on the expected class frequencies
     hq = head[ql]
     to = lambda t: t.to(device)  # noqa: E731
     return dict(query_features=to(qf), db_features=to(dbf), query_labels=to(ql), db_labels=to(dl),
@@ -108,7 +109,7 @@ class PeakRSS:
 
 
 def run_one(q, n, args, device):
-    from patentclip.launch import metrics as M
+    from patentclip.evaluation import metrics as M
 
     data = make_data(q, n, args.dim, args.classes, device)
     chunk = M.auto_chunk_size(n, args.max_chunk_mb << 20)

@@ -126,7 +126,7 @@ def run_one(config: str, seed: int, data: dict, a, work: Path) -> dict:
                            + r.stderr[-2000:])
     steps = sum(1 for _ in open(out / "train" / "train_steps.jsonl"))
     ckpt = out / "train" / "checkpoints" / f"epoch_{a.epochs}.pt"
-    ev = [sys.executable, "-m", "patentclip.launch.evaluate", "--val-data", data["val"],
+    ev = [sys.executable, "-m", "patentclip.evaluation.cli", "--val-data", data["val"],
           "--train-classes-json", str(Path(data["root"]) / "shards" / "train" / "classes.json"),
           "--model", "patentclip-tiny", "--checkpoint", str(ckpt), "--workers", "0", "--device", "cpu",
           "--linear-probe", "off", "--seed", "0", "--out", str(out / "eval.json")]

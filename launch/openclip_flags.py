@@ -8,7 +8,8 @@ on the command line. This module is the one table of what each means here (``FLA
   Some flags are refused only for some values (``refuse_when``), e.g. ``--dataset-type csv`` but not
   ``--dataset-type webdataset``; a refused flag left at open_clip's default is never an error.
 
-``check_openclip_flags(args)`` applies the table (``launch.args.parse_train_args`` calls it);
+``openclip_flag_problems(args)`` applies the table (``launch.args.validate_train_args`` lists its lines with the
+other problems of the command line, and the run stops before it starts anything);
 ``docs/openclip_flags.md`` is :func:`render_markdown`'s output (a test keeps the two equal), and another test
 fails when open_clip adds, renames or drops a flag that the table does not list.
 """
@@ -229,33 +230,32 @@ def openclip_defaults() -> Dict[str, Any]:
     return vars(openclip_parse_args([]))
 
 
-def check_openclip_flags(args: argparse.Namespace, given=()) -> None:
-    """Refuse the open_clip flags patentclip-train does not honour (set to a refused value): one message naming
-    every such flag, what it is and what to use instead. ``given``: the flags on the command line."""
+def openclip_flag_problems(args: argparse.Namespace) -> List[str]:
+    """The open_clip flags patentclip-train does not honour, set to a refused value: one line per flag, what it is
+    and what to use instead (``launch.args.validate_train_args`` lists them with the other problems)."""
     defaults = openclip_defaults()
     problems = []
     for flag in FLAGS:
         value, default = getattr(args, flag.dest, None), defaults.get(flag.dest)
         if flag.refused(value, default):
-            problems.append(f"  --{flag.dest.replace('_', '-')} {value!r}: {flag.what}. {flag.instead}")
+            shown = "" if isinstance(value, bool) else f" {value}"
+            problems.append(f"--{flag.dest.replace('_', '-')}{shown}: {flag.what}. {flag.instead}")
     if args.loss_dist_impl is not None and not args.siglip:
-        problems.append(f"  --loss-dist-impl {args.loss_dist_impl!r}: applies to the siglip loss only (--siglip "
-                        f"or --loss siglip)")
+        problems.append(f"--loss-dist-impl {args.loss_dist_impl}: applies to the siglip loss only (--siglip or "
+                        f"--loss siglip)")
     if args.pretrained_image:
         register_model_configs()
         cfg = open_clip.get_model_config(args.model)
         if cfg and "timm_model_name" not in cfg.get("vision_cfg", {}):
-            problems.append(f"  --pretrained-image: open_clip loads ImageNet weights for timm image towers only; "
+            problems.append(f"--pretrained-image: open_clip loads ImageNet weights for timm image towers only; "
                             f"{args.model}'s image tower is not one (open_clip would ignore the flag). Start from "
                             f"CLIP weights with --pretrained, or choose a model with a timm image tower")
     if args.lock_text and not args.lock_text_freeze_layer_norm:
-        problems.append("  --lock-text: open_clip 3.3 locks the text tower's layer norms with it and cannot leave "
+        problems.append("--lock-text: open_clip 3.3 locks the text tower's layer norms with it and cannot leave "
                         "them trainable (it stops with an assertion); add --lock-text-freeze-layer-norm")
     if "coca" in str(args.model).lower():
-        problems.append(f"  --model {args.model}: {COCA}; choose a CLIP model")
-    if problems:
-        raise SystemExit("patentclip-train does not honour these open_clip_train flags (docs/openclip_flags.md):\n"
-                         + "\n".join(problems))
+        problems.append(f"--model {args.model}: {COCA}; choose a CLIP model")
+    return problems
 
 
 def render_markdown() -> str:

@@ -27,7 +27,6 @@ same gradient scaling in every mode.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -38,15 +37,12 @@ from open_clip import ClipLoss
 from open_clip.loss import SigLipLoss, gather_features
 from torch import nn
 
-from patentclip.plugins.classes import ClassTable
+from patentclip.plugins.classes import ClassTable, balance_weights, check_class_ids
 from patentclip.plugins.data.batch import CLASS_ID, HAS_VIEW2, IMAGE2
 from patentclip.plugins.heads import AttentionFusionHead
 from patentclip.plugins.registry import LOSSES
 from patentclip.plugins.seeding import stable_int
 
-#: LLM-informed paper, Figure 1: the top 40% of classes by frequency are "head", the bottom 60% "tail".
-HEAD_CLASS_FRACTION = 0.4
-CATEGORIES = ("head", "tail")
 WEIGHTINGS = ("fixed", "uncertainty")
 
 
@@ -78,68 +74,26 @@ def parse_loss_spec(spec: str) -> List[Tuple[str, float]]:
 
 
 def class_balance_weights(counts: torch.Tensor, beta: float) -> torch.Tensor:
-    """Per-class loss weights ``w_c = f_c^-beta``, normalised so their mean over the training samples is 1.
+    """Per-class loss weights: the class table's balance weights ``w_c = f_c^-beta`` (normalised so their mean
+    over the training samples is 1: :func:`patentclip.plugins.classes.balance_weights`), float32.
 
     DesignCLIP weights a sample of class c by ``1 / f_c^beta`` (f_c: class frequency). Scaling all weights by
     one constant so that ``sum_c p_c w_c = 1`` (``p_c = f_c``) keeps the loss on the scale of the CLIP loss,
     identical to it at beta = 0, and independent of the batch. Classes without training samples get the
     largest weight of any present class (they cannot occur in training batches anyway).
     """
-    counts = counts.to(torch.float64)
-    present = counts > 0
-    if not present.any():
-        raise ValueError("class counts are all zero: classes.json has no training samples")
-    freq = counts / counts.sum()
-    w = torch.zeros_like(freq)
-    w[present] = freq[present].pow(-beta)
-    w = w / (freq * w).sum()
+    w = balance_weights(counts, beta)
+    present = torch.as_tensor(counts) > 0
     if (~present).any():
         w[~present] = w[present].max()
     return w.to(torch.float32)
 
 
-def class_categories(class_table: ClassTable, head_fraction: float = HEAD_CLASS_FRACTION) -> torch.Tensor:
-    """Head/tail category of every class: LongTensor (num_classes,), 0 = head, 1 = tail.
-
-    If ``classes.json`` gives every class a ``category`` ("head" or "tail"; the shard builder writes it), that
-    is used. Otherwise the LLM-informed paper's rule (Figure 1) is applied to the training counts: the
-    ``ceil(0.4 * C)`` most frequent classes are head, the others tail (ties broken by class id, so the split is
-    deterministic; classes without training samples are tail). A table where only some classes carry a
-    category is an error rather than a silent mix of the two rules.
-    """
-    cats = [str(getattr(c, "category", "") or "").strip().lower() for c in class_table.classes]
-    given = [bool(c) for c in cats]
-    if all(given) and cats:
-        bad = sorted({c for c in cats if c not in CATEGORIES})
-        if bad:
-            raise ValueError(f"{class_table.source}: class category must be 'head' or 'tail', got {bad}")
-        return torch.tensor([CATEGORIES.index(c) for c in cats], dtype=torch.long)
-    if any(given):
-        missing = [c.id for c, g in zip(class_table.classes, given) if not g][:10]
-        raise ValueError(f"{class_table.source}: some classes have a 'category' and some do not (e.g. ids "
-                         f"{missing}); give it for all classes or for none")
-    if not 0.0 < head_fraction < 1.0:
-        raise ValueError(f"head fraction must be in (0, 1), got {head_fraction}")
-    n = len(class_table)
-    counts = class_table.counts().tolist()
-    order = sorted(range(n), key=lambda i: (-counts[i], i))
-    num_head = min(n, math.ceil(head_fraction * n - 1e-9))
-    out = torch.ones(n, dtype=torch.long)
-    for i in order[:num_head]:
-        if counts[i] > 0:
-            out[i] = 0
-    return out
-
-
-def check_class_ids(class_id: torch.Tensor, num_classes: int, source: str = "classes.json") -> None:
-    """A clear error for class ids that ``classes.json`` does not define (instead of an index error)."""
-    if class_id.numel() == 0:
-        return
-    bad = (class_id < 0) | (class_id >= num_classes)
-    if bool(bad.any()):
-        ids = sorted({int(x) for x in class_id[bad].tolist()})[:10]
-        raise ValueError(f"unknown class id(s) {ids} in the batch: {source} defines {num_classes} classes "
-                         f"(ids 0..{num_classes - 1}); were the shards built with another classes.json?")
+def class_categories(class_table: ClassTable) -> torch.Tensor:
+    """Head/tail category of every class for L_cat: LongTensor (num_classes,), 0 = head, 1 = tail -- the class
+    table's head/tail split (:meth:`patentclip.plugins.classes.ClassTable.head_mask`: classes.json's
+    ``category`` when every class has one, else the top 40% of the classes by training count are head)."""
+    return (~class_table.head_mask()).long()
 
 
 def gather_no_grad(t: torch.Tensor, world_size: int) -> torch.Tensor:

@@ -19,6 +19,9 @@ class c with expected multiplicity
 
     m_c = f_c^-beta / sum_j f_j^(1-beta)            (so that sum_c n_c m_c = N: the epoch keeps its length)
 
+-- the class table's balance weights (:func:`patentclip.plugins.classes.balance_weights`, the class-aware losses'
+weights too) --
+
 as ``floor(m_c) + [u < frac(m_c)]`` with ``u`` uniform in [0, 1) from a hash of (seed, epoch, key). Head
 classes (m_c < 1) are thinned, tail classes repeated. Class counts come from ``classes.json`` of the training
 shards.
@@ -55,6 +58,7 @@ from typing import Callable, Hashable, List, Sequence, TypeVar
 
 import torch
 
+from patentclip.plugins.classes import balance_weights
 from patentclip.plugins.registry import SAMPLERS
 from patentclip.plugins.seeding import uniform01
 
@@ -162,16 +166,12 @@ class ClassAwareSampler:
     """DesignCLIP's class-aware sampling on a stream (see the module docstring for the formula)."""
 
     def __init__(self, counts: torch.Tensor, beta: float):
-        counts = counts.to(torch.float64)
-        if (counts < 0).any() or counts.sum() <= 0:
-            raise ValueError("class_aware sampler: classes.json has no training samples")
         self.beta = float(beta)
-        freq = counts / counts.sum()
-        present = counts > 0
-        m = torch.zeros_like(freq)
-        m[present] = freq[present].pow(-self.beta)
-        m = m / (freq * m).sum()
-        self.expected = m  # expected multiplicity per class (0 for classes without training samples)
+        try:
+            # expected multiplicity per class: the class-balance weights (0 for classes without training samples)
+            self.expected = balance_weights(counts, self.beta)
+        except ValueError as exc:
+            raise ValueError(f"class_aware sampler: {exc}") from None
 
     def target_distribution(self, counts: torch.Tensor) -> torch.Tensor:
         """The class shares of the sampled stream implied by ``counts``: n_c m_c / sum_j n_j m_j."""

@@ -19,6 +19,10 @@ def add_import_arguments(g) -> None:
     which must see the same drawings under the same keys."""
     g.add_argument("--images-root", default=None, help="folder the image paths are relative to (default: the "
                                                        "input file's folder)")
+    g.add_argument("--allow-root", action="append", default=[], metavar="DIR",
+                   help="a folder besides the input's (or --images-root) that drawings may lie in; repeatable. An "
+                        "image path that resolves elsewhere (a symlink pointing out of the data folder, an absolute "
+                        "path) is refused and reported (outside_root)")
     g.add_argument("--locarno-table", default=None, metavar="FILE",
                    help="patent id -> Locarno class (CSV/TSV with header, JSON object or JSON Lines)")
     g.add_argument("--locarno-id-column", default="patent_id", help="(default: %(default)s)")
@@ -41,7 +45,8 @@ def add_import_arguments(g) -> None:
 
 def import_options_from(args):
     """:class:`ImportOptions` from the flags of :func:`add_import_arguments`."""
-    return ImportOptions(images_root=args.images_root, locarno_table=args.locarno_table,
+    return ImportOptions(images_root=args.images_root, allowed_roots=tuple(args.allow_root),
+                         locarno_table=args.locarno_table,
                          locarno_id_column=args.locarno_id_column, locarno_class_column=args.locarno_class_column,
                          class_names=args.class_names, missing_class=args.missing_class,
                          default_date=args.default_date, image_field=args.dp2_image, path_column=args.path_column,
@@ -197,7 +202,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as exc:
         print(f"\n{exc or 'interrupted'}", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
         print(f"patentclip-shards build: {exc}", file=sys.stderr)
         return 2
     print(summary(report))

@@ -71,6 +71,29 @@ def s3_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture()
+def small_disk(tmp_path):
+    """``small_disk(mib)``: a real filesystem of that size (tmpfs), mounted for the test (tests/small_disk.py: as
+    root, with passwordless sudo, or unprivileged in a user namespace); returns where it is reached."""
+    from small_disk import MountImpossible, SmallDisk
+
+    disks = []
+
+    def make(mib: int) -> Path:
+        disk = SmallDisk(tmp_path / f"disk{len(disks)}", mib)
+        try:
+            path = disk.mount()
+        except MountImpossible as exc:
+            pytest.skip(f"cannot mount a {mib} MiB tmpfs for the full-disk test (root, passwordless sudo or "
+                        f"unprivileged user namespaces needed): {exc}")
+        disks.append(disk)
+        return path
+
+    yield make
+    for disk in disks:
+        disk.unmount()
+
+
 @pytest.fixture(scope="session")
 def tiny_caption_models(tmp_path_factory):
     """A tiny LLaVA (captioner) and a tiny Llama (language model) with a locally trained tokenizer, written as

@@ -13,8 +13,9 @@ import torch
 from conftest import run_cli
 from test_evaluate import trained_run
 
-from patentclip.launch import evaluate as E
-from patentclip.launch import export as X
+from patentclip.evaluation import loading as EL
+from patentclip.evaluation import export as X
+from patentclip.launch.checkpoint_format import model_kwargs_from_params
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def run_dir(synthetic_shards, tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(run_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "patentclip-tiny-test"
-    r = run_cli("patentclip.launch.export", "--checkpoint", run_dir / "checkpoints" / "epoch_1.pt", "--out", out)
+    r = run_cli("patentclip.evaluation.export", "--checkpoint", run_dir / "checkpoints" / "epoch_1.pt", "--out", out)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return out, json.loads(r.stdout)
 
@@ -68,7 +69,7 @@ VANILLA = textwrap.dedent("""
 def trainer_embeddings(checkpoint, paths, caps):
     from PIL import Image
 
-    m = E.load_for_eval(str(checkpoint), None, None, "cpu")
+    m = EL.load_for_eval(str(checkpoint), None, None, "cpu")
     images = torch.stack([m.preprocess(Image.open(p).convert("RGB")) for p in paths])
     with torch.no_grad():
         feats = m.model(images, m.tokenizer(caps))
@@ -170,7 +171,7 @@ def test_export_from_deepspeed_folder_and_from_s3(exported, run_dir, s3_server, 
             rel = os.path.relpath(os.path.join(root, fn), ck)
             fs.put_file(os.path.join(root, fn), f"ckpts/run/{rel}")
     env = {**os.environ, **s3_server.env()}
-    r = run_cli("patentclip.launch.export", "--checkpoint", "s3://ckpts/run", "--out", tmp_path / "from-s3", env=env)
+    r = run_cli("patentclip.evaluation.export", "--checkpoint", "s3://ckpts/run", "--out", tmp_path / "from-s3", env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert json.loads(r.stdout)["source"] == "s3://ckpts/run"  # stdout is the JSON summary only
     same_export(tmp_path / "from-s3")
@@ -188,7 +189,7 @@ def test_training_overrides_reach_the_config(run_dir, tmp_path):
     params.txt, and vanilla open_clip then builds the same network."""
     import open_clip
 
-    from patentclip.launch.model import load_open_clip_state_dict
+    from patentclip.launch.checkpoint_format import load_open_clip_state_dict
     from patentclip.plugins.models import register_model_configs
 
     fake_run = tmp_path / "run"
@@ -212,7 +213,7 @@ def test_training_overrides_reach_the_config(run_dir, tmp_path):
         torch.testing.assert_close(vanilla.encode_image(x), ref.encode_image(x), rtol=0, atol=1e-6)
         assert (vanilla.encode_image(x) - plain.encode_image(x)).abs().max() > 1e-4  # QuickGELU matters
     # the pretrained tag's own settings: OpenAI ViT-B-32 implies QuickGELU and its preprocessing
-    kw = X.model_kwargs_from_params({"pretrained": "openai"}, "ViT-B-32")
+    kw = model_kwargs_from_params({"pretrained": "openai"}, "ViT-B-32")
     assert kw["force_quick_gelu"] is True and kw["image_interpolation"] == "bicubic"
 
 
@@ -249,14 +250,14 @@ def test_loading_an_epoch_file_says_loaded_not_random_and_records_the_absolute_p
     torch.save({"epoch": 1, "name": "t", "state_dict": open_clip_state_dict(model), "model": "patentclip-tiny",
                 "classes": classes}, tmp_path / "run" / "epoch_1.pt")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    r = subprocess.run([sys.executable, "-m", "patentclip.launch.export", "--checkpoint", "run/epoch_1.pt", "--out",
+    r = subprocess.run([sys.executable, "-m", "patentclip.evaluation.export", "--checkpoint", "run/epoch_1.pt", "--out",
                         "folder"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     log = r.stdout + r.stderr
     assert "initialized randomly" not in log and "Loaded the weights of patentclip-tiny from" in log
     config = json.loads((tmp_path / "folder" / "open_clip_config.json").read_text())
     assert config["patentclip"]["source"] == str(tmp_path / "run" / "epoch_1.pt")
-    r = subprocess.run([sys.executable, "-m", "patentclip.launch.evaluate", "--val-data", synthetic_shards["val"],
+    r = subprocess.run([sys.executable, "-m", "patentclip.evaluation.cli", "--val-data", synthetic_shards["val"],
                         "--checkpoint", "run/epoch_1.pt", "--workers", "0", "--linear-probe", "off", "--out", "m.json"],
                        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -5,7 +5,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from patentclip.launch import metrics as M
+from patentclip.evaluation import metrics as M
 
 
 def example():
@@ -64,7 +64,7 @@ def test_evaluation_gives_identical_token_sequences_one_id(synthetic_shards):
     import open_clip
 
     from conftest import data_args
-    from patentclip.launch.evaluate import extract_features
+    from patentclip.evaluation.features import extract_features
     from patentclip.plugins.builtin import load_builtin_plugins
     from patentclip.plugins.classes import load_class_table
     from patentclip.plugins.models import register_model_configs

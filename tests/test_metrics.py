@@ -1,4 +1,4 @@
-"""Tests for patentclip.launch.metrics (hand-worked cases + independent oracles)."""
+"""Tests for patentclip.evaluation.metrics (hand-worked cases + independent oracles)."""
 import math
 from fractions import Fraction as F
 
@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from patentclip.launch import metrics
+from patentclip.evaluation import metrics
+from patentclip.evaluation.metrics import ranking
+from patentclip.plugins.classes import head_class_mask
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
@@ -290,13 +292,13 @@ def test_auto_chunk_size_and_memory_budget():
 def test_auto_chunk_size_bounds_work_per_chunk(monkeypatch):
     """The chunk loop really works on ceil(Q / chunk) chunks of at most `chunk` queries each."""
     seen = []
-    real = metrics._rank_chunk
+    real = ranking._rank_chunk
 
     def spy(order, cand_s, rel_s, ks, top_k=0):
         seen.append(tuple(order.shape))
         return real(order, cand_s, rel_s, ks, top_k)
 
-    monkeypatch.setattr(metrics, "_rank_chunk", spy)
+    monkeypatch.setattr(ranking, "_rank_chunk", spy)
     qf = torch.nn.functional.normalize(torch.randn(50, 4), dim=1)
     dbf = torch.nn.functional.normalize(torch.randn(30, 4), dim=1)
     lab_q, lab_db = torch.zeros(50, dtype=torch.long), torch.zeros(30, dtype=torch.long)
@@ -306,26 +308,26 @@ def test_auto_chunk_size_bounds_work_per_chunk(monkeypatch):
 
 def test_head_class_mask_rule():
     # counts 5 50 10 0 20 : C = 5, ceil(0.4 * 5) = 2 head classes -> the two most frequent: 1 (50), 4 (20)
-    assert metrics.head_class_mask([5, 50, 10, 0, 20]).tolist() == [False, True, False, False, True]
+    assert head_class_mask([5, 50, 10, 0, 20]).tolist() == [False, True, False, False, True]
     # C = 3: ceil(1.2) = 2 ; equal counts -> smaller class id first
-    assert metrics.head_class_mask([3, 3, 3]).tolist() == [True, True, False]
+    assert head_class_mask([3, 3, 3]).tolist() == [True, True, False]
     # C = 10: exactly 4 head classes
-    m = metrics.head_class_mask(list(range(10, 0, -1)))
+    m = head_class_mask(list(range(10, 0, -1)))
     assert m.tolist() == [True] * 4 + [False] * 6
     # classes without training samples are tail even when they would fall in the top 40%
-    assert metrics.head_class_mask([4, 0, 0, 0, 0]).tolist() == [True, False, False, False, False]
+    assert head_class_mask([4, 0, 0, 0, 0]).tolist() == [True, False, False, False, False]
     # explicit categories (classes.json "category") win over counts
-    assert metrics.head_class_mask([1, 100, 1], ["head", "tail", "Tail"]).tolist() == [True, False, False]
+    assert head_class_mask([1, 100, 1], ["head", "tail", "Tail"]).tolist() == [True, False, False]
     # no categories at all -> the frequency rule (2 head classes: 100, then the tie 1/1 goes to class 0)
-    assert metrics.head_class_mask([1, 100, 1], [None, "", None]).tolist() == [True, True, False]
+    assert head_class_mask([1, 100, 1], [None, "", None]).tolist() == [True, True, False]
     # some classes with a category and some without, or an unknown category: an error, not a silent mix
     with pytest.raises(ValueError, match="some classes"):
-        metrics.head_class_mask([1, 100, 1], ["head", None, "tail"])
+        head_class_mask([1, 100, 1], ["head", None, "tail"])
     with pytest.raises(ValueError, match="head.*tail"):
-        metrics.head_class_mask([1, 100, 1], ["head", "middle", "tail"])
-    assert metrics.head_class_mask([1, 2], head_fraction=1.0).tolist() == [True, True]
+        head_class_mask([1, 100, 1], ["head", "middle", "tail"])
+    assert head_class_mask([1, 2], head_fraction=1.0).tolist() == [True, True]
     with pytest.raises(ValueError):
-        metrics.head_class_mask([1, 2], ["head"])
+        head_class_mask([1, 2], ["head"])
 
 
 # ---------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ..captions import article
-from ..manifest import Drawing, PatentRecord, Problem
+from ..manifest import Drawing, PatentRecord, Problem, outside_roots
 
 #: The 32 Locarno classes (and 99), 13th edition headings, lower case: the fallback class names.
 LOCARNO_CLASSES = {
@@ -320,6 +320,7 @@ class ImportOptions:
     """Options shared by the importers (CLI flags of the same names)."""
 
     images_root: Optional[str] = None
+    allowed_roots: Tuple[str, ...] = ()  # folders besides the input's (or images_root) that images may be in
     locarno_table: Optional[str] = None
     locarno_id_column: str = "patent_id"
     locarno_class_column: str = "class"
@@ -345,6 +346,10 @@ class ImportOptions:
             raise ValueError("image_field must be 'subfigure' or 'figure'")
         if self.default_date is not None and parse_date(self.default_date) is None:
             raise ValueError(f"default date {self.default_date!r} is not a date (YYYY-MM-DD)")
+
+
+class OutsideRoot(Exception):
+    """An image path that resolves outside the allowed folders (the message is where it really is)."""
 
 
 class Collector:
@@ -373,23 +378,32 @@ class Collector:
         """(the image's path relative to the root, or absolute, if the file exists, else None; why not). Files not
         at ``root/rel`` are looked up by name anywhere under the root (an index built once); a name that occurs
         more than once there is not resolved. A path the operating system refuses (a name longer than the file
-        system allows, an invalid byte) is reported for its row, not raised."""
+        system allows, an invalid byte) is reported for its row, not raised. A file that resolves outside the
+        root and ``allowed_roots`` (a symlink, an absolute path elsewhere) raises :class:`OutsideRoot`."""
         p = Path(rel)
         full = p if p.is_absolute() else self.root / p
         try:
-            if full.is_file():
-                return str(rel), ""
+            is_file = full.is_file()
         except (OSError, ValueError) as exc:
             return None, f"the path cannot be used ({getattr(exc, 'strerror', None) or exc})"
-        if self._basename_index is None:
-            self._basename_index = {}
-            for dirpath, _, files in os.walk(self.root):
-                for f in files:
-                    rel_f = os.path.relpath(os.path.join(dirpath, f), self.root)
-                    # a name found twice is ambiguous (D00001.png in every patent folder): not resolved by name
-                    self._basename_index[f] = None if f in self._basename_index else rel_f
-        found = self._basename_index.get(p.name)
-        return found, "" if found else f"file not found under {self.root}"
+        if is_file:
+            found = str(rel)
+        else:
+            if self._basename_index is None:
+                self._basename_index = {}
+                for dirpath, _, files in os.walk(self.root):
+                    for f in files:
+                        rel_f = os.path.relpath(os.path.join(dirpath, f), self.root)
+                        # a name found twice is ambiguous (D00001.png in every patent folder): not resolved by name
+                        self._basename_index[f] = None if f in self._basename_index else rel_f
+            found = self._basename_index.get(p.name)
+            if found is None:
+                return None, f"file not found under {self.root}"
+            full = self.root / found
+        real = outside_roots(full, [self.root, *self.opts.allowed_roots])
+        if real is not None:
+            raise OutsideRoot(real)
+        return found, ""
 
     def add(self, line: int, pid: str, *, date: Optional[str], code: Optional[str], title: Optional[str],
             obj: Optional[str], path: str, view: str, captions: Tuple[str, ...], extra: Dict[str, Any],
@@ -452,7 +466,13 @@ class Collector:
             drawings = []
             ordered = sorted(p["drawings"], key=lambda d: d[0]) if any(d[0] for d in p["drawings"]) else p["drawings"]
             for order, dline, rel, view, captions, extra in ordered:
-                found, why = self.resolve(rel)
+                try:
+                    found, why = self.resolve(rel)
+                except OutsideRoot as real:
+                    self.problem(dline, pid, "outside_root", "drawing", f"patent {pid}: image {rel!r} resolves to "
+                                 f"{real}, outside {self.root} (a symlink?); refused (--allow-root DIR admits "
+                                 f"another folder)", path=rel)
+                    continue
                 if found is None:
                     shown = rel if len(rel) <= 200 else f"{rel[:120]}...{rel[-60:]} ({len(rel)} characters)"
                     self.problem(dline, pid, "missing_file", "drawing", f"patent {pid}: image {shown!r}: {why}; "

@@ -11,6 +11,9 @@ network) and its PNG figures, all in DIR:
 
 and tables: retrieval in the layout of the LLM-informed paper's Table 1 (head / tail / all classes x mAP, R@5,
 R@10, M@10), image-text recall, classification, and per-class results.
+
+One module of a little over 400 lines because it is one product: every figure is drawn for its place on the
+page (sizes, colours and labels shared with the tables), and nothing else uses them.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 
 from patentclip.plugins.data import batch as B
+from patentclip.shards.head_tail import HEAD_FRACTION
 
 FIG_DPI = 110
 
@@ -364,7 +368,7 @@ def write_report(out_dir: str, result, class_table, *, baseline=None, images: Op
                  baseline_label: Optional[str] = None, map_method: str = "pca", map_points: int = 3000) -> str:
     """Write ``index.html`` and its PNG figures into ``out_dir``; returns the page's path.
 
-    ``result`` / ``baseline``: :class:`patentclip.launch.evaluate.EvalResult` (``features`` needed for the map,
+    ``result`` / ``baseline``: :class:`patentclip.evaluation.run.EvalResult` (``features`` needed for the map,
     ``examples`` for the retrieval examples); ``images``: key -> HxWx3 uint8 of the drawings in the examples.
     """
     os.makedirs(out_dir, exist_ok=True)
@@ -411,7 +415,8 @@ def write_report(out_dir: str, result, class_table, *, baseline=None, images: Op
         f"({int(result.metrics.get('i2i_num_queries_without_relevant', 0))} without any relevant candidate, not "
         f"averaged; {int(result.metrics.get('i2i_num_queries_unknown_date', 0))} without grant date)",
         f"evaluation drawings: {int(result.metrics.get('num_samples', 0))}, classes: {len(class_table)}, head "
-        f"classes: {len(s.get('head_classes', []))} (top 40% by training frequency, or classes.json categories)",
+        f"classes: {len(s.get('head_classes', []))} (top {HEAD_FRACTION:.0%} by training frequency, or "
+        f"classes.json categories)",
         f"zero-shot templates: {' | '.join(s.get('templates', []))}",
         f"linear probe: {lp['protocol']} (l2 = {lp['l2']:g})" if isinstance(lp, dict) else "linear probe: off",
     ]

@@ -1,63 +1,142 @@
-"""``patentclip-export``: a training checkpoint -> an open_clip model folder that vanilla open_clip loads.
+"""The checkpoint format: what a patentclip checkpoint is on disk, and reading any of them back.
 
-    patentclip-export --checkpoint logs/run/checkpoints/epoch_10.pt --out patentclip-vitb32
-    patentclip-export --checkpoint s3://bucket/runs/run/checkpoints --out patentclip-vitb32   # DeepSpeed, newest tag
+Training writes checkpoints (:mod:`patentclip.launch.checkpoint`, the commit protocol), ``patentclip-export``
+and ``patentclip-eval`` read them (:mod:`patentclip.evaluation`); this module is the one place that knows the
+format, for all three. It imports nothing of training or evaluation.
 
-The folder is what open_clip's ``push_to_hf_hub`` uploads, so it can be pushed to a model hub as it is
-(``huggingface-cli upload <repo> <dir>``) and loaded back with ``hf-hub:<repo>``:
+A run's checkpoint folder (``<logs>/<name>/checkpoints``, or any fsspec URL)::
 
-    open_clip_model.safetensors   the open_clip weights (0-dim logit_scale, exactly the CLIP state dict)
-    open_clip_config.json         {"model_cfg": ..., "preprocess_cfg": ...} as open_clip writes it (written by
-                                  open_clip's own ``save_config_for_hf``); the model config is included in full,
-                                  so no patentclip config needs to be registered to load it; a "patentclip" key
-                                  (ignored by open_clip) records the source checkpoint
-    patentclip_head.safetensors   the classification head's weights (only when the model has one)
-    patentclip_head.json          {"config": ...}: ``patentclip.plugins.heads.build_head(config)`` rebuilds it
-    classes.json                  the training classes (id, code, name, count[, category]) the head's logits index
-    README.md                     a model card (hub front matter: library_name open_clip)
+    epoch_<N>.pt            open_clip format {epoch, name, state_dict, model, classes[, patentclip_head]}: vanilla
+                            open_clip loads it (logit_scale stored 0-dim, as open_clip has it)
+    deepspeed/<tag>/        DeepSpeed engine state (mp_rank_*_model_states.pt, ZeRO partitions
+                            *zero_pp_rank_*_optim_states.pt) plus ``meta.json`` {tag, epoch, step, files: {name:
+                            size}, world_size, zero_stage}, written last
+    deepspeed/latest        the tag of the newest COMPLETE checkpoint
+    ../params.txt           open_clip's ``name: value`` list of the run's arguments (two levels above a tag's
+                            epoch file), from which the model's construction overrides are rebuilt
 
-Load it with plain open_clip::
+The DeepSpeed client state carries ``epoch``, ``step``, ``model`` (the open_clip model name), ``classes`` (the
+training class table) and ``patentclip_head: {config}`` (the classification head's weights are the module's own
+``criterion.*`` parameters). An exported folder (``patentclip-export``) holds ``open_clip_model.safetensors``,
+``open_clip_config.json`` (with a ``patentclip`` key), ``patentclip_head.safetensors`` / ``patentclip_head.json``
+and ``classes.json``.
 
-    model, _, preprocess = open_clip.create_model_and_transforms("local-dir:patentclip-vitb32")
-    tokenizer = open_clip.get_tokenizer("local-dir:patentclip-vitb32")
+State dicts: DeepSpeed cannot hold 0-dim parameters, so the trained module stores ``logit_scale`` /
+``logit_bias`` as shape [1]; :func:`open_clip_state_dict` gives back exactly open_clip's state dict and
+:func:`load_open_clip_state_dict` loads either form.
 
-``--checkpoint`` accepts an open_clip ``epoch_N.pt``, a DeepSpeed checkpoint folder (a run's ``checkpoints/``,
-its ``deepspeed/`` folder or one tag folder), an exported folder, or any of these at an fsspec URL
-(``s3://...``; credentials and endpoint from the usual AWS variables), which is downloaded to a temporary
-folder first (for a DeepSpeed folder only the newest tag).
+:func:`read_checkpoint` reads any of these formats -- an ``epoch_N.pt``, a DeepSpeed folder (a run's
+``checkpoints/``, its ``deepspeed/`` folder or one tag folder), an exported folder -- locally or at an fsspec URL
+(downloaded first; for a DeepSpeed folder only the newest tag), into one :class:`Checkpoint`.
 
-This module also holds the checkpoint reader that ``patentclip-eval`` uses (:func:`read_checkpoint`).
+Why one module of more than 400 lines: writing and reading must agree on every name and layout above; kept
+together, a change to the format is one diff that cannot update the writer and forget the reader.
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
+import ast
 import json
 import logging
 import os
 import posixpath
-import shutil
-import sys
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+import fsspec
 import torch
+from torch import nn
 
 from patentclip.plugins.remote_io import is_remote
 
+DS_SUBDIR = "deepspeed"
+META = "meta.json"
+PARAMS_NAME = "params.txt"
+HEAD_KEY = "patentclip_head"                   # the key of the head in epoch_N.pt / DeepSpeed client state
 WEIGHTS_NAME = "open_clip_model.safetensors"   # open_clip.constants.HF_SAFE_WEIGHTS_NAME
 CONFIG_NAME = "open_clip_config.json"          # open_clip.constants.HF_CONFIG_NAME
 HEAD_WEIGHTS_NAME = "patentclip_head.safetensors"
 HEAD_CONFIG_NAME = "patentclip_head.json"
 CLASSES_NAME = "classes.json"
-HEAD_KEY = "patentclip_head"                   # the key of the head in epoch_N.pt / DeepSpeed client state
+LOGIT_SCALARS = ("logit_scale", "logit_bias")
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# reading checkpoints
-# ----------------------------------------------------------------------------------------------------------------
+def _fs(url: str):
+    return fsspec.core.url_to_fs(url)
+
+
+def deepspeed_dir(checkpoint_path: str) -> str:
+    return os.path.join(checkpoint_path, DS_SUBDIR)
+
+
+def latest_tag(ds_dir: str) -> Optional[str]:
+    """The tag named by ``latest`` in a local or remote DeepSpeed folder, if that tag is complete."""
+    fs, path = _fs(ds_dir)
+    try:
+        tag = fs.cat_file(posixpath.join(path, "latest")).decode().strip()
+    except (FileNotFoundError, OSError):
+        return None
+    return tag if tag and tag_complete(ds_dir, tag) else None
+
+
+def read_meta(ds_dir: str, tag: str) -> Optional[Dict]:
+    fs, path = _fs(ds_dir)
+    try:
+        return json.loads(fs.cat_file(posixpath.join(path, tag, META)).decode())
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+
+
+def tag_complete(ds_dir: str, tag: str) -> bool:
+    """Every file listed in the tag's meta.json exists with its size. Tags written by DeepSpeed alone (no
+    meta.json, e.g. older runs) count as complete when they hold model states."""
+    fs, path = _fs(ds_dir)
+    meta = read_meta(ds_dir, tag)
+    try:
+        sizes = {posixpath.basename(p["name"]): int(p["size"]) for p in fs.ls(posixpath.join(path, tag), detail=True)}
+    except (FileNotFoundError, OSError):
+        return False
+    if meta is None:
+        return any(n.endswith("model_states.pt") for n in sizes)
+    return all(sizes.get(n) == s for n, s in meta["files"].items())
+
+
+def open_clip_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The model's state dict as vanilla open_clip has it (0-dim logit_scale/logit_bias), on CPU, fp32."""
+    sd = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        if v.is_floating_point():
+            v = v.float()
+        if k in LOGIT_SCALARS and v.ndim == 1 and v.numel() == 1:
+            v = v.reshape(())
+        sd[k] = v
+    return sd
+
+
+def load_open_clip_state_dict(model: nn.Module, sd: Dict[str, torch.Tensor]) -> None:
+    """Load an open_clip state dict (0-dim or [1] logit_scale, with or without a ``module.`` prefix)."""
+    if sd and next(iter(sd)).startswith("module."):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    own = model.state_dict()
+    fixed = {}
+    for k, v in sd.items():
+        if k in own and own[k].shape != v.shape and own[k].numel() == v.numel() == 1:
+            v = v.reshape(own[k].shape)
+        fixed[k] = v
+    model.load_state_dict(fixed)
+
+
+def open_clip_checkpoint(clip: nn.Module, *, epoch: int, name: str, model_name: str, classes: List[Dict],
+                         head_state: Optional[Dict] = None) -> Dict:
+    """The content of ``epoch_<N>.pt``: what vanilla open_clip loads, plus the model name, the training classes
+    and the classification head (``{"config", "state_dict"}``) when the loss set has one."""
+    oc = {"epoch": epoch, "name": name, "state_dict": open_clip_state_dict(clip), "model": model_name,
+          "classes": classes}
+    if head_state:
+        oc[HEAD_KEY] = head_state
+    return oc
+
+
 @dataclass
 class Checkpoint:
     """What a checkpoint holds, whatever its format."""
@@ -94,8 +173,6 @@ def _sibling_fetcher(url: str, local: str, dest: str) -> Callable[[str], None]:
     """Downloads the remote counterpart of a local path near ``local`` (the copy of ``url``), if it exists and the
     local path is inside ``dest``."""
     def get(local_path: str) -> None:
-        import fsspec
-
         if not os.path.abspath(local_path).startswith(os.path.abspath(dest) + os.sep):
             return
         rel = os.path.relpath(os.path.abspath(local_path), os.path.abspath(local))
@@ -115,8 +192,6 @@ def fetch(url: str, dest: str) -> str:
     ``deepspeed/`` folder) only ``latest`` and the newest tag are copied; any other folder (a tag folder, an
     exported model folder) is copied whole.
     """
-    import fsspec
-
     fs, path = fsspec.core.url_to_fs(url)
     path = path.rstrip("/")
     if not fs.exists(path):
@@ -133,7 +208,7 @@ def fetch(url: str, dest: str) -> str:
             os.makedirs(os.path.dirname(os.path.join(lpath, rel)), exist_ok=True)
             fs.get(f, os.path.join(lpath, rel))
 
-    for ds_rel in ("deepspeed", ""):
+    for ds_rel in (DS_SUBDIR, ""):
         ds = posixpath.join(path, ds_rel) if ds_rel else path
         latest = posixpath.join(ds, "latest")
         if fs.isfile(latest):
@@ -145,14 +220,14 @@ def fetch(url: str, dest: str) -> str:
             return local
     # a tag folder or an exported folder: nested two levels down, so that the tag's epoch_N.pt (two levels up
     # in a run's layout, see _sibling_fetcher) lands inside ``dest`` too
-    local = os.path.join(dest, "checkpoint", "deepspeed", posixpath.basename(path) or "checkpoint")
+    local = os.path.join(dest, "checkpoint", DS_SUBDIR, posixpath.basename(path) or "checkpoint")
     get_dir(path, local)
     return local
 
 
 def _read_params_txt(run_dir: str) -> Dict[str, str]:
     """open_clip's ``params.txt`` of a run (``name: value`` lines), or {}."""
-    p = os.path.join(run_dir, "params.txt")
+    p = os.path.join(run_dir, PARAMS_NAME)
     out = {}
     if os.path.isfile(p):
         with open(p) as f:
@@ -167,8 +242,6 @@ def model_kwargs_from_params(params: Dict[str, str], model_name: Optional[str]) 
     """The ``create_model_and_transforms`` overrides a run was trained with (from its params.txt): QuickGELU
     (forced, or implied by the pretrained tag, e.g. ViT-B-32/openai), image size, context length and the
     preprocessing of the pretrained tag or of --image-mean/--image-std/...; these are not in epoch_N.pt."""
-    import ast
-
     def val(name):
         v = params.get(name)
         if v in (None, "None", ""):
@@ -252,8 +325,6 @@ def _read_export_dir(path: str) -> Checkpoint:
 
 def _resolve_deepspeed(path: str):
     """(ds_dir, tag) of a DeepSpeed checkpoint folder, or None."""
-    from patentclip.launch.checkpoint import DS_SUBDIR, latest_tag
-
     for d in (os.path.join(path, DS_SUBDIR), path):
         if os.path.isdir(d) and latest_tag(d):
             return d, latest_tag(d)
@@ -337,27 +408,6 @@ def _read_open_clip_file(path: str) -> Checkpoint:
                       kind="open_clip")
 
 
-class _RandomInitWarning(logging.Filter):
-    """Drops open_clip's "No pretrained weights loaded for model ... Model initialized randomly" record."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "initialized randomly" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def weights_loaded_after():
-    """While a model is built whose weights are loaded right after (from a checkpoint): open_clip's factory logs
-    that it initialised the model randomly, which would be false for what the user gets, so that one record is
-    dropped (open_clip logs it on the root logger)."""
-    drop = _RandomInitWarning()
-    root = logging.getLogger()
-    root.addFilter(drop)
-    try:
-        yield
-    finally:
-        root.removeFilter(drop)
-
-
 def read_checkpoint(path: str, workdir: Optional[str] = None, head_builder: Optional[Callable] = None) -> Checkpoint:
     """Read any patentclip checkpoint (see the module docstring); remote URLs are fetched into ``workdir``
     (a temporary folder the caller keeps until it is done; required for remote paths)."""
@@ -377,7 +427,7 @@ def read_checkpoint(path: str, workdir: Optional[str] = None, head_builder: Opti
         return ck
     if path.startswith("file://"):
         path = path[len("file://"):]
-    path = os.path.abspath(path)  # recorded as the source: it must name the file from any working directory
+    path = os.path.abspath(path)  # recorded as the source: it must name the checkpoint from any working directory
     if os.path.isfile(path):
         return _read_open_clip_file(path)
     if os.path.isdir(path):
@@ -385,201 +435,3 @@ def read_checkpoint(path: str, workdir: Optional[str] = None, head_builder: Opti
             return _read_export_dir(path)
         return _read_deepspeed(path, head_builder)
     raise FileNotFoundError(f"--checkpoint {path}: no such file or folder")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# building the model of a checkpoint
-# ----------------------------------------------------------------------------------------------------------------
-def final_model_config(model_name: str, model_kwargs: Dict) -> Dict:
-    """The model config open_clip builds ``model_name`` from, with the training overrides applied the way
-    ``open_clip.create_model`` applies them (what open_clip_config.json must contain)."""
-    import copy
-
-    import open_clip
-
-    cfg = open_clip.get_model_config(model_name)
-    if cfg is None:
-        raise ValueError(f"unknown open_clip model {model_name!r}")
-    cfg = copy.deepcopy(cfg)
-    if model_kwargs.get("force_quick_gelu"):
-        cfg["quick_gelu"] = True
-    if model_kwargs.get("force_image_size") is not None:
-        cfg["vision_cfg"]["image_size"] = model_kwargs["force_image_size"]
-    if model_kwargs.get("force_context_length") is not None:
-        cfg["text_cfg"]["context_length"] = model_kwargs["force_context_length"]
-    if model_kwargs.get("force_custom_text"):
-        cfg["custom_text"] = True
-    return cfg
-
-
-def build_model(ck: Checkpoint, model_name: Optional[str] = None, device="cpu"):
-    """(open_clip model with the checkpoint's weights, eval preprocess, tokenizer, model name), in eval mode."""
-    import open_clip
-
-    from patentclip.launch.model import load_open_clip_state_dict
-    from patentclip.plugins.models import register_model_configs
-
-    if ck.kind == "export":
-        ident = f"local-dir:{ck.local_dir}"
-        model, _, preprocess = open_clip.create_model_and_transforms(ident, device=device, output_dict=True)
-        return model.eval(), preprocess, open_clip.get_tokenizer(ident), ck.model_name or ident
-    register_model_configs()
-    name = model_name or ck.model_name
-    if not name:
-        raise ValueError(f"{ck.source} does not record its model name: pass --model")
-    if model_name and ck.model_name and model_name != ck.model_name:
-        logging.warning("--model %s, but the checkpoint was trained as %s", model_name, ck.model_name)
-    with weights_loaded_after():
-        model, _, preprocess = open_clip.create_model_and_transforms(name, precision="fp32", device="cpu",
-                                                                     output_dict=True, **ck.model_kwargs)
-    load_open_clip_state_dict(model, ck.state_dict)
-    logging.info("Loaded the weights of %s from %s", name, ck.source)
-    ctx = ck.model_kwargs.get("force_context_length")
-    tokenizer = open_clip.get_tokenizer(name, context_length=ctx) if ctx else open_clip.get_tokenizer(name)
-    return model.to(device).eval(), preprocess, tokenizer, name
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# export
-# ----------------------------------------------------------------------------------------------------------------
-def model_card(name: str, ck: Checkpoint, model_name: str, classes: Optional[List[Dict]], license: str,
-               metrics: Optional[Dict] = None) -> str:
-    lines = ["---", "tags:", "- clip", "- open_clip", "- patentclip", "- design-patents", "library_name: open_clip",
-             "pipeline_tag: zero-shot-image-classification", f"license: {license}", "---",
-             f"# {name}", "",
-             f"A CLIP model of design-patent drawings trained with patentclip (open_clip architecture "
-             f"`{model_name}`{f', epoch {ck.epoch}' if ck.epoch is not None else ''}).", "",
-             "## Usage", "", "```python", "import open_clip", "",
-             f"model, _, preprocess = open_clip.create_model_and_transforms('hf-hub:<org>/{name}')",
-             f"tokenizer = open_clip.get_tokenizer('hf-hub:<org>/{name}')",
-             "# or, from this folder: open_clip.create_model_and_transforms('local-dir:<folder>')", "```", ""]
-    if ck.head is not None:
-        lines += ["The Locarno classification head (image-only mode at inference) is stored beside the weights:",
-                  "", "```python", "import json", "from safetensors.torch import load_file",
-                  "from patentclip.plugins.heads import build_head", "",
-                  f"head = build_head(json.load(open('{HEAD_CONFIG_NAME}'))['config'])",
-                  f"head.load_state_dict(load_file('{HEAD_WEIGHTS_NAME}'))",
-                  "logits = head.classify_image(model.encode_image(images, normalize=True))",
-                  f"# class i of the logits is entry i of {CLASSES_NAME}", "```", ""]
-    if classes:
-        lines += ["## Classes", "", f"{len(classes)} classes ({CLASSES_NAME}: id, Locarno code, name, training count).",
-                  ""]
-    if metrics:
-        lines += ["## Evaluation", "", "| metric | value |", "|---|---|"]
-        for k, v in metrics.items():
-            if isinstance(v, (int, float)):
-                lines.append(f"| {k} | {v:.4f} |")
-        lines.append("")
-    return "\n".join(lines) + "\n"
-
-
-def export(ck: Checkpoint, out_dir: str, model_name: Optional[str] = None, classes_json: Optional[str] = None,
-           license: str = "mit", metrics: Optional[Dict] = None, head_builder: Optional[Callable] = None) -> Dict:
-    """Write the open_clip model folder of ``ck`` into ``out_dir``; returns a summary dict."""
-    import open_clip
-    from open_clip.push_to_hf_hub import save_config_for_hf
-    from safetensors.torch import save_file
-
-    model, _, tokenizer, name = build_model(ck, model_name, "cpu")
-    if ck.kind == "export":
-        cfg = open_clip.get_model_config(f"local-dir:{ck.local_dir}")
-    else:
-        cfg = final_model_config(name, ck.model_kwargs)
-    classes = ck.classes
-    if classes_json:
-        from patentclip.plugins.classes import ClassTable
-
-        ClassTable.load(classes_json)  # validates
-        import fsspec
-
-        with fsspec.open(classes_json, "r") as f:
-            data = json.load(f)
-        classes = data["classes"] if isinstance(data, dict) and "classes" in data else data
-    if classes is None:
-        raise ValueError(f"{ck.source} carries no class table: pass --classes-json (the training shards' classes.json)")
-    if ck.head is not None:
-        head = build_head_module(ck.head, head_builder)  # fails loudly if the weights do not fit the config
-        with torch.no_grad():
-            n_out = head.classify_image(torch.zeros(1, cfg["embed_dim"])).shape[-1]
-        if n_out != len(classes):
-            raise ValueError(f"the classification head has {n_out} outputs but the class table {len(classes)} classes")
-
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=out_dir)
-    try:
-        sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(sd, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt"})
-        save_config_for_hf(model, Path(tmp) / CONFIG_NAME, model_config=cfg)
-        with open(os.path.join(tmp, CONFIG_NAME)) as f:
-            full_cfg = json.load(f)
-        full_cfg["patentclip"] = {"model_name": name, "epoch": ck.epoch, "source": ck.source,
-                                  "head": HEAD_WEIGHTS_NAME if ck.head is not None else None,
-                                  "classes": CLASSES_NAME}
-        with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
-            json.dump(full_cfg, f, indent=2)
-        if hasattr(tokenizer, "save_pretrained"):  # HF tokenizers travel with the model, as push_to_hf_hub does
-            tokenizer.save_pretrained(tmp)
-        if ck.head is not None:
-            save_file({k: v.detach().float().contiguous() if v.is_floating_point() else v.contiguous()
-                       for k, v in ck.head["state_dict"].items()}, os.path.join(tmp, HEAD_WEIGHTS_NAME),
-                      metadata={"format": "pt"})
-            with open(os.path.join(tmp, HEAD_CONFIG_NAME), "w") as f:
-                json.dump({"config": ck.head["config"], "builder": "patentclip.plugins.heads.build_head"}, f,
-                          indent=2)
-        with open(os.path.join(tmp, CLASSES_NAME), "w") as f:
-            json.dump(classes, f, indent=1)
-        with open(os.path.join(tmp, "README.md"), "w") as f:
-            f.write(model_card(os.path.basename(os.path.abspath(out_dir)), ck, name, classes, license, metrics))
-        written = sorted(os.listdir(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        for fn in written:
-            os.chmod(os.path.join(tmp, fn), 0o666 & ~umask)  # safetensors writes 0600; a model folder is shared
-            os.replace(os.path.join(tmp, fn), os.path.join(out_dir, fn))
-        # files a previous export wrote that this one does not (e.g. a head) must not linger
-        for stale in (HEAD_WEIGHTS_NAME, HEAD_CONFIG_NAME):
-            if stale not in written and os.path.exists(os.path.join(out_dir, stale)):
-                os.remove(os.path.join(out_dir, stale))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return {"out": os.path.abspath(out_dir), "model_name": name, "epoch": ck.epoch, "source": ck.source,
-            "files": written, "head": ck.head is not None, "num_classes": len(classes)}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="patentclip-export", allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description=__doc__.split("\n", 1)[1])
-    p.add_argument("--checkpoint", required=True,
-                   help="epoch_N.pt, a DeepSpeed checkpoint folder, an exported folder, or an s3:// (fsspec) URL "
-                        "of one of these.")
-    p.add_argument("--out", required=True, help="Folder to write (created; files of the same names replaced).")
-    p.add_argument("--model", default=None, help="open_clip model name, when the checkpoint does not record it.")
-    p.add_argument("--classes-json", default=None,
-                   help="classes.json to ship (default: the training class table stored in the checkpoint).")
-    p.add_argument("--license", default="mit", help="License in the model card's front matter.")
-    p.add_argument("--metrics-json", default=None, help="patentclip-eval --out JSON to list in the model card.")
-    return p
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(message)s")
-    metrics = None
-    if args.metrics_json:
-        with open(args.metrics_json) as f:
-            metrics = {k: v for k, v in json.load(f).items() if isinstance(v, (int, float))}
-    # stdout carries the JSON summary only: libraries' chatter (DeepSpeed prints) goes to stderr
-    with tempfile.TemporaryDirectory(prefix="patentclip-export-") as work, contextlib.redirect_stdout(sys.stderr):
-        try:
-            ck = read_checkpoint(args.checkpoint, work)
-            summary = export(ck, args.out, args.model, args.classes_json, args.license, metrics)
-        except (FileNotFoundError, ValueError, RuntimeError) as exc:
-            print(f"patentclip-export: {exc}", file=sys.stderr)
-            return 2
-    print(json.dumps(summary, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,22 +1,8 @@
-"""Retrieval and classification metrics for patentclip (pure torch, no model code).
+"""Ranking metrics: image retrieval (mAP, R@K, HitRate@K, P@K, MRR@K, with the prior-art filter) and
+image<->text recall, on L2-normalised features (conventions: :mod:`patentclip.evaluation.metrics`).
 
-Used by ``patentclip-eval`` and by the in-training evaluation.  Every function takes torch
-tensors on any device (CPU or CUDA; the work is done on the device of the first feature /
-logit tensor) and returns a ``dict`` of plain Python numbers, ready for JSON / TensorBoard.
-
-Conventions shared by all functions
------------------------------------
-* Features are assumed to be **L2-normalised already**; the similarity of a query ``q`` and a
-  database item ``d`` is the dot product ``q @ d`` (i.e. cosine similarity).  Nothing here
-  normalises; half / bfloat16 inputs are up-cast to float32 before the matrix product.
-* Rankings sort by decreasing similarity.  **Ties are broken deterministically by database
-  index**: of two items with exactly the same score, the one with the smaller index ranks
-  first (a stable descending sort).  For classification, of two classes with the same logit
-  the one with the smaller class index ranks first.
-* Ranks are 1-based.
-
-Metrics (definitions)
----------------------
+Definitions
+-----------
 :func:`retrieval_metrics` -- image retrieval as in "Large Language Model Informed Patent Image
 Retrieval" (sec. 3.4).  For a query ``q`` let ``C_q`` be its *candidate set* (the database,
 minus items removed by the prior-art time filter, ``exclude`` and the same-patent exclusion),
@@ -51,8 +37,6 @@ definition (``HitRate@K`` above; sample ``i``'s image and text are the positive 
 identical texts count as one text, whose positives are all the drawings it describes, when
 ``text_ids`` says which texts are identical).
 
-:func:`head_class_mask` -- the head/tail rule (the only place it is defined).
-
 Memory and cost
 ---------------
 :func:`retrieval_metrics` works on ``chunk_size`` queries at a time against the whole database:
@@ -62,27 +46,14 @@ one ``(chunk_size, N)`` score matrix, its stable sort and a few masks of the sam
 bounded whatever the number of queries; work is one dot product and one sort per pair, i.e.
 ``O(Q * N * D + Q * N log N)``, linear in ``Q x N`` up to the log factor of the sort
 (``benchmarks/eval_scaling.py`` measures it).
-
-:func:`classification_accuracy` / :func:`zero_shot_accuracy` -- top-k accuracy, per-class
-top-1 accuracy and balanced (class-mean) top-1 accuracy.
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, Iterable, Mapping, Optional, Sequence
 
 import torch
 
-__all__ = [
-    "image_text_recall",
-    "retrieval_metrics",
-    "head_class_mask",
-    "auto_chunk_size",
-    "zero_shot_accuracy",
-    "classification_accuracy",
-]
-
-_NAN = float("nan")
+from patentclip.evaluation.metrics.inputs import NAN, as_tensor, cutoffs, feature_matrix, mean, vector
 
 #: Bytes of working memory per (query, database item) pair of a chunk in :func:`retrieval_metrics`
 #: (an upper estimate): at the sort, fp32 scores (4) + sorted values and int64 indices (12) + the
@@ -91,55 +62,7 @@ _NAN = float("nan")
 #: the AP bookkeeping.  48 covers a relevant fraction up to ~0.8.
 BYTES_PER_SCORE = 48
 
-#: The LLM-informed paper's split (Figure 1): the 40% most frequent classes are "head".
-HEAD_FRACTION = 0.4
 
-
-# ----------------------------------------------------------------------------------------
-# helpers
-# ----------------------------------------------------------------------------------------
-def _as_tensor(x, device=None) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        x = torch.as_tensor(x)
-    return x.to(device) if device is not None else x
-
-
-def _features(x, name: str, device=None) -> torch.Tensor:
-    x = _as_tensor(x, device)
-    if x.dim() != 2:
-        raise ValueError(f"{name} must be 2-D (n, dim), got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        x = x.float()
-    elif x.dtype in (torch.float16, torch.bfloat16):
-        x = x.float()
-    return x
-
-
-def _vector(x, n: int, name: str, device, *, integer: bool = True) -> torch.Tensor:
-    x = _as_tensor(x, device)
-    if x.dim() != 1 or x.shape[0] != n:
-        raise ValueError(f"{name} must have shape ({n},), got {tuple(x.shape)}")
-    if integer and (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool):
-        raise TypeError(f"{name} must be an integer tensor, got {x.dtype}")
-    return x
-
-
-def _ks(ks, name: str = "ks") -> tuple:
-    if isinstance(ks, int):
-        ks = (ks,)
-    ks = tuple(int(k) for k in ks)
-    if any(k < 1 for k in ks):
-        raise ValueError(f"{name} must be positive integers, got {ks}")
-    return ks
-
-
-def _mean(x: torch.Tensor) -> float:
-    return float(x.double().mean()) if x.numel() else _NAN
-
-
-# ----------------------------------------------------------------------------------------
-# retrieval core
-# ----------------------------------------------------------------------------------------
 def _rank_chunk(order: torch.Tensor, cand_s: torch.Tensor, rel_s: torch.Tensor, ks: Sequence[int], top_k: int = 0):
     """Rank statistics of one chunk of queries.
 
@@ -195,7 +118,7 @@ def _aggregate(pq: Mapping[str, torch.Tensor], mask: Optional[torch.Tensor], ks,
     valid = mask & (pq["num_relevant"] > 0)
     out: Dict[str, float] = {}
     ap = pq["ap"][valid]
-    out[f"{prefix}mAP"] = _mean(ap)
+    out[f"{prefix}mAP"] = mean(ap)
     # per-label (macro) mAP
     if ap.numel():
         lab = labels[valid]
@@ -204,19 +127,19 @@ def _aggregate(pq: Mapping[str, torch.Tensor], mask: Optional[torch.Tensor], ks,
         cnts = torch.bincount(inv, minlength=uniq.numel()).double()
         out[f"{prefix}mAP_macro"] = float((sums / cnts).mean())
     else:
-        out[f"{prefix}mAP_macro"] = _NAN
+        out[f"{prefix}mAP_macro"] = NAN
     for k in ks:
         h = pq[f"hits@{k}"][valid]
-        out[f"{prefix}R@{k}"] = _mean(h.double() / pq["num_relevant"][valid].double())
+        out[f"{prefix}R@{k}"] = mean(h.double() / pq["num_relevant"][valid].double())
     for k in ks:
         h = pq[f"hits@{k}"][valid]
-        out[f"{prefix}HitRate@{k}"] = _mean((h > 0).double())
+        out[f"{prefix}HitRate@{k}"] = mean((h > 0).double())
     for k in ks:
         h = pq[f"hits@{k}"][valid]
-        out[f"{prefix}P@{k}"] = _mean(h.double() / k)
+        out[f"{prefix}P@{k}"] = mean(h.double() / k)
     first = pq["first_relevant_rank"][valid]
     rr = torch.where(first <= mrr_k, 1.0 / first.double(), torch.zeros_like(first, dtype=torch.float64))
-    out[f"{prefix}MRR@{mrr_k}"] = _mean(rr)
+    out[f"{prefix}MRR@{mrr_k}"] = mean(rr)
     n_q = int(mask.sum())
     n_valid = int(valid.sum())
     out[f"{prefix}num_queries"] = n_q
@@ -229,51 +152,6 @@ def auto_chunk_size(num_db: int, max_chunk_bytes: int = 1 << 30) -> int:
     """Queries per chunk so that one chunk's working memory (:data:`BYTES_PER_SCORE` bytes per
     (query, database item) pair) stays within ``max_chunk_bytes``; at least 1."""
     return max(1, int(max_chunk_bytes) // (BYTES_PER_SCORE * max(1, int(num_db))))
-
-
-def head_class_mask(counts, categories: Optional[Sequence[Optional[str]]] = None,
-                    head_fraction: float = HEAD_FRACTION) -> torch.Tensor:
-    """Which classes are *head* classes: a ``(C,)`` bool tensor (``False`` = tail).
-
-    The rule (used by every head/tail figure in patentclip; the loss plugins' category split in
-    ``plugins/losses.py`` follows the same rule, tests/test_evaluate.py checks that they agree):
-
-    1. If ``categories`` gives every class a category ``"head"`` or ``"tail"`` (the ``category``
-       field of ``classes.json``), those categories decide.  Some classes with a category and
-       others without, or another value, is an error.
-    2. Otherwise the LLM-informed paper's rule (its Figure 1): sort the classes by training
-       frequency ``counts`` (descending; equal counts: smaller class id first); the first
-       ``ceil(head_fraction * C)`` classes (``head_fraction`` = 0.4: the top 40%) are head, the
-       rest tail.  Classes with count 0 are always tail.
-
-    ``counts`` must be *training* frequencies (the training split's ``classes.json`` counts,
-    which checkpoints carry) for the split to mean what the paper means.
-    """
-    counts = torch.as_tensor(counts, dtype=torch.float64).flatten()
-    n = counts.numel()
-    if categories is not None:
-        cats = [str(c or "").strip().lower() for c in categories]
-        if len(cats) != n:
-            raise ValueError(f"{len(cats)} categories for {n} classes")
-        given = [bool(c) for c in cats]
-        if cats and all(given):
-            bad = sorted({c for c in cats if c not in ("head", "tail")})
-            if bad:
-                raise ValueError(f"class category must be 'head' or 'tail', got {bad}")
-            return torch.tensor([c == "head" for c in cats], dtype=torch.bool)
-        if any(given):
-            missing = [i for i, g in enumerate(given) if not g][:10]
-            raise ValueError(f"some classes have a 'category' and some do not (e.g. ids {missing}); give it for "
-                             f"all classes or for none")
-    if not 0.0 <= head_fraction <= 1.0:
-        raise ValueError("head_fraction must be in [0, 1]")
-    n_head = min(n, math.ceil(head_fraction * n - 1e-9))
-    # stable sort on -count keeps class-id order among equal counts
-    order = torch.sort(-counts, stable=True).indices
-    mask = torch.zeros(n, dtype=torch.bool)
-    mask[order[:n_head]] = True
-    mask &= counts > 0
-    return mask
 
 
 @torch.no_grad()
@@ -339,16 +217,16 @@ def retrieval_metrics(
         fractions in [0, 1] (NaN when there is no valid query); see the module docstring for
         the exact definitions.  Ties in score are broken by database index (smaller first).
     """
-    ks = _ks(ks)
+    ks = cutoffs(ks)
     mrr_k = int(mrr_k)
     if mrr_k < 1:
         raise ValueError("mrr_k must be >= 1")
     return_top_k = int(return_top_k)
     if return_top_k < 0:
         raise ValueError("return_top_k must be >= 0")
-    q = _features(query_features, "query_features")
+    q = feature_matrix(query_features, "query_features")
     dev = q.device
-    db = _features(db_features, "db_features", dev).to(q.dtype)
+    db = feature_matrix(db_features, "db_features", dev).to(q.dtype)
     if q.shape[1] != db.shape[1]:
         raise ValueError(f"feature dims differ: {q.shape[1]} vs {db.shape[1]}")
     n_q, n_db = q.shape[0], db.shape[0]
@@ -356,32 +234,32 @@ def retrieval_metrics(
         chunk_size = auto_chunk_size(n_db, max_chunk_bytes)
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
-    q_lab = _vector(query_labels, n_q, "query_labels", dev)
-    db_lab = _vector(db_labels, n_db, "db_labels", dev)
+    q_lab = vector(query_labels, n_q, "query_labels", dev)
+    db_lab = vector(db_labels, n_db, "db_labels", dev)
 
     if (query_times is None) != (db_times is None):
         raise ValueError("give both query_times and db_times, or neither")
     q_t = db_t = None
     if query_times is not None:
-        q_t = _vector(query_times, n_q, "query_times", dev, integer=False)
-        db_t = _vector(db_times, n_db, "db_times", dev, integer=False)
+        q_t = vector(query_times, n_q, "query_times", dev, integer=False)
+        db_t = vector(db_times, n_db, "db_times", dev, integer=False)
 
     if (query_patent_ids is None) != (db_patent_ids is None):
         raise ValueError("give both query_patent_ids and db_patent_ids, or neither")
     q_pid = db_pid = None
     if query_patent_ids is not None:
-        q_pid = _vector(query_patent_ids, n_q, "query_patent_ids", dev)
-        db_pid = _vector(db_patent_ids, n_db, "db_patent_ids", dev)
+        q_pid = vector(query_patent_ids, n_q, "query_patent_ids", dev)
+        db_pid = vector(db_patent_ids, n_db, "db_patent_ids", dev)
 
     ex = None
     if exclude is not None:
-        ex = _as_tensor(exclude, dev)
+        ex = as_tensor(exclude, dev)
         if ex.is_floating_point() or ex.dtype == torch.bool:
             raise TypeError("exclude must be an integer tensor")
         if ex.dim() == 1:
             ex = ex[:, None]
         if ex.dim() != 2 or ex.shape[0] != n_q:
-            raise ValueError(f"exclude must have shape ({n_q},) or ({n_q}, E), got {tuple(_as_tensor(exclude).shape)}")
+            raise ValueError(f"exclude must have shape ({n_q},) or ({n_q}, E), got {tuple(as_tensor(exclude).shape)}")
         ex = ex.to(torch.int64)
         if ex.numel() and (int(ex.max()) >= n_db or int(ex.min()) < -1):
             raise ValueError("exclude indices must be in [-1, N)")
@@ -389,7 +267,7 @@ def retrieval_metrics(
     groups = {}
     if label_groups:
         for name, m in label_groups.items():
-            m = _as_tensor(m)
+            m = as_tensor(m)
             if m.dtype != torch.bool or m.shape != (n_q,):
                 raise ValueError(f"label_groups[{name!r}] must be a ({n_q},) bool mask")
             groups[name] = m.cpu()
@@ -460,7 +338,7 @@ def merge_identical_texts(text_features: torch.Tensor, text_ids) -> tuple:
     that is equal for identical texts (e.g. the row index of text j's token sequence among the distinct ones).
     The features of a distinct text are those of its first sample (identical texts have identical features)."""
     dev = text_features.device
-    ids = _vector(text_ids, text_features.shape[0], "text_ids", dev)
+    ids = vector(text_ids, text_features.shape[0], "text_ids", dev)
     _, inverse = torch.unique(ids, return_inverse=True)
     n_u = int(inverse.max()) + 1 if inverse.numel() else 0
     first = torch.full((n_u,), text_features.shape[0], dtype=torch.long, device=dev)
@@ -506,10 +384,10 @@ def image_text_recall(
     (text) that has no positive text (image) at all is left out of the fraction.  Same code
     path as :func:`retrieval_metrics` (its ``HitRate@K``), chunked the same way.
     """
-    ks = _ks(ks)
-    img = _features(image_features, "image_features")
+    ks = cutoffs(ks)
+    img = feature_matrix(image_features, "image_features")
     dev = img.device
-    txt = _features(text_features, "text_features", dev).to(img.dtype)
+    txt = feature_matrix(text_features, "text_features", dev).to(img.dtype)
     if text_ids is not None:
         if image_groups is not None or text_groups is not None:
             raise ValueError("text_ids pairs image i with text i: give it without image_groups/text_groups")
@@ -518,8 +396,8 @@ def image_text_recall(
         txt, image_groups = merge_identical_texts(txt, text_ids)
         text_groups = torch.arange(txt.shape[0], device=dev)
     n_i, n_t = img.shape[0], txt.shape[0]
-    ig = torch.arange(n_i, device=dev) if image_groups is None else _vector(image_groups, n_i, "image_groups", dev)
-    tg = torch.arange(n_t, device=dev) if text_groups is None else _vector(text_groups, n_t, "text_groups", dev)
+    ig = torch.arange(n_i, device=dev) if image_groups is None else vector(image_groups, n_i, "image_groups", dev)
+    tg = torch.arange(n_t, device=dev) if text_groups is None else vector(text_groups, n_t, "text_groups", dev)
     if image_groups is None and text_groups is None and n_i != n_t:
         raise ValueError(f"{n_i} images vs {n_t} texts: pass image_groups/text_groups to pair them")
     out: Dict[str, float] = {}
@@ -532,84 +410,3 @@ def image_text_recall(
     return out
 
 
-# ----------------------------------------------------------------------------------------
-# classification
-# ----------------------------------------------------------------------------------------
-@torch.no_grad()
-def classification_accuracy(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    topk: Iterable[int] = (1, 5),
-    *,
-    num_classes: Optional[int] = None,
-) -> Dict[str, object]:
-    """Top-k, per-class and balanced accuracy of ``(N, C)`` logits against ``(N,)`` labels.
-
-    Sample ``n`` is top-k correct iff the rank of its true class ``y`` is ``<= k``, where
-    ``rank = 1 + #{c : logit_c > logit_y} + #{c < y : logit_c == logit_y}`` (ties broken by
-    class index, smaller first -- deterministic, unlike ``torch.topk``).
-
-    Returns:
-        ``top{k}`` = fraction of samples top-k correct, for each k in ``topk`` with k <= C
-        (larger k are skipped); ``per_class_top1`` = list of length C with the top-1 accuracy
-        over the samples of each class (``None`` for classes without samples, so the dict stays
-        JSON-serialisable); ``balanced_top1`` = mean of ``per_class_top1`` over the classes that
-        have samples; ``num_samples``.
-    """
-    logits = _as_tensor(logits)
-    if logits.dim() != 2:
-        raise ValueError(f"logits must be (N, C), got {tuple(logits.shape)}")
-    if not logits.is_floating_point() or logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    n, n_cls = logits.shape
-    if num_classes is not None and int(num_classes) != n_cls:
-        raise ValueError(f"num_classes={num_classes} but logits have {n_cls} columns")
-    labels = _vector(labels, n, "labels", logits.device).to(torch.int64)
-    if n and (int(labels.min()) < 0 or int(labels.max()) >= n_cls):
-        raise ValueError(f"labels must be in [0, {n_cls})")
-    topk = _ks(topk, "topk")
-    if torch.isnan(logits).any():
-        raise ValueError("NaN logits")
-    true = logits.gather(1, labels[:, None])  # (N, 1)
-    idx = torch.arange(n_cls, device=logits.device)[None, :]
-    beats = (logits > true) | ((logits == true) & (idx < labels[:, None]))
-    rank = 1 + beats.sum(1)  # (N,)
-    out: Dict[str, object] = {}
-    for k in topk:
-        if k <= n_cls:
-            out[f"top{k}"] = _mean((rank <= k).double())
-    correct1 = (rank == 1).to(torch.int64).cpu()
-    lab = labels.cpu()
-    tot = torch.bincount(lab, minlength=n_cls)
-    hit = torch.bincount(lab, weights=correct1.double(), minlength=n_cls)
-    per_class = [float(hit[c] / tot[c]) if tot[c] > 0 else None for c in range(n_cls)]
-    present = [a for a in per_class if a is not None]
-    out["per_class_top1"] = per_class
-    out["balanced_top1"] = (math.fsum(present) / len(present)) if present else _NAN
-    out["num_samples"] = n
-    return out
-
-
-@torch.no_grad()
-def zero_shot_accuracy(
-    image_features: torch.Tensor,
-    classifier: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    topk: Iterable[int] = (1, 5),
-    num_classes: Optional[int] = None,
-) -> Dict[str, object]:
-    """Zero-shot classification accuracy.
-
-    ``classifier`` is the ``(D, C)`` matrix of L2-normalised class text embeddings returned by
-    ``open_clip.build_zero_shot_classifier``; logits = ``image_features @ classifier`` and the
-    result is exactly :func:`classification_accuracy` of those logits (``top1``, ``top5`` for
-    k <= C, ``per_class_top1``, ``balanced_top1``, ``num_samples``).
-    """
-    img = _features(image_features, "image_features")
-    cls = _as_tensor(classifier, img.device)
-    if cls.dim() != 2 or cls.shape[0] != img.shape[1]:
-        raise ValueError(f"classifier must be (D={img.shape[1]}, C), got {tuple(cls.shape)}")
-    cls = cls.float() if (not cls.is_floating_point() or cls.dtype in (torch.float16, torch.bfloat16)) else cls
-    logits = img @ cls.to(img.dtype)
-    return classification_accuracy(logits, labels, topk=topk, num_classes=num_classes)

@@ -1,0 +1,20 @@
+"""Evaluating trained models, as the papers measure them (``patentclip-eval``), and exporting them
+(``patentclip-export``); one concern per module:
+
+    metrics/          the metric definitions, pure torch (ranking: retrieval and image-text recall; classification)
+    settings.py       how an evaluation is run (EvalSettings)
+    features.py       model + loader -> normalised features and metadata; the zero-shot classifier
+    retrieval.py      image-to-image retrieval under the papers' protocol (prior-art filter, head / tail)
+    classification.py zero-shot, linear-probe and classification-head accuracy
+    image_text.py     image<->text recall
+    run.py            the whole evaluation of one model (EvalResult) and the headline table
+    during_training.py  the in-training evaluation hook (tensorboard, results.jsonl)
+    loading.py        a model to evaluate from a checkpoint, an open_clip tag or fresh weights
+    cli.py            the ``patentclip-eval`` command line
+    linear_probe.py   the logistic-regression probe on frozen features
+    report.py         the HTML report and its figures
+    export.py         ``patentclip-export``: a checkpoint -> an open_clip model folder
+
+Checkpoints are read with :mod:`patentclip.launch.checkpoint_format`; the head / tail split of the classes is the
+class table's (:meth:`patentclip.plugins.classes.ClassTable.head_mask`).
+"""
