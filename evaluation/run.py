@@ -65,7 +65,8 @@ def run_evaluation(model, dataloader, class_table, tokenizer, device, input_dtyp
         feats["citations"] = citations
     probe = (extract_features(model, probe_train_loader, device, input_dtype, with_text=False)
              if probe_train_loader is not None else None)
-    classifier = zero_shot_classifier(model, tokenizer, class_table.names, settings.templates, device, input_dtype)
+    classifier = zero_shot_classifier(model, tokenizer, class_table.names, settings.templates, device,
+                                      input_dtype) if settings.zero_shot else None
     n_cls = len(class_table)
 
     metrics: Dict[str, float] = {}

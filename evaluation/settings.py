@@ -29,6 +29,7 @@ class EvalSettings:
     ranking: str = "count"            # metrics.retrieval_metrics's method: "count", "sort" (reference), "topk"
     seed: int = 0
     extra_metrics: Tuple[str, ...] = ()  # registered extra metrics (evaluation/extra_metrics.py)
+    zero_shot: bool = True            # False: no zero-shot metrics (--zeroshot-frequency between its epochs)
 
     def __post_init__(self):
         if self.relevance not in ("class", "patent", "citation"):

@@ -6,6 +6,7 @@ and field is defined in :mod:`patentclip.launch.checkpoint_format`, which also r
 
     epoch_<N>.pt            open_clip format {epoch, name, state_dict}: vanilla open_clip loads it
                             (``--pretrained epoch_N.pt``; logit_scale stored 0-dim as open_clip has it)
+    epoch_latest.pt         with ``--save-most-recent``: a copy of the newest epoch_<N>.pt (open_clip's name)
     deepspeed/<tag>/        DeepSpeed engine state: model, optimizer, ZeRO partitions (one file per rank),
                             plus ``meta.json`` (epoch, step, the size of every file) written last
     deepspeed/latest        the tag of the newest COMPLETE checkpoint
@@ -65,6 +66,7 @@ from patentclip.launch import safe_load
 from patentclip.launch.diskspace import free_bytes, human, is_disk_full, write_atomic
 from patentclip.plugins.remote_io import is_remote, retry
 
+LATEST_PT = "epoch_latest.pt"  # --save-most-recent
 # retries of a checkpoint upload, download or commit (default 5, fewer than the shard reader's
 # PATENTCLIP_IO_RETRIES: a checkpoint taken at a stop signal must be committed within the scheduler's grace time,
 # and 5 retries wait 15.5 s in all at the default backoff); the waits follow PATENTCLIP_IO_BACKOFF
@@ -274,6 +276,10 @@ class CheckpointStore:
                 try:
                     torch.save(oc, tmp)
                     os.replace(tmp, pt_file)
+                    if args.save_most_recent:  # open_clip's --save-most-recent: the newest epoch as epoch_latest.pt
+                        tmp = _unique(os.path.join(self.local, LATEST_PT))
+                        shutil.copyfile(pt_file, tmp)
+                        os.replace(tmp, os.path.join(self.local, LATEST_PT))
                 except Exception as exc:
                     error = exc
                     _remove(tmp)
@@ -295,7 +301,8 @@ class CheckpointStore:
                 for name in mine:
                     _upload(os.path.join(local_tag, name), posixpath.join(self.remote_ds, tag, name), self.retries)
                 if args.rank == 0 and not mid_epoch:
-                    _upload(pt_file, posixpath.join(self.remote, f"epoch_{epoch}.pt"), self.retries)
+                    for name in [f"epoch_{epoch}.pt"] + ([LATEST_PT] if args.save_most_recent else []):
+                        _upload(os.path.join(self.local, name), posixpath.join(self.remote, name), self.retries)
         except CheckpointError as exc:
             ok, error = False, str(exc)
         oks = _gather((ok, error), args.world_size)

@@ -34,7 +34,9 @@ rank ``i`` is relevant:
   "per-class" mAP; equals ``mAP`` when every label has the same number of valid queries).
 
 :func:`image_text_recall` -- DesignCLIP-style image<->text retrieval R@1/5/10, the hit-rate
-definition (``HitRate@K`` above; sample ``i``'s image and text are the positive pair by default).
+definition (``HitRate@K`` above; sample ``i``'s image and text are the positive pair by default;
+identical texts count as one text, whose positives are all the drawings it describes, when
+``text_ids`` says which texts are identical).
 
 Memory and cost
 ---------------
@@ -323,6 +325,19 @@ def retrieval_metrics(
 
 
 @torch.no_grad()
+def merge_identical_texts(text_features: torch.Tensor, text_ids) -> tuple:
+    """``(features of each distinct text, index of each sample's text among them)`` for ``text_ids[j]`` = an id
+    that is equal for identical texts (e.g. the row index of text j's token sequence among the distinct ones).
+    The features of a distinct text are those of its first sample (identical texts have identical features)."""
+    dev = text_features.device
+    ids = vector(text_ids, text_features.shape[0], "text_ids", dev)
+    _, inverse = torch.unique(ids, return_inverse=True)
+    n_u = int(inverse.max()) + 1 if inverse.numel() else 0
+    first = torch.full((n_u,), text_features.shape[0], dtype=torch.long, device=dev)
+    first = first.scatter_reduce(0, inverse, torch.arange(ids.shape[0], device=dev), reduce="amin")
+    return text_features[first], inverse
+
+
 def image_text_recall(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
@@ -330,6 +345,7 @@ def image_text_recall(
     *,
     image_groups: Optional[torch.Tensor] = None,
     text_groups: Optional[torch.Tensor] = None,
+    text_ids: Optional[torch.Tensor] = None,
     chunk_size: Optional[int] = None,
     max_chunk_bytes: int = 1 << 30,
 ) -> Dict[str, float]:
@@ -347,6 +363,15 @@ def image_text_recall(
     * ``text_to_image_R@K`` = fraction of texts for which at least one positive image is among
       the K images most similar to the text.
 
+    **Identical texts** (``text_ids``: equal ids for identical captions, with sample ``i``'s image and
+    text the pair): an evaluation set often holds the same caption for several drawings, and
+    identical texts have bit-identical features, so with one text per sample the rank of a
+    drawing's own copy among them, hence R@K, would depend on the order of the samples. With
+    ``text_ids`` they are one text: the gallery of image->text holds each distinct text once, and
+    its positives for an image are that image's caption; text->image has one query per distinct
+    text, whose positives are all the drawings it describes. ``text_to_image_R@K`` is then a
+    fraction of the distinct texts. The result does not depend on the order of the samples.
+
     Similarity = dot product (features assumed L2-normalised); ties broken by index.  An image
     (text) that has no positive text (image) at all is left out of the fraction.  Same code
     path as :func:`retrieval_metrics` (its ``HitRate@K``), chunked the same way.
@@ -355,6 +380,13 @@ def image_text_recall(
     img = feature_matrix(image_features, "image_features")
     dev = img.device
     txt = feature_matrix(text_features, "text_features", dev).to(img.dtype)
+    if text_ids is not None:
+        if image_groups is not None or text_groups is not None:
+            raise ValueError("text_ids pairs image i with text i: give it without image_groups/text_groups")
+        if img.shape[0] != txt.shape[0]:
+            raise ValueError(f"{img.shape[0]} images vs {txt.shape[0]} texts: text_ids needs one text per image")
+        txt, image_groups = merge_identical_texts(txt, text_ids)
+        text_groups = torch.arange(txt.shape[0], device=dev)
     n_i, n_t = img.shape[0], txt.shape[0]
     ig = torch.arange(n_i, device=dev) if image_groups is None else vector(image_groups, n_i, "image_groups", dev)
     tg = torch.arange(n_t, device=dev) if text_groups is None else vector(text_groups, n_t, "text_groups", dev)
