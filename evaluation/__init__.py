@@ -7,6 +7,7 @@ per module:
     settings.py       how an evaluation is run (EvalSettings)
     features.py       model + loader -> normalised features and metadata; the zero-shot classifier
     retrieval.py      image-to-image retrieval under the papers' protocol (prior-art filter, head / tail)
+    citations.py      relevance by the examiner's citations (--relevance citation): the citations read from shards
     classification.py zero-shot, linear-probe and classification-head accuracy
     image_text.py     image<->text recall
     run.py            the whole evaluation of one model (EvalResult) and the headline table

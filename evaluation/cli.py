@@ -5,8 +5,9 @@ Metrics (exact definitions in :mod:`patentclip.evaluation.metrics`, protocol in 
     MRR@10 (also HitRate@K, P@K, per-class mAP) with the prior-art filter -- a query granted on day t_q
     searches only drawings granted before t_q -- for all classes and for head / tail classes separately
     (head = the 40% most frequent training classes, or classes.json's "category"). Relevance by class (the
-    paper) or by patent (DeepPatent's re-identification), --relevance. The query's own patent is never a
-    candidate in the class setting; in the patent setting the query drawing itself is not. R@K is the paper's
+    paper), by patent (DeepPatent's re-identification) or by the examiner's citations (the real prior art:
+    :mod:`patentclip.evaluation.citations`), --relevance. The query's own patent is never a candidate in the
+    class and citation settings; in the patent setting the query drawing itself is not. R@K is the paper's
     recall (relevant items in the top K / all relevant items); the hit rate is reported as HitRate@K.
   * image->text and text->image R@1/5/10 (each drawing with its caption; DesignCLIP / PatentCLIP tables)
   * zero-shot classification top-1/top-5 and balanced top-1 with class-name prompts (--templates), per class
@@ -34,12 +35,14 @@ import torch
 
 from patentclip.evaluation import report as R
 from patentclip.evaluation.index import eval_features
+from patentclip.evaluation.citations import load_citations
 from patentclip.evaluation.loading import LoadedModel, load_for_eval
 from patentclip.evaluation.run import format_table, run_evaluation
 from patentclip.evaluation.settings import DEFAULT_TEMPLATES, EvalSettings
 from patentclip.plugins.classes import ClassTable, load_class_table
+from patentclip.evaluation.extra_metrics import check_metric_names, metric_names
 from patentclip.plugins.builtin import load_builtin_plugins
-from patentclip.plugins.registry import DATASETS
+from patentclip.plugins.registry import DATASETS, import_plugin_modules
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,12 +77,14 @@ Examples:
     g.add_argument("--out", default=None,
                    help="Write JSON here: the metrics (top level), 'per_class' and 'settings' (and 'baseline').")
     g = p.add_argument_group("retrieval")
-    g.add_argument("--relevance", choices=["class", "patent"], default="class",
-                   help="A result is relevant if it shows the query's Locarno class (the LLM-informed paper) or "
-                        "the query's patent (DeepPatent re-identification). Default: %(default)s.")
+    g.add_argument("--relevance", choices=["class", "patent", "citation"], default="class",
+                   help="A result is relevant if it shows the query's Locarno class (the LLM-informed paper), "
+                        "the query's patent (DeepPatent re-identification), or a patent the examiner cited against "
+                        "the query's patent (the citations_examiner field that --format uspto shards carry: the "
+                        "real prior art). Default: %(default)s.")
     g.add_argument("--prior-art", choices=["auto", "on", "off"], default="auto",
                    help="Prior-art filter: only drawings granted strictly before the query's patent are searched. "
-                        "auto = on for --relevance class, off for patent. Default: %(default)s.")
+                        "auto = on for --relevance class and citation, off for patent. Default: %(default)s.")
     g.add_argument("--retrieval-db", default=None,
                    help="Shards of the database to search (default: the evaluation drawings themselves).")
     g.add_argument("--retrieval-index", default=None,
@@ -112,6 +117,11 @@ Examples:
     g.add_argument("--map-method", choices=["pca", "tsne"], default="pca",
                    help="2-D embedding map: PCA (torch) or t-SNE (needs scikit-learn).")
     g.add_argument("--map-points", type=int, default=3000, help="At most this many drawings in the embedding map.")
+    g = p.add_argument_group("extra metrics (docs/extending.md)")
+    g.add_argument("--metrics", default="",
+                   help="Comma-separated registered extra metrics to compute besides the built-in ones.")
+    g.add_argument("--plugins", default="",
+                   help="Comma-separated Python modules to import first: they register their own metrics.")
     return p
 
 
@@ -130,10 +140,11 @@ def _evaluate_cli_model(loaded: LoadedModel, class_table, settings, args, device
         if args.retrieval_db else None
     probe_loader = _loader(args.probe_train_data, loaded.preprocess, loaded.tokenizer, class_table, args) \
         if args.probe_train_data and settings.linear_probe != "off" else None
+    citations = load_citations(args.val_data) if settings.relevance == "citation" else None
     return run_evaluation(loaded.model, loader, class_table, loaded.tokenizer, device, torch.float32, settings,
                           head=loaded.head, is_head=is_head, train_counts=train_counts, db_loader=db_loader,
                           db_features=db_features, probe_train_loader=probe_loader, examples=examples,
-                          example_k=args.report_top_k)
+                          example_k=args.report_top_k, citations=citations)
 
 
 def _check_classes(class_table, classes: Optional[List[Dict]], what: str) -> None:
@@ -162,13 +173,17 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(message)s")
     load_builtin_plugins()
     try:
+        import_plugin_modules(args.plugins.split(","))
+        extra = metric_names(args.metrics)
+        check_metric_names(extra)
         settings = EvalSettings(relevance=args.relevance, prior_art=args.prior_art,
                                 ks=tuple(int(k) for k in args.ks.split(",") if k.strip()), mrr_k=args.mrr_k,
                                 templates=tuple(args.templates.split("|")) if args.templates else DEFAULT_TEMPLATES,
                                 linear_probe=args.linear_probe, probe_folds=args.probe_folds,
-                                max_chunk_bytes=args.max_chunk_mb << 20, ranking=args.ranking, seed=args.seed)
-    except ValueError as exc:
-        print(f"patentclip-eval: {exc}", file=sys.stderr)
+                                max_chunk_bytes=args.max_chunk_mb << 20, ranking=args.ranking, seed=args.seed,
+                                extra_metrics=extra)
+    except (ValueError, KeyError, ImportError) as exc:
+        print(f"patentclip-eval: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
     if args.retrieval_index and (args.retrieval_db or args.baseline):
         print("patentclip-eval: --retrieval-index holds one model's vectors: it cannot be combined with "
@@ -198,8 +213,12 @@ def main(argv=None) -> int:
         train_counts = train_table.counts()
         is_head = class_table.head_mask(train_counts, train_table.categories())
         n_examples = args.report_examples if args.report else 0
-        result = _evaluate_cli_model(loaded, class_table, settings, args, device, is_head, train_counts, n_examples,
-                                     db_features)
+        try:
+            result = _evaluate_cli_model(loaded, class_table, settings, args, device, is_head, train_counts,
+                                         n_examples, db_features)
+        except ValueError as exc:  # e.g. --relevance citation on shards without citations
+            print(f"patentclip-eval: {exc}", file=sys.stderr)
+            return 2
         label = os.path.basename(str(args.checkpoint).rstrip("/")) if args.checkpoint else loaded.source
         rows = {label: result.metrics}
         baseline = None

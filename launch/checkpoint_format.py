@@ -427,6 +427,7 @@ def read_checkpoint(path: str, workdir: Optional[str] = None, head_builder: Opti
         return ck
     if path.startswith("file://"):
         path = path[len("file://"):]
+    path = os.path.abspath(path)  # recorded as the source: it must name the checkpoint from any working directory
     if os.path.isfile(path):
         return _read_open_clip_file(path)
     if os.path.isdir(path):

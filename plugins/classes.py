@@ -93,6 +93,10 @@ def balance_weights(counts, beta: float) -> torch.Tensor:
     return w / (freq * w).sum()
 
 
+class ClassMismatch(ValueError):
+    """A sample's class code or name is not the one classes.json gives its class id."""
+
+
 @dataclass(frozen=True)
 class ClassInfo:
     id: int
@@ -149,6 +153,19 @@ class ClassTable:
     def balance_weights(self, beta: float) -> torch.Tensor:
         """The class-balance weights ``w_c = f_c^-beta`` of this table's counts (:func:`balance_weights`)."""
         return balance_weights(self.counts(), beta)
+
+    def check_class(self, class_id: int, code: Optional[str], name: Optional[str], where: str = "") -> int:
+        """``check_id``, and the code and name a sample's metadata gives for its class id (when it gives them)
+        against this table's: a classes.json of another build, or one whose names were swapped, would otherwise
+        train and evaluate every class under another's name. Raises :class:`ClassMismatch`."""
+        cid = self.check_id(class_id, where)
+        c = self.classes[cid]
+        if (code is not None and str(code) != c.code) or (name is not None and str(name) != c.name):
+            raise ClassMismatch(
+                f"{where + ': ' if where else ''}class id {cid} is {code} {name!r} in the shard but {c.code} "
+                f"{c.name!r} in {self.source}: were the shards built with another classes.json, or were its names "
+                f"edited? Use the classes.json the shards were built with (--classes-json).")
+        return cid
 
     def check_id(self, class_id: int, where: str = "") -> int:
         """``class_id`` as an int, or :class:`UnknownClassError` when the table does not define it."""

@@ -21,7 +21,7 @@ PATCH_POINTS = {"open_clip_train.data": ["group_by_keys_nothrow"]}
 REUSED_NAMES = {
     "open_clip": ["create_model_and_transforms", "get_tokenizer", "build_zero_shot_classifier", "ClipLoss",
                   "get_input_dtype", "add_model_config", "list_models"],
-    "open_clip.loss": ["gather_features"],
+    "open_clip.loss": ["gather_features", "SigLipLoss"],
     "open_clip_train.params": ["parse_args"],
     "open_clip_train.distributed": ["init_distributed_device", "is_master", "broadcast_object",
                                     "world_info_from_env"],

@@ -6,7 +6,8 @@ Definitions
 :func:`retrieval_metrics` -- image retrieval as in "Large Language Model Informed Patent Image
 Retrieval" (sec. 3.4).  For a query ``q`` let ``C_q`` be its *candidate set* (the database,
 minus items removed by the prior-art time filter, ``exclude`` and the same-patent exclusion),
-ranked by similarity, and ``Rel_q`` the relevant candidates (``db_label == query_label``).  A
+ranked by similarity, and ``Rel_q`` the relevant candidates (``db_label == query_label``, or
+the database items listed for ``q`` in ``relevant``, e.g. its examiner's citations).  A
 query with ``|Rel_q| = 0`` is *not valid*: it is left out of every average and counted in
 ``num_queries_without_relevant``.  For a valid query, with ``rel(i)`` = 1 if the candidate at
 rank ``i`` is relevant:
@@ -33,7 +34,9 @@ rank ``i`` is relevant:
   "per-class" mAP; equals ``mAP`` when every label has the same number of valid queries).
 
 :func:`image_text_recall` -- DesignCLIP-style image<->text retrieval R@1/5/10, the hit-rate
-definition (``HitRate@K`` above; sample ``i``'s image and text are the positive pair by default).
+definition (``HitRate@K`` above; sample ``i``'s image and text are the positive pair by default;
+identical texts count as one text, whose positives are all the drawings it describes, when
+``text_ids`` says which texts are identical).
 
 Memory and cost
 ---------------
@@ -131,6 +134,7 @@ def retrieval_metrics(
     return_per_query: bool = False,
     return_top_k: int = 0,
     method: str = "count",
+    relevant: Optional[torch.Tensor] = None,
 ) -> Dict[str, object]:
     """Image-retrieval metrics (mAP, R@K, HitRate@K, P@K, MRR@K) with the optional prior-art time filter.
 
@@ -171,6 +175,11 @@ def retrieval_metrics(
             ``"topk"`` computes the top-K metrics only (R@K, HitRate@K, P@K, MRR@K; no ``mAP`` keys,
             and ``first_relevant_rank`` is -1 for a first relevant item below the top ``max(ks,
             mrr_k)``).
+        relevant: optional ``(Q, M)`` integer tensor of the database indices relevant to each
+            query, padded with ``-1``; when given it **replaces** label equality as the
+            relevance rule (e.g. the drawings of the patents an examiner cited against the
+            query's patent); the labels then only group queries for ``mAP_macro``. A relevant
+            item must still be a candidate (time filter and exclusions apply).
 
     Returns:
         dict with ``mAP``, ``R@K``, ``HitRate@K`` and ``P@K`` for each K in ``ks``,
@@ -233,6 +242,17 @@ def retrieval_metrics(
         if ex.numel() and (int(ex.max()) >= n_db or int(ex.min()) < -1):
             raise ValueError("exclude indices must be in [-1, N)")
 
+    rel_idx = None
+    if relevant is not None:
+        rel_idx = as_tensor(relevant, dev)
+        if rel_idx.is_floating_point() or rel_idx.dtype == torch.bool or rel_idx.dim() != 2 or \
+                rel_idx.shape[0] != n_q:
+            raise ValueError(f"relevant must be a ({n_q}, M) integer tensor, got "
+                             f"{tuple(rel_idx.shape)} {rel_idx.dtype}")
+        rel_idx = rel_idx.to(torch.int64)
+        if rel_idx.numel() and (int(rel_idx.max()) >= n_db or int(rel_idx.min()) < -1):
+            raise ValueError("relevant indices must be in [-1, N)")
+
     groups = {}
     if label_groups:
         for name, m in label_groups.items():
@@ -256,7 +276,14 @@ def retrieval_metrics(
             ok = exc >= 0
             r = torch.arange(c, device=dev)[:, None].expand_as(exc)[ok]
             cand[r, exc[ok]] = False
-        rel = (db_lab[None, :] == q_lab[s:e, None]) & cand
+        if rel_idx is None:
+            rel = (db_lab[None, :] == q_lab[s:e, None]) & cand
+        else:  # the given relevant items (citations) instead of label equality, still only candidates
+            rel = torch.zeros((c, n_db), dtype=torch.bool, device=dev)
+            ri = rel_idx[s:e]
+            ok = ri >= 0
+            rel[torch.arange(c, device=dev)[:, None].expand_as(ri)[ok], ri[ok]] = True
+            rel &= cand
         # the metrics' statistics of the chunk (ties: the smaller database index first)
         st = R.chunk_statistics(scores, cand, rel, sorted(set(ks) | {mrr_k}) if method == "topk" else ks,
                                 return_top_k, method)
@@ -298,6 +325,19 @@ def retrieval_metrics(
 
 
 @torch.no_grad()
+def merge_identical_texts(text_features: torch.Tensor, text_ids) -> tuple:
+    """``(features of each distinct text, index of each sample's text among them)`` for ``text_ids[j]`` = an id
+    that is equal for identical texts (e.g. the row index of text j's token sequence among the distinct ones).
+    The features of a distinct text are those of its first sample (identical texts have identical features)."""
+    dev = text_features.device
+    ids = vector(text_ids, text_features.shape[0], "text_ids", dev)
+    _, inverse = torch.unique(ids, return_inverse=True)
+    n_u = int(inverse.max()) + 1 if inverse.numel() else 0
+    first = torch.full((n_u,), text_features.shape[0], dtype=torch.long, device=dev)
+    first = first.scatter_reduce(0, inverse, torch.arange(ids.shape[0], device=dev), reduce="amin")
+    return text_features[first], inverse
+
+
 def image_text_recall(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
@@ -305,6 +345,7 @@ def image_text_recall(
     *,
     image_groups: Optional[torch.Tensor] = None,
     text_groups: Optional[torch.Tensor] = None,
+    text_ids: Optional[torch.Tensor] = None,
     chunk_size: Optional[int] = None,
     max_chunk_bytes: int = 1 << 30,
 ) -> Dict[str, float]:
@@ -322,6 +363,15 @@ def image_text_recall(
     * ``text_to_image_R@K`` = fraction of texts for which at least one positive image is among
       the K images most similar to the text.
 
+    **Identical texts** (``text_ids``: equal ids for identical captions, with sample ``i``'s image and
+    text the pair): an evaluation set often holds the same caption for several drawings, and
+    identical texts have bit-identical features, so with one text per sample the rank of a
+    drawing's own copy among them, hence R@K, would depend on the order of the samples. With
+    ``text_ids`` they are one text: the gallery of image->text holds each distinct text once, and
+    its positives for an image are that image's caption; text->image has one query per distinct
+    text, whose positives are all the drawings it describes. ``text_to_image_R@K`` is then a
+    fraction of the distinct texts. The result does not depend on the order of the samples.
+
     Similarity = dot product (features assumed L2-normalised); ties broken by index.  An image
     (text) that has no positive text (image) at all is left out of the fraction.  Same code
     path as :func:`retrieval_metrics` (its ``HitRate@K``), chunked the same way.
@@ -330,6 +380,13 @@ def image_text_recall(
     img = feature_matrix(image_features, "image_features")
     dev = img.device
     txt = feature_matrix(text_features, "text_features", dev).to(img.dtype)
+    if text_ids is not None:
+        if image_groups is not None or text_groups is not None:
+            raise ValueError("text_ids pairs image i with text i: give it without image_groups/text_groups")
+        if img.shape[0] != txt.shape[0]:
+            raise ValueError(f"{img.shape[0]} images vs {txt.shape[0]} texts: text_ids needs one text per image")
+        txt, image_groups = merge_identical_texts(txt, text_ids)
+        text_groups = torch.arange(txt.shape[0], device=dev)
     n_i, n_t = img.shape[0], txt.shape[0]
     ig = torch.arange(n_i, device=dev) if image_groups is None else vector(image_groups, n_i, "image_groups", dev)
     tg = torch.arange(n_t, device=dev) if text_groups is None else vector(text_groups, n_t, "text_groups", dev)

@@ -21,7 +21,7 @@ from patentclip.plugins.classes import ClassTable
 from patentclip.plugins.data.loader import PatentLoader
 from patentclip.plugins.data.stored_size import check_stored_size, model_image_size
 from patentclip.plugins.data.stream import PatentStream
-from patentclip.plugins.data.tars import dataset_size
+from patentclip.plugins.data.tars import DEFAULT_MAX_UNREADABLE, dataset_size
 from patentclip.plugins.image_transport import ImageTransport
 from patentclip.plugins.registry import DATASETS, SAMPLERS
 
@@ -84,7 +84,8 @@ def build_patent_dataset(args, preprocess_img, is_train: bool, epoch: int = 0, t
         multiview=bool(getattr(args, "multiview", False)) and is_train,
         random_caption=getattr(args, "caption_choice", "random") == "random",
         group_shards=int(getattr(args, "shuffle_group_shards", 4) or 4), num_worker_batches=num_worker_batches,
-        resampled=resampled, weights=url_weights)
+        resampled=resampled, weights=url_weights,
+        max_unreadable_shards=float(getattr(args, "max_unreadable_shards", DEFAULT_MAX_UNREADABLE)))
     loader = PatentLoader(dataset, workers, num_batches, num_samples)
     logging.debug("patent-wds %s: %d samples, %d batches", "train" if is_train else "val", num_samples, num_batches)
     return DataInfo(dataloader=loader, shared_epoch=shared_epoch)
