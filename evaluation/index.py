@@ -457,7 +457,8 @@ def commit_faiss(folder: str, manifest: Dict, new_parts: Sequence[Dict], *, rebu
     tmp = os.path.join(folder, ".tmp-" + new_file)
     faiss.write_index(index, tmp)
     os.replace(tmp, os.path.join(folder, new_file))
-    manifest = {**manifest, "parts": [{k: p[k] for k in ("name", "shard", "rows")} for p in parts], "rows": rows,
+    manifest = {**manifest, "parts": [{k: p[k] for k in ("name", "shard", "rows", "max_side") if k in p} for p in parts],
+                "rows": rows,
                 "faiss": {**asdict(spec), "file": new_file, "rows": rows, "faiss_version": faiss_compat.VERSION,
                           "recall": recall}}
     write_json(os.path.join(folder, MANIFEST), manifest)
@@ -547,6 +548,13 @@ class PriorArtIndex:
     @property
     def dim(self) -> int:
         return int(self.manifest["model"]["embed_dim"])
+
+    @property
+    def stored_max_side(self) -> Optional[int]:
+        """The longest side of the indexed drawings as the shards store them (the builder's ``--max-side``, when any
+        drawing was larger), or None when the parts do not say."""
+        sides = [int(p["max_side"]) for p in self.manifest["parts"] if p.get("max_side")]
+        return max(sides) if sides else None
 
     @property
     def avg_drawings_per_patent(self) -> float:

@@ -181,7 +181,7 @@ class ShardBatches(IterableDataset):
             item.pop(B.TEXT, None)  # the captions are not embedded
             name, off, size = s["__members__"][SF.image_ext_of(s)]
             extra.append({"title": str(s["__meta__"].get(SF.TITLE) or ""), "member": name, "offset": off,
-                          "size": size})
+                          "size": size, "side": max(s["__meta__"].get(SF.SIZE) or [0])})
             batch.append(item)
             if len(batch) == self.batch_size:
                 yield emit(False)
@@ -291,7 +291,7 @@ def embed_shards(loaded, urls: Sequence[str], folder: str, *, model_info: Dict, 
             failed[url] = item["error"]
             logging.error("shard %s could not be read: %s (left out; the next run retries it)", url, item["error"])
             continue
-        a = acc.setdefault(url, {**{c: [] for c in X.META_COLUMNS}, "vectors": []})
+        a = acc.setdefault(url, {**{c: [] for c in X.META_COLUMNS}, "vectors": [], "side": [0]})
         b = item["batch"]
         if b is not None:
             f = extract_features(loaded.model, _OneBatch(b, transport), device, torch.float32, with_text=False)
@@ -306,12 +306,14 @@ def embed_shards(loaded, urls: Sequence[str], folder: str, *, model_info: Dict, 
             for e in item["extra"]:
                 for c in ("title", "member", "offset", "size"):
                     a[c].append(e[c])
+                a["side"].append(int(e["side"]))
             bar.update(n)
         if item["last"]:
             vecs = np.concatenate(a["vectors"]) if a["vectors"] else np.zeros((0, model_info["embed_dim"]), np.float32)
             rec = X.write_part(folder, X.part_name(url), {c: a[c] for c in X.META_COLUMNS}, vecs,
                                {"shard": url, "model_fingerprint": model_info["fingerprint"],
-                                "problems": item["problems"], "created": _now()}, vector_dtype)
+                                "problems": item["problems"], "max_side": max(a["side"]), "created": _now()},
+                               vector_dtype)
             del acc[url]
             committed += 1
             if item["problems"]:

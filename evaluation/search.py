@@ -9,8 +9,8 @@ A query is one or several drawings of one design (``--image``, repeatable: a dra
 over the query's views, or ``--combine mean`` averages the views into one query), a text through the text tower
 (``--text``), or a patent or drawing already in the index (``--patent``, ``--key``: its drawings are the query,
 its grant date the prior-art date unless ``--before`` says otherwise, and its own patent is excluded). Query
-drawings are normalised as ``patentclip-shards build`` normalises drawings (grey, white background, longest side
-``--max-side``) and embedded with the index's own model by the evaluation preprocessing, so a drawing that is in
+drawings are normalised as ``patentclip-shards build`` normalises drawings (grey, white background, longest side as
+the indexed drawings are stored, or ``--max-side``) and embedded with the index's own model by the evaluation preprocessing, so a drawing that is in
 the index finds itself.
 
 Filters: ``--before DATE`` (only patents granted strictly before: the prior-art filter), ``--after DATE``,
@@ -21,7 +21,6 @@ Filters: ``--before DATE`` (only patents granted strictly before: the prior-art 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import sys
@@ -40,7 +39,7 @@ from patentclip.plugins.data import batch as B
 from patentclip.plugins.data.batch import collate_patent_batch
 from patentclip.plugins.grey_preprocess import GreyAwarePreprocess
 from patentclip.plugins.image_transport import ImageTransport
-from patentclip.shards.images import DEFAULT_MAX_SIDE, ImageError, ImageOptions, normalize_image
+from patentclip.shards.images import DEFAULT_MAX_SIDE, ImageError, decode_drawing
 
 
 class QueryError(ValueError):
@@ -50,17 +49,17 @@ class QueryError(ValueError):
 class Searcher:
     """An index with its model loaded: embeds queries and searches (the CLI and the web page use this)."""
 
-    def __init__(self, index: X.PriorArtIndex, loaded, device, max_side: int = DEFAULT_MAX_SIDE):
+    def __init__(self, index: X.PriorArtIndex, loaded, device, max_side: Optional[int] = None):
         self.index = index
         self.loaded = loaded
         self.device = torch.device(device)
+        self.max_side = max_side or index.stored_max_side or DEFAULT_MAX_SIDE
         self.transport = ImageTransport.choose("uint8", loaded.preprocess)  # as patentclip-index embedded drawings
         self.preprocess = GreyAwarePreprocess(loaded.preprocess, self.transport)
-        self.image_options = ImageOptions(image_format="png", mode="L", max_side=max_side)
 
     @classmethod
     def open(cls, folder: str, checkpoint: Optional[str] = None, device: Optional[str] = None,
-             max_side: int = DEFAULT_MAX_SIDE, workdir: Optional[str] = None) -> "Searcher":
+             max_side: Optional[int] = None, workdir: Optional[str] = None) -> "Searcher":
         """Open ``folder`` and load the model it was built with (``checkpoint``: where that model is now; its
         weights must have the index's fingerprint)."""
         index = X.PriorArtIndex.open(folder)
@@ -81,13 +80,12 @@ class Searcher:
 
     # -- embedding ------------------------------------------------------------------------------------------
     def decode(self, data: bytes, name: str = "image") -> Image.Image:
-        """A query drawing as the shard builder would store it (grey, white background, longest side limited)."""
+        """A query drawing as the shard builder stores drawings (grey, white background, longest side limited to
+        the indexed drawings' stored size)."""
         try:
-            png, _, _ = normalize_image(bytes(data), self.image_options)
+            img, _ = decode_drawing(bytes(data), "L", self.max_side)
         except ImageError as exc:
             raise QueryError(f"{name}: {exc}") from None
-        img = Image.open(io.BytesIO(png))
-        img.load()
         return img
 
     @torch.no_grad()
@@ -215,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", default=None, help="Where the index's model is now, when it moved.")
     g.add_argument("--device", default=None, help="Default: cuda when there is a GPU, else cpu.")
-    g.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
-                   help="Longest side query drawings are shrunk to, as the shard builder's --max-side.")
+    g.add_argument("--max-side", type=int, default=None,
+                   help="Longest side query drawings are shrunk to, as the shard builder's --max-side (default: the "
+                        "indexed drawings' stored size, else the builder's default).")
     return p
 
 
@@ -232,7 +231,7 @@ def serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765, help="Port (0: any free port). Default: %(default)s.")
     p.add_argument("--checkpoint", default=None, help="Where the index's model is now, when it moved.")
     p.add_argument("--device", default=None)
-    p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE)
+    p.add_argument("--max-side", type=int, default=None, help="As for a query (default: the indexed drawings').")
     p.add_argument("--max-upload-mb", type=int, default=20, help="Largest request body. Default: %(default)s.")
     return p
 

@@ -103,6 +103,7 @@ def test_index_holds_every_drawing_as_eval_embeds_it(full, synthetic_shards, tin
     assert idx.rows == sum(sizes.values()) and len(set(idx.key.tolist())) == idx.rows
     assert [p["shard"] for p in idx.manifest["parts"]] == all_shards(synthetic_shards)
     assert idx.manifest["faiss"]["kind"] == "flat" and idx.manifest["vector_dtype"] == "float16"
+    assert idx.stored_max_side == 64  # the synthetic drawings' size: query drawings are shrunk to it
     # the same drawings, dates and classes as the evaluation pipeline reads, and the same embeddings (to float16)
     load_builtin_plugins()
     loaded = EL.load_for_eval(tiny_model, None, None, "cpu")
