@@ -1,7 +1,6 @@
 """ArcFace (plugins/arcface.py): the loss against a brute-force per-sample reference and against
 pytorch-metric-learning's ArcFaceLoss, the patent-id label space, the plugin in a LossSet, and a two-stage run
 (designclip, then ArcFace fine-tuning of the stage-1 image tower) end to end with resume and export."""
-import argparse
 import json
 import math
 import os
@@ -19,6 +18,7 @@ from patentclip.plugins import arcface as A
 from patentclip.plugins.classes import ClassInfo, ClassTable
 from patentclip.plugins.losses import LossSet
 from patentclip.plugins.models import register_model_configs
+from patentclip.launch.args import default_args
 from patentclip.plugins.builtin import load_builtin_plugins
 from patentclip.plugins.registry import LOSSES
 
@@ -120,7 +120,7 @@ def loss_args(**kw):
     base = dict(model="patentclip-tiny", arcface_labels="patent", arcface_scale=64.0, arcface_margin=0.5,
                 arcface_label_table=None, train_data=None, rank=0, world_size=1, logs=None, name=None)
     base.update(kw)
-    return argparse.Namespace(**base)
+    return default_args(**base)
 
 
 def test_plugin_in_a_loss_set(tmp_path):
