@@ -26,10 +26,11 @@ $(STAMP): setup.cfg pyproject.toml $(LOCK)
 demo: $(STAMP)
 	$(VENV)/bin/patentclip-demo
 
-# system packages the tests use: Debian's chromium (report test); slurm-wlm + munge are installed by the
-# SLURM fixture itself (tests/slurm_cluster.py); SeaweedFS comes from PyPI (dev extra)
+# system packages the tests use: Debian's chromium (report test) and tesseract-ocr (USPTO importer's label OCR);
+# slurm-wlm + munge are installed by the SLURM fixture itself (tests/slurm_cluster.py); SeaweedFS comes from PyPI
 test: $(STAMP)
 	sh tests/install_chromium.sh
+	sh tests/install_tesseract.sh
 	$(PY) -m pytest -q --durations=15
 
 # every benchmark as a subprocess, each ratio measured within one run, the machine described, peak memory

@@ -11,6 +11,7 @@ import os
 from typing import Dict
 
 from patentclip.evaluation.classification import find_classification_head
+from patentclip.evaluation.extra_metrics import metric_names
 from patentclip.evaluation.run import evaluate_model
 from patentclip.evaluation.settings import DEFAULT_TEMPLATES, EvalSettings
 
@@ -28,7 +29,8 @@ def evaluate_during_training(engine, val_data, class_table, tokenizer, epoch, ar
     templates = args.eval_zeroshot_templates.split("|") if args.eval_zeroshot_templates else DEFAULT_TEMPLATES
     # open_clip's --zeroshot-frequency: zero-shot metrics every N-th epoch and the last (0: never)
     zero_shot = args.zeroshot_frequency > 0 and (epoch % args.zeroshot_frequency == 0 or epoch == args.epochs)
-    settings = EvalSettings(templates=tuple(templates), seed=args.seed, zero_shot=zero_shot)
+    settings = EvalSettings(templates=tuple(templates), seed=args.seed, zero_shot=zero_shot,
+                            extra_metrics=metric_names(args.eval_metrics))
     model = engine.module.clip
     head = find_classification_head(getattr(engine.module, "criterion", None))
     was_training = model.training

@@ -21,9 +21,11 @@ from open_clip_train.params import parse_args as openclip_parse_args
 
 from patentclip.launch.openclip_flags import openclip_flag_problems
 from patentclip.launch.safe_load import TRUST_FLAG, TRUST_HELP
+from patentclip.plugins.arcface import add_arcface_args
 from patentclip.plugins.builtin import load_builtin_plugins
 from patentclip.plugins.data.tars import DEFAULT_MAX_UNREADABLE
 from patentclip.plugins.losses import parse_loss_spec
+from patentclip.plugins.pretrained import add_pretrained_args
 from patentclip.plugins.recipes import add_recipe_args, apply_recipe, flag_of, flags_given
 from patentclip.plugins.registry import DATASETS, LOSSES, SAMPLERS, import_plugin_modules
 
@@ -128,10 +130,15 @@ def build_plugin_parser() -> argparse.ArgumentParser:
     g.add_argument("--nproc-per-node", type=int, default=1,
                    help="Start this many local processes with torchrun (CPU: gloo, GPU: NCCL). Leave at 1 "
                         "when already launched by torchrun or srun.")
+    g.add_argument("--eval-metrics", default="",
+                   help="Comma-separated registered extra metrics (patentclip.evaluation.extra_metrics) added to "
+                        "the per-epoch validation; --plugins can register your own (docs/extending.md).")
     g.add_argument("--eval-zeroshot-templates", default=None,
                    help="Zero-shot prompt templates separated by '|', with {} for the class name "
                         "(default: patentclip.evaluation.settings.DEFAULT_TEMPLATES).")
     add_recipe_args(p)  # --recipe, --loss-weighting, classification-head flags (patentclip.plugins.recipes)
+    add_pretrained_args(p)  # --pretrained-image-source, --pretrained-text (patentclip.plugins.pretrained)
+    add_arcface_args(p)  # --arcface-labels, --arcface-scale, --arcface-margin (patentclip.plugins.arcface)
     return p
 
 

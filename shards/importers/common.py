@@ -338,6 +338,13 @@ class ImportOptions:
     caption_column: Optional[str] = None
     class_name_column: Optional[str] = None
     delimiter: Optional[str] = None
+    # uspto (shards/uspto): figures, sheets or both; read figure labels with OCR; segmentation processes;
+    # segmentation cache folder (None: the default, "none": no cache); progress bar
+    uspto_images: str = "figures"
+    ocr: bool = True
+    workers: int = 1
+    segment_cache: Optional[str] = None
+    progress: bool = False
 
     def __post_init__(self):
         if self.missing_class not in ("skip", "other"):
