@@ -19,10 +19,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
-import open_clip
 from open_clip_train.params import parse_args as openclip_parse_args
-
-from patentclip.plugins.models import register_model_configs
 
 HONOURED, REFUSED = "honoured", "refused"
 
@@ -88,7 +85,8 @@ FLAGS: List[Flag] = [
        "for ImageNet, export the model (`patentclip-export`) and run open_clip's evaluation on it"),
     _r("imagenet_v2", "ImageNet-v2 zero-shot", "zero-shot accuracy is measured on the Locarno classes of "
        "--val-data; for ImageNet-v2, export the model (`patentclip-export`) and run open_clip's evaluation on it"),
-    _h("cache_dir", "where open_clip downloads and finds pretrained weights and tokenizers", MODEL),
+    _h("cache_dir", "the hub cache where starting weights and tokenizers are found (offline: the login-node "
+       "command is printed)", "tests/test_pretrained.py::test_pretrained_tag_resolves_from_the_hub_cache"),
     # logs and checkpoints
     _h("logs", "log root: `<logs>/<name>/{out.log, params.txt, tensorboard/, checkpoints/}`", E2E),
     _h("log_local", "every rank logs to `out-<rank>.log`", LOOP_RUN),
@@ -136,10 +134,11 @@ FLAGS: List[Flag] = [
     _h("zeroshot_frequency", "zero-shot metrics in every N-th validation epoch (and the last)", LOOP_RUN),
     # model
     _h("model", "open_clip model name (open_clip's configs and patentclip's)", E2E),
-    _h("pretrained", "starting weights (open_clip tag or file)",
-       "tests/test_end_to_end.py::test_vanilla_open_clip_loads_the_checkpoint"),
-    _h("pretrained_image", "ImageNet weights of a timm image tower, from timm (refused for other towers, where "
-       "open_clip would ignore it)", MODEL),
+    _h("pretrained", "starting weights: open_clip tag, hf-hub:, local-dir: or file (plugins/pretrained.py)",
+       "tests/test_pretrained.py::test_start_from_a_runs_epoch_checkpoint_and_from_safetensors"),
+    _h("pretrained_image", "timm's ImageNet weights for a timm image tower (refused for other towers, where "
+       "open_clip would ignore it; plugins/pretrained.py)",
+       "tests/test_pretrained.py::test_timm_image_weights_from_the_hub_cache"),
     _h("lock_image", "frozen image tower", TOWERS),
     _h("lock_image_unlocked_groups", "last layer groups of the image tower left trainable", TOWERS),
     _h("lock_image_freeze_bn_stats", "batch-norm statistics of the locked image tower frozen", TOWERS),
@@ -243,13 +242,6 @@ def openclip_flag_problems(args: argparse.Namespace) -> List[str]:
     if args.loss_dist_impl is not None and not args.siglip:
         problems.append(f"--loss-dist-impl {args.loss_dist_impl}: applies to the siglip loss only (--siglip or "
                         f"--loss siglip)")
-    if args.pretrained_image:
-        register_model_configs()
-        cfg = open_clip.get_model_config(args.model)
-        if cfg and "timm_model_name" not in cfg.get("vision_cfg", {}):
-            problems.append(f"--pretrained-image: open_clip loads ImageNet weights for timm image towers only; "
-                            f"{args.model}'s image tower is not one (open_clip would ignore the flag). Start from "
-                            f"CLIP weights with --pretrained, or choose a model with a timm image tower")
     if args.lock_text and not args.lock_text_freeze_layer_norm:
         problems.append("--lock-text: open_clip 3.3 locks the text tower's layer norms with it and cannot leave "
                         "them trainable (it stops with an assertion); add --lock-text-freeze-layer-norm")

@@ -238,7 +238,7 @@ def test_loading_an_epoch_file_says_loaded_not_random_and_records_the_absolute_p
     open_clip_config.json names the checkpoint by its absolute path though --checkpoint was relative."""
     import open_clip
 
-    from patentclip.launch.model import open_clip_state_dict
+    from patentclip.launch.checkpoint_format import open_clip_state_dict
     from patentclip.plugins.models import register_model_configs
 
     register_model_configs()

@@ -107,27 +107,9 @@ def test_refused_flags_stop_at_start_and_say_what_to_use_instead(capsys):
 # ---------------------------------------------------------------------------------------------------------------
 # model, transforms, towers
 
-def hf_cache_with_tiny_model(cache_dir: Path):
-    """A Hugging Face hub cache holding 'patentclip/tiny' (open_clip's hf-hub layout) with random tiny weights."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    torch.manual_seed(5)
-    model = open_clip.create_model("patentclip-tiny")
-    repo = cache_dir / "models--patentclip--tiny"
-    snap = repo / "snapshots" / ("0" * 40)
-    snap.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0" * 40)
-    cfg = {"model_cfg": open_clip.get_model_config("patentclip-tiny"),
-           "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}
-    (snap / "open_clip_config.json").write_text(json.dumps(cfg))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(snap / "open_clip_model.safetensors"))
-    return model.state_dict()
-
-
-def test_model_flags_reach_open_clip(tmp_path, monkeypatch, capsys):
-    """open_clip builds the model and transforms the flags ask for (make_model is the trainer's factory)."""
+def test_model_flags_reach_open_clip():
+    """open_clip builds the model and transforms the flags ask for (make_model is the trainer's factory; the
+starting-weight flags --pretrained, --pretrained-image and --cache-dir: tests/test_pretrained.py)."""
     import open_clip
     from open_clip.transformer import QuickGELU
     from torchvision import transforms as T
@@ -149,28 +131,6 @@ def test_model_flags_reach_open_clip(tmp_path, monkeypatch, capsys):
     assert resizes[0].interpolation == T.InterpolationMode.BILINEAR and resizes[0].size == (48, 48)  # squash
     crops = [t for t in train_tf.transforms if isinstance(t, T.RandomResizedCrop)]
     assert crops and crops[0].scale == (0.5, 1.0)
-    import huggingface_hub.constants
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    # --pretrained-image: for a timm image tower open_clip asks timm for its ImageNet weights (here offline: timm
-    # looks them up on the hub and stops); for other towers the run is refused (open_clip would ignore it)
-    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "patentclip-test-timm", {
-        "embed_dim": 32, "vision_cfg": {"timm_model_name": "resnet10t", "timm_model_pretrained": False,
-                                        "timm_pool": "avg", "timm_proj": "linear", "image_size": 64},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}})
-    make_model(default_args(model="patentclip-test-timm"), torch.device("cpu"))
-    with pytest.raises(LocalEntryNotFoundError):
-        make_model(default_args(model="patentclip-test-timm", pretrained_image=True), torch.device("cpu"))
-    assert "--pretrained-image: open_clip loads ImageNet weights for timm image towers" in refused(
-        ["--model", "patentclip-tiny", "--pretrained-image"], capsys)
-    # --cache-dir: open_clip finds the weights in that hub cache (offline: nothing is downloaded)
-    saved = hf_cache_with_tiny_model(tmp_path / "hub")
-    model, _, _ = make_model(default_args(model="hf-hub:patentclip/tiny", cache_dir=str(tmp_path / "hub")),
-                             torch.device("cpu"))
-    got = model.state_dict()
-    assert all(torch.equal(got[k].reshape(v.shape), v) for k, v in saved.items())
 
 
 def test_tower_flags(capsys):
@@ -476,7 +436,8 @@ def test_loop_flags_in_one_run(flags_run):
 
     acc = EventAccumulator(str(run / "tensorboard"))
     acc.Reload()
-    assert {e.value for e in acc.Scalars("train/lr")} == {pytest.approx(1e-3)}
+    lrs = [e.value for e in acc.Scalars("train/lr")]
+    assert lrs and all(lr == pytest.approx(1e-3) for lr in lrs)
     # --val-frequency 2: validation after epochs 2 and 3 (the last); --zeroshot-frequency 3: zero-shot in epoch 3
     results = read_jsonl(ck / "results.jsonl")
     assert [r["epoch"] for r in results] == [2, 3]

@@ -177,7 +177,7 @@ def test_every_recipe_and_loss_resumes_bit_for_bit_after_every_kind_of_stop(smal
 def test_the_launcher_tells_a_stop_from_a_failure():
     """Exit codes of the ranks that ended non-zero: a stop when one exited with the requeue code (its checkpoint is
     committed on every rank by then) and the others did too or were ended by the launcher's signal."""
-    from patentclip.launch.train import stopped_with_checkpoint
+    from patentclip.launch.distributed import stopped_with_checkpoint
 
     assert stopped_with_checkpoint({0: 3, 1: 3}) and stopped_with_checkpoint({0: 3, 1: -15})
     assert stopped_with_checkpoint({1: 3})
