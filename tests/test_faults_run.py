@@ -72,6 +72,17 @@ def test_second_start_is_refused_a_killed_owner_is_taken_over_and_a_failed_start
     assert (run / "params.txt").read_bytes() == params
     assert not lock.exists()
     assert (run / "checkpoints" / "deepspeed" / "latest").read_text() == "epoch_1"
+    # a checkpoint carries what rebuilds its model: even a params.txt that says otherwise does not change how
+    # it is read (the export used to rebuild the model from params.txt)
+    (run / "params.txt").write_text(params.decode().replace("force_image_size: None", "force_image_size: 32"))
+    from patentclip.launch.checkpoint_format import read_checkpoint
+
+    assert "force_image_size" not in read_checkpoint(str(run / "checkpoints")).model_kwargs
+    r = run_cli("patentclip.evaluation.export", "--checkpoint", run / "checkpoints" / "epoch_1.pt", "--out",
+                tmp_path / "exported")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "exported" / "open_clip_config.json").read_text())["model_cfg"]["vision_cfg"][
+        "image_size"] != 32
 
 
 def test_invalid_flags_are_refused_at_start_with_the_flag_named(synthetic_shards, tmp_path):
