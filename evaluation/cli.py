@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from patentclip.evaluation.citations import load_citations
 from patentclip.evaluation.loading import LoadedModel, load_for_eval
 from patentclip.evaluation.run import format_table, run_evaluation
 from patentclip.evaluation.settings import DEFAULT_TEMPLATES, EvalSettings
+from patentclip.launch.safe_load import TRUST_FLAG, TRUST_HELP
 from patentclip.plugins.classes import ClassTable, load_class_table
 from patentclip.evaluation.extra_metrics import check_metric_names, metric_names
 from patentclip.plugins.builtin import load_builtin_plugins
@@ -65,6 +65,7 @@ Examples:
                         "a tag folder), a patentclip-export folder, any of these at an s3:// (fsspec) URL, or "
                         "'untrained' for freshly initialised weights (seeded by --seed).")
     g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. openai), for baselines.")
+    g.add_argument(TRUST_FLAG, action="store_true", help=TRUST_HELP)
     g.add_argument("--classes-json", default=None, help="classes.json (default: beside the first val shard).")
     g.add_argument("--train-classes-json", default=None,
                    help="classes.json of the training split: its counts define head/tail classes (default: the "
@@ -158,16 +159,6 @@ def _check_classes(class_table, classes: Optional[List[Dict]], what: str) -> Non
         logging.warning("%s: class names differ from %s for ids %s", what, class_table.source, diff[:10])
 
 
-def _jsonable(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(message)s")
@@ -194,7 +185,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="patentclip-eval-") as work:
         torch.manual_seed(args.seed)
         try:
-            loaded = load_for_eval(args.checkpoint, args.model, args.pretrained, device, work)
+            loaded = load_for_eval(args.checkpoint, args.model, args.pretrained, device, work,
+                                   trust=args.trust_checkpoint)
             _check_classes(class_table, loaded.classes, loaded.source)
             db_features = eval_features(args.retrieval_index, loaded.model, class_table.codes) \
                 if args.retrieval_index else None
@@ -225,21 +217,22 @@ def main(argv=None) -> int:
         if args.baseline:
             bname = args.baseline_model or args.model or loaded.name
             torch.manual_seed(args.seed)
-            if args.baseline.startswith("pretrained:"):
-                bl = load_for_eval(None, bname, args.baseline.split(":", 1)[1], device, work)
-            else:
-                bl = load_for_eval(args.baseline, bname, None, device, work)
+            try:
+                if args.baseline.startswith("pretrained:"):
+                    bl = load_for_eval(None, bname, args.baseline.split(":", 1)[1], device, work)
+                else:
+                    bl = load_for_eval(args.baseline, bname, None, device, work, trust=args.trust_checkpoint)
+            except (FileNotFoundError, ValueError, RuntimeError) as exc:
+                print(f"patentclip-eval: --baseline: {exc}", file=sys.stderr)
+                return 2
             baseline = _evaluate_cli_model(bl, class_table, settings, args, device, is_head, train_counts, 0)
             blabel = "baseline: " + (os.path.basename(args.baseline.rstrip("/")) or args.baseline)
             rows[blabel] = baseline.metrics
     print(format_table(rows))
     if args.out:
-        doc = {**result.metrics, "per_class": result.per_class, "settings": result.settings,
-               "model": {"name": loaded.name, "source": loaded.source}}
-        if baseline is not None:
-            doc["baseline"] = {"source": args.baseline, "metrics": baseline.metrics, "per_class": baseline.per_class}
         with open(args.out, "w") as f:
-            json.dump(_jsonable(doc), f, indent=2)
+            json.dump(R.metrics_document(result, baseline, {"name": loaded.name, "source": loaded.source},
+                                         args.baseline), f, indent=2)
     if args.report:
         loader = _loader(args.val_data, loaded.preprocess, loaded.tokenizer, class_table, args)
         db_loader = _loader(args.retrieval_db, loaded.preprocess, loaded.tokenizer, class_table, args) \

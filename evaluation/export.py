@@ -44,6 +44,7 @@ import torch
 from patentclip.evaluation.loading import build_model
 from patentclip.launch.checkpoint_format import (CLASSES_NAME, CONFIG_NAME, HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME,
                                                WEIGHTS_NAME, Checkpoint, build_head_module, read_checkpoint)
+from patentclip.launch.safe_load import TRUST_FLAG, TRUST_HELP
 
 
 def final_model_config(model_name: str, model_kwargs: Dict) -> Dict:
@@ -185,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classes.json to ship (default: the training class table stored in the checkpoint).")
     p.add_argument("--license", default="mit", help="License in the model card's front matter.")
     p.add_argument("--metrics-json", default=None, help="patentclip-eval --out JSON to list in the model card.")
+    p.add_argument(TRUST_FLAG, action="store_true", help=TRUST_HELP)
     return p
 
 
@@ -198,7 +200,7 @@ def main(argv=None) -> int:
     # stdout carries the JSON summary only: libraries' chatter (DeepSpeed prints) goes to stderr
     with tempfile.TemporaryDirectory(prefix="patentclip-export-") as work, contextlib.redirect_stdout(sys.stderr):
         try:
-            ck = read_checkpoint(args.checkpoint, work)
+            ck = read_checkpoint(args.checkpoint, work, trust=args.trust_checkpoint)
             summary = export(ck, args.out, args.model, args.classes_json, args.license, metrics)
         except (FileNotFoundError, ValueError, RuntimeError) as exc:
             print(f"patentclip-export: {exc}", file=sys.stderr)

@@ -72,13 +72,14 @@ class LoadedModel:
 
 
 def load_for_eval(checkpoint: Optional[str], model_name: Optional[str], pretrained: Optional[str], device,
-                  workdir: Optional[str] = None, head_builder=None) -> LoadedModel:
+                  workdir: Optional[str] = None, head_builder=None, trust: bool = False) -> LoadedModel:
     """A model to evaluate: from any checkpoint :func:`patentclip.launch.checkpoint_format.read_checkpoint` reads
     (open_clip .pt, DeepSpeed folder, exported folder, s3:// URL of these), or freshly initialised ('untrained' /
-    None), or an open_clip pretrained tag."""
+    None), or an open_clip pretrained tag. The checkpoint is read weights-only unless ``trust``
+    (``--trust-checkpoint``; launch/safe_load.py)."""
     register_model_configs()
     if checkpoint and checkpoint != "untrained":
-        ck = read_checkpoint(checkpoint, workdir, head_builder)
+        ck = read_checkpoint(checkpoint, workdir, head_builder, trust)
         model, preprocess, tokenizer, name = build_model(ck, model_name, device)
         head = build_head_module(ck.head, head_builder).to(device) if ck.head is not None else None
         return LoadedModel(model, preprocess, tokenizer, name, head, ck.classes, ck.source)

@@ -59,9 +59,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from patentclip.launch.checkpoint_format import (DS_SUBDIR, HEAD_KEY, LOSSES_KEY, META, deepspeed_dir, latest_tag,
-                                               load_open_clip_state_dict, open_clip_checkpoint, read_meta,
-                                               tag_complete)
+from patentclip.launch.checkpoint_format import (DS_SUBDIR, HEAD_KEY, LOSSES_KEY, META, MODEL_ARGS_KEY, deepspeed_dir,
+                                               latest_tag, load_open_clip_state_dict, model_args,
+                                               open_clip_checkpoint, read_meta, tag_complete)
 from patentclip.launch import safe_load
 from patentclip.launch.diskspace import free_bytes, human, is_disk_full, write_atomic
 from patentclip.plugins.remote_io import is_remote, retry
@@ -76,23 +76,8 @@ DEFAULT_UPLOAD_RETRIES = 5
 UPLOAD_DELAY_ENV = "PATENTCLIP_FAULT_UPLOAD_DELAY"
 
 
-#: The run arguments that rebuild the model (``create_model_and_transforms``), stored in every checkpoint.
-MODEL_ARGS = ("model", "pretrained", "force_quick_gelu", "force_custom_text", "force_patch_dropout",
-              "force_image_size", "force_context_length", "image_mean", "image_std", "image_interpolation",
-              "image_resize_mode")
-
-
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written completely; ``latest`` still names the previous complete one."""
-
-
-def model_args(args) -> Dict:
-    """The arguments that rebuild this run's model (:data:`MODEL_ARGS`), JSON values."""
-    out = {}
-    for k in MODEL_ARGS:
-        v = getattr(args, k)
-        out[k] = list(v) if isinstance(v, tuple) else v
-    return out
 
 
 def _unique(path: str) -> str:
@@ -251,7 +236,7 @@ class CheckpointStore:
         mid_epoch = tag is not None
         tag = tag or f"epoch_{epoch}"
         client_state = {"epoch": epoch, "step": step, "name": args.name, "model": args.model,
-                        "model_args": model_args(args),
+                        MODEL_ARGS_KEY: model_args(args),
                         "classes": [c.__dict__ for c in class_table.classes], "loader": loader_states,
                         "rng": _gather(rng_state(), args.world_size), "args": _json_args(args)}
         if head_state:
@@ -273,8 +258,8 @@ class CheckpointStore:
                     dist.barrier()  # the barrier save_checkpoint ends with, which this rank did not reach
             if error is None and args.rank == 0 and not mid_epoch:
                 oc = open_clip_checkpoint(engine.module.clip, epoch=epoch, name=args.name, model_name=args.model,
-                                          classes=client_state["classes"], head_state=head_state)
-                oc["model_args"] = client_state["model_args"]
+                                          classes=client_state["classes"], head_state=head_state,
+                                          model_args=client_state[MODEL_ARGS_KEY])
                 if loss_states:
                     oc[LOSSES_KEY] = loss_states
                 tmp = _unique(pt_file)

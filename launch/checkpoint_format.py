@@ -13,11 +13,13 @@ A run's checkpoint folder (``<logs>/<name>/checkpoints``, or any fsspec URL)::
                             size}, world_size, zero_stage}, written last
     deepspeed/latest        the tag of the newest COMPLETE checkpoint
     ../params.txt           open_clip's ``name: value`` list of the run's arguments (two levels above a tag's
-                            epoch file), from which the model's construction overrides are rebuilt
+                            epoch file); read only for checkpoints written before they carried ``model_args``
 
-The DeepSpeed client state carries ``epoch``, ``step``, ``model`` (the open_clip model name), ``classes`` (the
-training class table) and ``patentclip_head: {config}`` (the classification head's weights are the module's own
-``criterion.*`` parameters). An exported folder (``patentclip-export``) holds ``open_clip_model.safetensors``,
+The DeepSpeed client state carries ``epoch``, ``step``, ``model`` (the open_clip model name), ``model_args`` (the
+arguments that rebuild the model: pretrained tag, forced QuickGELU, image size, context length, preprocessing;
+``epoch_N.pt`` carries them too), ``classes`` (the training class table) and ``patentclip_head: {config}`` (the
+classification head's weights are the module's own ``criterion.*`` parameters). A checkpoint is read from what it
+carries: nothing a later start writes into the run folder changes how it is read. An exported folder (``patentclip-export``) holds ``open_clip_model.safetensors``,
 ``open_clip_config.json`` (with a ``patentclip`` key), ``patentclip_head.safetensors`` / ``patentclip_head.json``
 and ``classes.json``.
 
@@ -27,7 +29,9 @@ State dicts: DeepSpeed cannot hold 0-dim parameters, so the trained module store
 
 :func:`read_checkpoint` reads any of these formats -- an ``epoch_N.pt``, a DeepSpeed folder (a run's
 ``checkpoints/``, its ``deepspeed/`` folder or one tag folder), an exported folder -- locally or at an fsspec URL
-(downloaded first; for a DeepSpeed folder only the newest tag), into one :class:`Checkpoint`.
+(downloaded first; for a DeepSpeed folder only the newest tag), into one :class:`Checkpoint`. Every ``.pt`` file,
+DeepSpeed's included, is read weights-only (``launch/safe_load.py``): a planted pickle is refused, not run, unless
+``trust`` (``--trust-checkpoint``).
 
 Why one module of more than 400 lines: writing and reading must agree on every name and layout above; kept
 together, a change to the format is one diff that cannot update the writer and forget the reader.
@@ -46,6 +50,7 @@ import fsspec
 import torch
 from torch import nn
 
+from patentclip.launch import safe_load
 from patentclip.plugins.remote_io import is_remote
 
 DS_SUBDIR = "deepspeed"
@@ -59,6 +64,11 @@ HEAD_WEIGHTS_NAME = "patentclip_head.safetensors"
 HEAD_CONFIG_NAME = "patentclip_head.json"
 CLASSES_NAME = "classes.json"
 LOGIT_SCALARS = ("logit_scale", "logit_bias")
+MODEL_ARGS_KEY = "model_args"                  # in epoch_N.pt and the DeepSpeed client state
+#: The run arguments that rebuild the model (``create_model_and_transforms``), stored in every checkpoint.
+MODEL_ARGS = ("model", "pretrained", "force_quick_gelu", "force_custom_text", "force_patch_dropout",
+              "force_image_size", "force_context_length", "image_mean", "image_std", "image_interpolation",
+              "image_resize_mode")
 
 
 def _fs(url: str):
@@ -127,12 +137,24 @@ def load_open_clip_state_dict(model: nn.Module, sd: Dict[str, torch.Tensor]) -> 
     model.load_state_dict(fixed)
 
 
+def model_args(args) -> Dict:
+    """The arguments that rebuild a run's model (:data:`MODEL_ARGS`), JSON values: every checkpoint stores them."""
+    out = {}
+    for k in MODEL_ARGS:
+        v = getattr(args, k)
+        out[k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
 def open_clip_checkpoint(clip: nn.Module, *, epoch: int, name: str, model_name: str, classes: List[Dict],
-                         head_state: Optional[Dict] = None) -> Dict:
-    """The content of ``epoch_<N>.pt``: what vanilla open_clip loads, plus the model name, the training classes
-    and the classification head (``{"config", "state_dict"}``) when the loss set has one."""
+                         head_state: Optional[Dict] = None, model_args: Optional[Dict] = None) -> Dict:
+    """The content of ``epoch_<N>.pt``: what vanilla open_clip loads, plus the model name and its construction
+    arguments (:func:`model_args`), the training classes and the classification head (``{"config",
+    "state_dict"}``) when the loss set has one."""
     oc = {"epoch": epoch, "name": name, "state_dict": open_clip_state_dict(clip), "model": model_name,
           "classes": classes}
+    if model_args is not None:
+        oc[MODEL_ARGS_KEY] = model_args
     if head_state:
         oc[HEAD_KEY] = head_state
     return oc
@@ -239,13 +261,16 @@ def _read_params_txt(run_dir: str) -> Dict[str, str]:
     return out
 
 
-def model_kwargs_from_params(params: Dict[str, str], model_name: Optional[str]) -> Dict:
-    """The ``create_model_and_transforms`` overrides a run was trained with (from its params.txt): QuickGELU
-    (forced, or implied by the pretrained tag, e.g. ViT-B-32/openai), image size, context length and the
-    preprocessing of the pretrained tag or of --image-mean/--image-std/...; these are not in epoch_N.pt."""
+def model_kwargs_from_params(params: Dict, model_name: Optional[str]) -> Dict:
+    """The ``create_model_and_transforms`` overrides a run was trained with (from the checkpoint's ``model_args``,
+    or the strings of an older run's params.txt): QuickGELU (forced, or implied by the pretrained tag, e.g.
+    ViT-B-32/openai), image size, context length and the preprocessing of the pretrained tag or of
+    --image-mean/--image-std/..."""
     def val(name):
         v = params.get(name)
-        if v in (None, "None", ""):
+        if not isinstance(v, str):
+            return v
+        if v in ("None", ""):
             return None
         try:
             return ast.literal_eval(v)
@@ -278,6 +303,18 @@ def model_kwargs_from_params(params: Dict[str, str], model_name: Optional[str]) 
         if v is not None:
             kw[name] = tuple(v) if isinstance(v, list) else v
     return kw
+
+
+def _model_kwargs(stored: Optional[Dict], model_name: Optional[str], beside: str, where: str) -> Dict:
+    """The model's construction overrides from the checkpoint's own ``model_args``; a checkpoint written before it
+    carried them falls back on the run's params.txt (two levels above ``beside``), and says so."""
+    if isinstance(stored, dict):
+        return model_kwargs_from_params(stored, model_name)
+    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(beside)))
+    if os.path.isfile(os.path.join(run_dir, PARAMS_NAME)):
+        logging.info("%s carries no model_args (written by an older patentclip): the model's construction "
+                     "arguments are read from %s", where, os.path.join(run_dir, PARAMS_NAME))
+    return model_kwargs_from_params(_read_params_txt(run_dir), model_name)
 
 
 def _class_list(classes) -> Optional[List[Dict]]:
@@ -335,7 +372,8 @@ def _resolve_deepspeed(path: str):
     return None
 
 
-def _read_deepspeed(path: str, builder: Optional[Callable], fetch_sibling: Optional[Callable] = None) -> Checkpoint:
+def _read_deepspeed(path: str, builder: Optional[Callable], fetch_sibling: Optional[Callable] = None,
+                    trust: bool = False) -> Checkpoint:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     found = _resolve_deepspeed(path)
@@ -348,14 +386,16 @@ def _read_deepspeed(path: str, builder: Optional[Callable], fetch_sibling: Optio
     client, module_state = {}, None
     states = sorted(f for f in os.listdir(tag_dir) if f.startswith("mp_rank_") and f.endswith("model_states.pt"))
     if states:
-        raw = torch.load(os.path.join(tag_dir, states[0]), map_location="cpu", weights_only=False)
+        raw = safe_load.load(os.path.join(tag_dir, states[0]), os.path.join(tag_dir, states[0]), trust=trust,
+                             map_location="cpu")
         client = {k: v for k, v in raw.items() if k not in ("module", "optimizer", "lr_scheduler", "buffer_names",
                                                             "param_shapes", "frozen_param_shapes",
                                                             "shared_params", "frozen_param_fragments")}
         module_state = raw.get("module")
         del raw
     if any("zero_pp_rank_" in f and f.endswith("optim_states.pt") for f in os.listdir(tag_dir)):
-        full = get_fp32_state_dict_from_zero_checkpoint(ds_dir, tag)  # the fp32 master weights (ZeRO 1/2)
+        with safe_load.weights_only_loads(tag_dir, trust=trust):  # DeepSpeed's own torch.load calls too
+            full = get_fp32_state_dict_from_zero_checkpoint(ds_dir, tag)  # the fp32 master weights (ZeRO 1/2)
     elif module_state is not None:  # ZeRO stage 0: the module's own weights are the whole state
         full = {k: (v.float() if v.is_floating_point() else v) for k, v in module_state.items()}
     else:
@@ -371,7 +411,7 @@ def _read_deepspeed(path: str, builder: Optional[Callable], fetch_sibling: Optio
         if has_head and not os.path.isfile(sibling) and fetch_sibling is not None:
             fetch_sibling(sibling)
         if os.path.isfile(sibling):
-            head_info = torch.load(sibling, map_location="cpu", weights_only=False).get(HEAD_KEY)
+            head_info = safe_load.load(sibling, sibling, trust=trust, map_location="cpu").get(HEAD_KEY)
             if isinstance(head_info, dict):
                 head_info = {"config": head_info.get("config")}
         elif has_head:
@@ -385,33 +425,35 @@ def _read_deepspeed(path: str, builder: Optional[Callable], fetch_sibling: Optio
                              f"among the module's criterion.* parameters")
         head = {"config": head_info["config"], "state_dict": head_sd}
     model_name = client.get("model")
-    params = _read_params_txt(os.path.dirname(os.path.dirname(os.path.abspath(ds_dir))))
-    return Checkpoint(state_dict=sd, model_name=model_name, model_kwargs=model_kwargs_from_params(params, model_name),
+    kwargs = _model_kwargs(client.get(MODEL_ARGS_KEY), model_name, ds_dir, tag_dir)
+    return Checkpoint(state_dict=sd, model_name=model_name, model_kwargs=kwargs,
                       head=head, classes=_class_list(client.get("classes")), epoch=client.get("epoch"),
                       source=tag_dir, kind="deepspeed")
 
 
-def _read_open_clip_file(path: str) -> Checkpoint:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+def _read_open_clip_file(path: str, trust: bool = False) -> Checkpoint:
+    ckpt = safe_load.load(path, path, trust=trust, map_location="cpu")
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: not an open_clip checkpoint (a dict with a state_dict)")
     sd = ckpt.get("state_dict", ckpt)
     if sd and next(iter(sd)).startswith("module."):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     model_name = ckpt.get("model")
-    params = _read_params_txt(os.path.dirname(os.path.dirname(os.path.abspath(path))))
+    kwargs = _model_kwargs(ckpt.get(MODEL_ARGS_KEY), model_name, path, path)
     head = ckpt.get(HEAD_KEY)
     if head is not None and (not isinstance(head, dict) or "config" not in head or "state_dict" not in head):
         raise ValueError(f"{path}: '{HEAD_KEY}' must be {{'config': ..., 'state_dict': ...}}")
     return Checkpoint(state_dict={k: v for k, v in sd.items() if torch.is_tensor(v)}, model_name=model_name,
-                      model_kwargs=model_kwargs_from_params(params, model_name), head=head,
+                      model_kwargs=kwargs, head=head,
                       classes=_class_list(ckpt.get("classes")), epoch=ckpt.get("epoch"), source=path,
                       kind="open_clip")
 
 
-def read_checkpoint(path: str, workdir: Optional[str] = None, head_builder: Optional[Callable] = None) -> Checkpoint:
+def read_checkpoint(path: str, workdir: Optional[str] = None, head_builder: Optional[Callable] = None,
+                    trust: bool = False) -> Checkpoint:
     """Read any patentclip checkpoint (see the module docstring); remote URLs are fetched into ``workdir``
-    (a temporary folder the caller keeps until it is done; required for remote paths)."""
+    (a temporary folder the caller keeps until it is done; required for remote paths). ``trust``: load its
+    pickles in full (only for a file the user trusts); otherwise weights-only."""
     path = str(path)
     if path.startswith("local-dir:"):
         path = path[len("local-dir:"):]
@@ -421,18 +463,18 @@ def read_checkpoint(path: str, workdir: Optional[str] = None, head_builder: Opti
         logging.info("Downloading checkpoint %s", path)
         local = fetch(path, workdir)
         if os.path.isdir(local) and not os.path.isfile(os.path.join(local, CONFIG_NAME)):
-            ck = _read_deepspeed(local, head_builder, _sibling_fetcher(path, local, workdir))
+            ck = _read_deepspeed(local, head_builder, _sibling_fetcher(path, local, workdir), trust)
         else:
-            ck = read_checkpoint(local, None, head_builder)
+            ck = read_checkpoint(local, None, head_builder, trust)
         ck.source = path
         return ck
     if path.startswith("file://"):
         path = path[len("file://"):]
     path = os.path.abspath(path)  # recorded as the source: it must name the checkpoint from any working directory
     if os.path.isfile(path):
-        return _read_open_clip_file(path)
+        return _read_open_clip_file(path, trust)
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, CONFIG_NAME)):
             return _read_export_dir(path)
-        return _read_deepspeed(path, head_builder)
+        return _read_deepspeed(path, head_builder, trust=trust)
     raise FileNotFoundError(f"--checkpoint {path}: no such file or folder")

@@ -180,7 +180,8 @@ class Output:
         return _join(self.url, *parts)
 
     def refused(self, exc: PermissionError, what: str,
-                kept: str = "Shards uploaded before are complete: run the build again to resume.") -> StorageAccessError:
+                kept: str = "Shards uploaded before are complete: run the build again to resume."
+                ) -> StorageAccessError:
         """A clear error for a request the object store refused (wrong key or secret, no permission)."""
         reason = str(exc).strip() or type(exc).__name__
         return StorageAccessError(

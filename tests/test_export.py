@@ -185,8 +185,9 @@ def test_export_from_deepspeed_folder_and_from_s3(exported, run_dir, s3_server, 
 
 
 def test_training_overrides_reach_the_config(run_dir, tmp_path):
-    """QuickGELU (forced, or implied by an OpenAI-pretrained tower) is not in epoch_N.pt: export reads the run's
-    params.txt, and vanilla open_clip then builds the same network."""
+    """QuickGELU (forced, or implied by an OpenAI-pretrained tower) is not in open_clip's state dict: export reads
+    the checkpoint's model_args (or, for a checkpoint written before it carried them, the run's params.txt), and
+    vanilla open_clip then builds the same network."""
     import open_clip
 
     from patentclip.launch.checkpoint_format import load_open_clip_state_dict
@@ -196,12 +197,21 @@ def test_training_overrides_reach_the_config(run_dir, tmp_path):
     (fake_run / "checkpoints").mkdir(parents=True)
     (fake_run / "params.txt").write_text("model: patentclip-tiny\npretrained: None\nforce_quick_gelu: True\n"
                                          "image_mean: None\n")
-    ckpt = torch.load(run_dir / "checkpoints" / "epoch_1.pt", map_location="cpu", weights_only=False)
-    torch.save(ckpt, fake_run / "checkpoints" / "epoch_1.pt")
+    ckpt = torch.load(run_dir / "checkpoints" / "epoch_1.pt", map_location="cpu", weights_only=True)
+    assert ckpt["model_args"]["force_quick_gelu"] is False
+    older = {k: v for k, v in ckpt.items() if k != "model_args"}  # an older checkpoint: params.txt decides
+    torch.save(older, fake_run / "checkpoints" / "epoch_1.pt")
     out = tmp_path / "qg"
     assert X.main(["--checkpoint", str(fake_run / "checkpoints" / "epoch_1.pt"), "--out", str(out)]) == 0
     cfg = json.loads((out / "open_clip_config.json").read_text())
     assert cfg["model_cfg"]["quick_gelu"] is True
+    # a checkpoint with its model_args: they decide, whatever params.txt beside it says
+    torch.save({**ckpt, "model_args": {**ckpt["model_args"], "force_quick_gelu": True}},
+               fake_run / "checkpoints" / "epoch_1.pt")
+    (fake_run / "params.txt").write_text("model: patentclip-tiny\nforce_quick_gelu: False\n")
+    out2 = tmp_path / "qg2"
+    assert X.main(["--checkpoint", str(fake_run / "checkpoints" / "epoch_1.pt"), "--out", str(out2)]) == 0
+    assert json.loads((out2 / "open_clip_config.json").read_text())["model_cfg"]["quick_gelu"] is True
     vanilla = open_clip.create_model(f"local-dir:{out}").eval()
     register_model_configs()
     ref = open_clip.create_model("patentclip-tiny", force_quick_gelu=True).eval()

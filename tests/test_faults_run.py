@@ -72,6 +72,17 @@ def test_second_start_is_refused_a_killed_owner_is_taken_over_and_a_failed_start
     assert (run / "params.txt").read_bytes() == params
     assert not lock.exists()
     assert (run / "checkpoints" / "deepspeed" / "latest").read_text() == "epoch_1"
+    # a checkpoint carries what rebuilds its model: even a params.txt that says otherwise does not change how
+    # it is read (the export used to rebuild the model from params.txt)
+    (run / "params.txt").write_text(params.decode().replace("force_image_size: None", "force_image_size: 32"))
+    from patentclip.launch.checkpoint_format import read_checkpoint
+
+    assert "force_image_size" not in read_checkpoint(str(run / "checkpoints")).model_kwargs
+    r = run_cli("patentclip.evaluation.export", "--checkpoint", run / "checkpoints" / "epoch_1.pt", "--out",
+                tmp_path / "exported")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "exported" / "open_clip_config.json").read_text())["model_cfg"]["vision_cfg"][
+        "image_size"] != 32
 
 
 def test_invalid_flags_are_refused_at_start_with_the_flag_named(synthetic_shards, tmp_path):
@@ -164,3 +175,24 @@ def test_object_store_down_during_the_commit_keeps_local_and_remote_latest_equal
     assert "step_2 was uploaded but not committed" in out
     local = (tmp_path / "s3run" / "checkpoints" / "deepspeed" / "latest").read_text()
     assert local == "step_1" == fs.cat_file("faults/ck/deepspeed/latest").decode()
+
+
+@pytest.mark.parametrize("flag", [
+    ("--batch-size", "0"), ("--epochs", "-1"), ("--epochs", "0"), ("--sampler-beta", "-5"), ("--loss-beta", "-1"),
+    ("--aug-hflip", "1.5"), ("--aug-rrc-scale", "0"), ("--shuffle-group-shards", "0"), ("--accum-freq", "0"),
+    ("--warmup", "-3"), ("--workers", "-1"), ("--lr", "-0.1"), ("--beta2", "1"), ("--eps", "0"), ("--seed", "-1"),
+    ("--log-every-n-steps", "0"), ("--train-num-samples", "0"), ("--lock-stale-after", "0"),
+    ("--max-unreadable-shards", "2"), ("--keep-checkpoints", "-1"), ("--save-every-n-steps", "-2"),
+    ("--head-text-dropout", "1"), ("--sampler", "nope"), ("--loss", "clip,nope"), ("--patent-dataset", "nope"),
+    ("--opt", "sgd"), ("--horovod",), ("--siglip",), ("--deepspeed-config", "/nonexistent.json"),
+    ("--eval-zeroshot-templates", "a photo"),
+])
+def test_every_flag_is_checked_at_start_and_named(flag, capsys):
+    from patentclip.launch.args import parse_train_args
+
+    with pytest.raises(SystemExit) as e:
+        parse_train_args(["--train-data", "x.tar", *flag])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid flags (nothing was started)" in err and flag[0] in err
+    assert parse_train_args(["--train-data", "x.tar"]).batch_size == 64  # the defaults pass

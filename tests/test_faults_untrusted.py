@@ -75,3 +75,24 @@ def test_train_resume_refuses_planted_open_clip_and_deepspeed_files(synthetic_sh
     assert r.returncode == 1
     assert f"{ds / 'epoch_1'}: refused: it asks for posix.system" in r.stderr
     assert not (tmp_path / "ran-ds").exists()
+
+
+@pytest.mark.slow
+def test_eval_and_export_refuse_planted_files(synthetic_shards, tmp_path):
+    """patentclip-export and patentclip-eval read every file weights-only: a planted epoch_N.pt, and a DeepSpeed
+    ZeRO folder whose optimizer partition is planted (read by DeepSpeed's zero_to_fp32, made weights-only)."""
+    evil = plant(tmp_path / "epoch_1.pt", tmp_path / "ran")
+    r = run_cli("patentclip.evaluation.export", "--checkpoint", evil, "--out", tmp_path / "out", timeout=300)
+    assert r.returncode == 2 and "epoch_1.pt: refused: it asks for posix.system" in r.stderr
+    r = run_cli("patentclip.evaluation.cli", "--val-data", synthetic_shards["val"], "--checkpoint", evil,
+                "--workers", "0", timeout=300)
+    assert r.returncode == 2 and "refused: it asks for posix.system" in r.stderr
+    tag = tmp_path / "ds" / "epoch_1"
+    tag.mkdir(parents=True)
+    torch.save({"module": {"clip.logit_scale": torch.ones(1)}, "model": "patentclip-tiny", "epoch": 1,
+                "buffer_names": [], "param_shapes": [{"clip.logit_scale": torch.Size([1])}],
+                "shared_params": {}, "ds_version": "0.19.8"}, tag / "mp_rank_00_model_states.pt")
+    plant(tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt", tmp_path / "ran")
+    r = run_cli("patentclip.evaluation.export", "--checkpoint", tag, "--out", tmp_path / "out", timeout=300)
+    assert r.returncode == 2 and f"{tag}: refused: it asks for posix.system" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "ran").exists()

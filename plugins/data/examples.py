@@ -12,8 +12,8 @@ key, copy) for each image, and restoring both after (direct generator calls: ``t
 ``torch.manual_seed`` cost ~2 ms per sample). Evaluation does not augment and takes the first caption.
 
 Errors: a sample without a class id, with one that classes.json does not know, or whose json names its class
-otherwise than classes.json, raises (a wrong class table must stop the run); one without a caption or image raises ``ValueError`` and an undecodable image ``OSError``,
-which the stream skips and counts.
+otherwise than classes.json, raises (a wrong class table must stop the run); one without a caption or image raises
+``ValueError`` and an undecodable image ``OSError``, which the stream skips and counts.
 """
 from __future__ import annotations
 
