@@ -393,7 +393,8 @@ def wandb_history(run_file: Path):
         rec.ParseFromString(raw)
         kind = rec.WhichOneof("record_type")
         if kind == "history":
-            rows.append({item.key: json.loads(item.value_json) for item in rec.history.item})
+            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                         for item in rec.history.item})
         elif kind == "run":
             run = rec.run
     return rows, run
