@@ -167,7 +167,7 @@ def evaluate(checkpoint: str, data: Dict, out: Path, a) -> Dict:
     if path.exists() and path.stat().st_mtime >= os.path.getmtime(checkpoint) and not a.rerun:
         m = json.loads(path.read_text())
         return m.get("metrics", m)
-    cmd = [sys.executable, "-m", "patentclip.launch.evaluate", "--val-data", data["val"],
+    cmd = [sys.executable, "-m", "patentclip.evaluation.cli", "--val-data", data["val"],
            "--train-classes-json", str(Path(data["root"]) / "shards" / "train" / "classes.json"),
            "--checkpoint", checkpoint, "--workers", "0", "--device", "cpu", "--linear-probe", "off",
            "--seed", "0", "--ks", "5,10", "--mrr-k", "10", "--relevance", "class", "--out", str(path)]

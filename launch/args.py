@@ -2,25 +2,41 @@
 
 The plugin flags are parsed first (``allow_abbrev=False``, so ``--model`` is never taken as a prefix of a
 longer plugin flag), the rest goes unchanged to ``open_clip_train.params.parse_args``, which stays strict.
+
+Then :func:`validate_train_args` checks every value at start, before a process is launched or a folder made:
+each plugin flag and each open_clip flag the trainer uses against its range (:data:`RULES`), the registered
+names (--patent-dataset, --sampler, --loss), the files (--deepspeed-config), and the open_clip flags this trainer
+does not honour (the table of every open_clip flag: ``launch/openclip_flags.py``, docs/openclip_flags.md). All
+problems are listed at once, each with its flag, and the exit code is 2 (a usage error, as argparse's own).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from open_clip_train.params import parse_args as openclip_parse_args
 
+from patentclip.launch.openclip_flags import openclip_flag_problems
+from patentclip.launch.safe_load import TRUST_FLAG, TRUST_HELP
 from patentclip.plugins.arcface import add_arcface_args
+from patentclip.plugins.builtin import load_builtin_plugins
+from patentclip.plugins.data.tars import DEFAULT_MAX_UNREADABLE
+from patentclip.plugins.losses import parse_loss_spec
 from patentclip.plugins.pretrained import add_pretrained_args
-from patentclip.plugins.recipes import add_recipe_args, apply_recipe
+from patentclip.plugins.recipes import add_recipe_args, apply_recipe, flag_of, flags_given
+from patentclip.plugins.registry import DATASETS, LOSSES, SAMPLERS, import_plugin_modules
 
 DESCRIPTION = """\
 Train a CLIP model on design-patent shards with open_clip's training loop under DeepSpeed.
 
-Every open_clip_train flag keeps its meaning (--train-data, --val-data, --model, --pretrained, --batch-size,
---epochs, --lr, --warmup, --precision, --logs, --name, --resume latest, --local-loss, --gather-with-grad ...;
-listed below the plugin flags). Logs, tensorboard files and checkpoints go where open_clip puts them:
+Every open_clip_train flag (listed below the plugin flags) either keeps its meaning (--train-data, --val-data,
+--model, --pretrained, --batch-size, --epochs, --lr, --warmup, --precision, --logs, --name, --resume latest,
+--local-loss, --gather-with-grad, --siglip, --torchcompile, --report-to wandb ...) or, where patentclip cannot
+honour it (--horovod, --distill-model, --remote-sync ...), stops the run at start and says what to use instead:
+docs/openclip_flags.md. Logs, tensorboard files and checkpoints go where open_clip puts them:
 <logs>/<name>/{out.log, params.txt, tensorboard/, checkpoints/}.
 
 Examples:
@@ -54,6 +70,10 @@ def build_plugin_parser() -> argparse.ArgumentParser:
     g.add_argument("--shuffle-group-shards", type=int, default=4,
                    help="Shards per shuffle group: examples are shuffled within groups of this many shards per "
                         "data-loader worker (the unit of exact resume). Default: %(default)s.")
+    g.add_argument("--max-unreadable-shards", type=float, default=DEFAULT_MAX_UNREADABLE, metavar="FRACTION",
+                   help="A shard that is not a tar, is empty or is missing is skipped and logged with its URL; when "
+                        "more than this fraction of a data-loader worker's shards in an epoch are (one is always "
+                        "tolerated), the run ends naming them. Default: %(default)s.")
     g.add_argument("--multiview", action="store_true",
                    help="Pair every drawing with another view of the same patent (batch keys image2/view2/"
                         "has_view2). Switched on automatically when a selected loss needs it.")
@@ -96,6 +116,12 @@ def build_plugin_parser() -> argparse.ArgumentParser:
                         "named by 'latest'. Default: <logs>/<name>/checkpoints.")
     g.add_argument("--keep-checkpoints", type=int, default=0,
                    help="Keep only the newest K DeepSpeed checkpoints (0 = keep all). Default: 0.")
+    g.add_argument("--lock-stale-after", type=float, default=120.0, metavar="SECONDS",
+                   help="The run holds a lock (<logs>/<name>/run.lock; run.lease in a remote --checkpoint-dir) with "
+                        "a heartbeat every quarter of this time; a second start of the same run is refused while "
+                        "the lock is live and takes it over once its heartbeat is this old, its process is gone "
+                        "(same host) or it is an earlier run of the same SLURM job. Default: %(default)s.")
+    g.add_argument(TRUST_FLAG, action="store_true", help=TRUST_HELP)
     g.add_argument("--deepspeed-config", default=None,
                    help="A DeepSpeed JSON config merged over the one patentclip derives from the flags.")
     g.add_argument("--plugins", default="",
@@ -104,9 +130,12 @@ def build_plugin_parser() -> argparse.ArgumentParser:
     g.add_argument("--nproc-per-node", type=int, default=1,
                    help="Start this many local processes with torchrun (CPU: gloo, GPU: NCCL). Leave at 1 "
                         "when already launched by torchrun or srun.")
+    g.add_argument("--eval-metrics", default="",
+                   help="Comma-separated registered extra metrics (patentclip.evaluation.extra_metrics) added to "
+                        "the per-epoch validation; --plugins can register your own (docs/extending.md).")
     g.add_argument("--eval-zeroshot-templates", default=None,
                    help="Zero-shot prompt templates separated by '|', with {} for the class name "
-                        "(default: patentclip.launch.evaluate.DEFAULT_TEMPLATES).")
+                        "(default: patentclip.evaluation.settings.DEFAULT_TEMPLATES).")
     add_recipe_args(p)  # --recipe, --loss-weighting, classification-head flags (patentclip.plugins.recipes)
     add_pretrained_args(p)  # --pretrained-image-source, --pretrained-text (patentclip.plugins.pretrained)
     add_arcface_args(p)  # --arcface-labels, --arcface-scale, --arcface-margin (patentclip.plugins.arcface)
@@ -115,12 +144,147 @@ def build_plugin_parser() -> argparse.ArgumentParser:
 
 def _print_help(plugin_parser: argparse.ArgumentParser) -> None:
     plugin_parser.print_help()
-    print("\nopen_clip_train flags (all accepted unchanged):\n")
+    print("\nopen_clip_train flags (honoured, or refused at start with what to use instead: "
+          "docs/openclip_flags.md):\n")
     sys.stdout.flush()
     try:
         openclip_parse_args(["--help"])
     except SystemExit:
         pass
+
+
+def _int_at_least(lo: int) -> Callable:
+    def check(v):
+        return None if isinstance(v, int) and v >= lo else f"must be an integer >= {lo}"
+    return check
+
+
+def _number(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False,
+            optional: bool = False) -> Callable:
+    """A finite number in [lo, hi] (open ends where asked); None allowed when ``optional``."""
+    left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+    what = f"must be a number in {left}{lo:g}, {hi:g}{right}" if hi != math.inf else \
+        f"must be a number {'>' if lo_open else '>='} {lo:g}"
+
+    def check(v):
+        if v is None and optional:
+            return None
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            return what
+        if v < lo or (lo_open and v == lo) or v > hi or (hi_open and v == hi):
+            return what
+        return None
+    return check
+
+
+def _optional(check: Callable) -> Callable:
+    return lambda v: None if v is None else check(v)
+
+
+def _image_size(v):
+    vals = v if isinstance(v, (list, tuple)) else [v]
+    return None if v is None or (vals and all(isinstance(x, int) and x >= 1 for x in vals)) else \
+        "must be one or two integers >= 1"
+
+
+def _choice(*names) -> Callable:
+    return lambda v: None if v in names else f"must be one of {', '.join(names)}"
+
+
+#: (attribute, check) for every plugin flag and every open_clip flag patentclip-train depends on; a check returns
+#: None or what is wrong.
+RULES: Tuple[Tuple[str, Callable], ...] = (
+    # open_clip's flags
+    ("batch_size", _int_at_least(1)),
+    ("epochs", _int_at_least(1)),
+    ("workers", _int_at_least(0)),
+    ("accum_freq", _int_at_least(1)),
+    ("lr", _number(0)),
+    ("warmup", _int_at_least(0)),
+    ("wd", _number(0)),
+    ("beta1", _number(0, 1, hi_open=True)),
+    ("beta2", _number(0, 1, hi_open=True)),
+    ("eps", _number(0, lo_open=True)),
+    ("grad_clip_norm", _number(0, lo_open=True, optional=True)),
+    ("lr_scheduler", _choice("cosine", "const", "const-cooldown")),
+    ("epochs_cooldown", _optional(_int_at_least(0))),
+    ("lr_cooldown_power", _number(0, lo_open=True)),
+    ("lr_cooldown_end", _number(0)),
+    ("save_frequency", _int_at_least(0)),
+    ("val_frequency", _int_at_least(0)),
+    ("log_every_n_steps", _int_at_least(1)),
+    ("train_num_samples", _optional(_int_at_least(1))),
+    ("val_num_samples", _optional(_int_at_least(1))),
+    ("seed", _int_at_least(0)),
+    ("force_image_size", _image_size),
+    ("force_context_length", _optional(_int_at_least(1))),
+    ("force_patch_dropout", _number(0, 1, hi_open=True, optional=True)),
+    ("lock_image_unlocked_groups", _int_at_least(0)),
+    ("lock_text_unlocked_layers", _int_at_least(0)),
+    # plugin flags
+    ("sampler_beta", _number(0)),
+    ("loss_beta", _number(0)),
+    ("shuffle_group_shards", _int_at_least(1)),
+    ("max_unreadable_shards", _number(0, 1)),
+    ("aug_hflip", _number(0, 1)),
+    ("aug_random_erasing", _number(0, 1)),
+    ("aug_gridmask", _number(0, 1)),
+    ("aug_rrc_scale", _number(0, 1, lo_open=True, optional=True)),
+    ("save_every_n_steps", _int_at_least(0)),
+    ("keep_checkpoints", _int_at_least(0)),
+    ("nproc_per_node", _int_at_least(1)),
+    ("lock_stale_after", _number(0, lo_open=True)),
+    ("head_num_heads", _int_at_least(1)),
+    ("head_text_dropout", _number(0, 1, hi_open=True)),
+)
+
+#: open_clip flags whose feature patentclip-train does not have, refused rather than silently ignored.
+def validate_train_args(args: argparse.Namespace, argv: Sequence[str] = ()) -> List[str]:
+    """Every problem with the flags, as ``--flag VALUE: what is wrong`` lines (empty: all fine)."""
+    problems = []
+    for attr, check in RULES:
+        value = getattr(args, attr)
+        why = check(value)
+        if why:
+            shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+            problems.append(f"{flag_of(attr)} {shown}: {why}")
+    problems += openclip_flag_problems(args)  # the open_clip flags patentclip-train refuses (docs/openclip_flags.md)
+    if args.epochs_cooldown is not None and isinstance(args.epochs, int) and args.epochs_cooldown >= args.epochs:
+        problems.append(f"--epochs-cooldown {args.epochs_cooldown}: must be less than --epochs {args.epochs}")
+    if args.eval_zeroshot_templates is not None:
+        bad = [t for t in args.eval_zeroshot_templates.split("|") if "{}" not in t]
+        if bad:
+            problems.append(f"--eval-zeroshot-templates: every template needs {{}} for the class name: {bad[:3]}")
+    if args.deepspeed_config:
+        try:
+            with open(args.deepspeed_config) as f:
+                if not isinstance(json.load(f), dict):
+                    raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            problems.append(f"--deepspeed-config {args.deepspeed_config}: {exc}")
+    problems += _registered_name_problems(args)
+    return problems
+
+
+def _registered_name_problems(args: argparse.Namespace) -> List[str]:
+    """--plugins importable, and --patent-dataset, --sampler, --loss registered (the registries say what is)."""
+    load_builtin_plugins()
+    try:
+        import_plugin_modules([m for m in args.plugins.split(",") if m])
+    except Exception as exc:
+        return [f"--plugins {args.plugins}: {type(exc).__name__}: {exc}"]
+    problems = []
+    for flag, registry, name in (("--patent-dataset", DATASETS, args.patent_dataset),
+                                 ("--sampler", SAMPLERS, args.sampler)):
+        if name not in registry:
+            problems.append(f"{flag} {name}: unknown; registered: {', '.join(registry.names())}")
+    try:
+        for name, _ in parse_loss_spec(args.loss):
+            if name not in LOSSES:
+                problems.append(f"--loss {args.loss}: unknown loss {name!r}; registered: {', '.join(LOSSES.names())}")
+    except ValueError as exc:
+        problems.append(str(exc))
+    return problems
 
 
 def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -140,7 +304,30 @@ def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace
     args.precision_given = precision_given
     args.argv = argv
     apply_recipe(args, argv)  # --recipe NAME: its settings, except for flags given on the command line
+    problems = resolve_siglip(args, flags_given(argv)) + validate_train_args(args, argv)
+    if problems:
+        print("patentclip-train: invalid flags (nothing was started):\n" + "\n".join(f"  {p}" for p in problems)
+              + "\n(patentclip-train --help explains every flag)", file=sys.stderr)
+        raise SystemExit(2)
     return args
+
+
+def resolve_siglip(args: argparse.Namespace, given) -> List[str]:
+    """open_clip's ``--siglip``: the image-text loss is SigLIP (registered loss ``siglip``) and the model gets a
+    learned logit bias. Without ``--loss`` it selects ``--loss siglip`` (with no recipe or ``--recipe clip``);
+    with ``--loss`` the spec must name ``siglip``. (``--loss siglip`` without ``--siglip`` builds the same model:
+    the trainer asks the selected losses, ``losses.losses_need_logit_bias``.) Returns the problems, if any."""
+    if not args.siglip:
+        return []
+    if "--loss" not in given:
+        if args.recipe not in (None, "clip"):
+            return [f"--siglip: it replaces the image-text loss of --recipe clip; --recipe {args.recipe} has several "
+                    f"losses: name them with --loss (e.g. --loss siglip,...)"]
+        args.loss = "siglip"
+        args.recipe_settings.pop("loss", None)
+    elif "siglip" not in [name for name, _ in parse_loss_spec(args.loss)]:
+        return [f"--siglip: --loss {args.loss!r} has no siglip term: add siglip to --loss or drop --siglip"]
+    return []
 
 
 def default_args(**overrides) -> argparse.Namespace:

@@ -1,10 +1,12 @@
 """Checkpoints of a patentclip run: local or in object storage, complete or not at all.
 
 Layout (``--checkpoint-dir``, default ``<logs>/<name>/checkpoints``, open_clip's place; any fsspec URL such as
-``s3://bucket/run`` works; a remote run stages its files in ``<logs>/<name>/checkpoints`` first):
+``s3://bucket/run`` works; a remote run stages its files in ``<logs>/<name>/checkpoints`` first; every file name
+and field is defined in :mod:`patentclip.launch.checkpoint_format`, which also reads checkpoints back):
 
     epoch_<N>.pt            open_clip format {epoch, name, state_dict}: vanilla open_clip loads it
                             (``--pretrained epoch_N.pt``; logit_scale stored 0-dim as open_clip has it)
+    epoch_latest.pt         with ``--save-most-recent``: a copy of the newest epoch_<N>.pt (open_clip's name)
     deepspeed/<tag>/        DeepSpeed engine state: model, optimizer, ZeRO partitions (one file per rank),
                             plus ``meta.json`` (epoch, step, the size of every file) written last
     deepspeed/latest        the tag of the newest COMPLETE checkpoint
@@ -16,9 +18,22 @@ states, the run's arguments and the class table. Tags are ``epoch_N`` (end of ep
 
 Saving is a commit protocol: every rank writes its files locally; for a remote directory every rank uploads
 the files it wrote (retried with backoff) and rank 0 checks that every file of the tag is there with its size;
-only then is ``meta.json`` and finally ``latest`` written. A crash or an outage at any point before that leaves
-``latest`` on the previous complete checkpoint; a failed upload raises after its retries. Only the newest
-``--keep-checkpoints`` DeepSpeed checkpoints are kept (never the one ``latest`` names).
+only then are ``meta.json`` and ``latest`` written, in the remote folder first and then in the local one, so the
+local ``latest`` never names a checkpoint the remote folder does not have. A crash or an outage at any point
+before that leaves ``latest`` on the previous complete checkpoint; a failed upload raises after its retries.
+Before ``latest`` moves, rank 0 checks it still owns the run (``launch/runlock.py``: a run that lost its lock
+never names a checkpoint). Temporary files have names of their own (host, pid, a random part), never a fixed
+one. Only the newest ``--keep-checkpoints`` DeepSpeed checkpoints are kept (never the one ``latest`` names).
+
+A full disk: a run starts only if its checkpoint folder has room for one checkpoint (the size of the last one,
+or an estimate from the parameter counts, :func:`estimate_checkpoint_bytes`); a save that fails for lack of space
+removes what it had written of the new checkpoint and raises :class:`CheckpointError` naming the folder, the free
+space and the space needed; ``latest`` and the earlier checkpoints are untouched.
+
+Every checkpoint carries what rebuilds its model without the run folder: the model name and the
+``create_model_and_transforms`` arguments (``model_args``: pretrained tag, forced QuickGELU, image size, context
+length, preprocessing), in ``epoch_N.pt`` and in the DeepSpeed client state. So nothing a later start writes into
+the run folder (``params.txt``) changes how an earlier checkpoint is read.
 
 ``--resume latest`` takes the newest complete checkpoint found locally or remotely (downloading it if it is
 only remote); ``--resume <dir or url>`` a DeepSpeed checkpoint folder (its ``latest`` or a tag folder) and
@@ -34,19 +49,24 @@ import posixpath
 import random
 import re
 import shutil
+import socket
 import time
-from typing import Dict, List, Optional, Tuple
+import uuid
+from typing import Callable, Dict, List, Optional, Tuple
 
 import fsspec
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from patentclip.launch.model import load_open_clip_state_dict, open_clip_state_dict
+from patentclip.launch.checkpoint_format import (DS_SUBDIR, HEAD_KEY, LOSSES_KEY, META, MODEL_ARGS_KEY, deepspeed_dir,
+                                               latest_tag, load_open_clip_state_dict, model_args,
+                                               open_clip_checkpoint, read_meta, tag_complete)
+from patentclip.launch import safe_load
+from patentclip.launch.diskspace import free_bytes, human, is_disk_full, write_atomic
 from patentclip.plugins.remote_io import is_remote, retry
 
-DS_SUBDIR = "deepspeed"
-META = "meta.json"
+LATEST_PT = "epoch_latest.pt"  # --save-most-recent
 # retries of a checkpoint upload, download or commit (default 5, fewer than the shard reader's
 # PATENTCLIP_IO_RETRIES: a checkpoint taken at a stop signal must be committed within the scheduler's grace time,
 # and 5 retries wait 15.5 s in all at the default backoff); the waits follow PATENTCLIP_IO_BACKOFF
@@ -60,8 +80,24 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written completely; ``latest`` still names the previous complete one."""
 
 
-def deepspeed_dir(checkpoint_path: str) -> str:
-    return os.path.join(checkpoint_path, DS_SUBDIR)
+def _unique(path: str) -> str:
+    """A temporary name beside ``path`` that no other process uses."""
+    return f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def estimate_checkpoint_bytes(module: torch.nn.Module, zero_stage: int, with_open_clip_file: bool = True) -> int:
+    """Bytes one checkpoint of ``module`` takes (all ranks together): the DeepSpeed model states (the module's
+    tensors at their dtype), AdamW's two fp32 moments per trainable parameter, with ZeRO 1/2 also the fp32
+    master copy, and the open_clip ``epoch_N.pt`` (fp32 CLIP weights); plus 1 MiB of pickling and metadata."""
+    # a module's extra state (e.g. ArcFace's label table, a dict) is not a tensor: counted in the 1 MiB below
+    tensors = [t for t in module.state_dict().values() if isinstance(t, torch.Tensor)]
+    module_bytes = sum(t.numel() * t.element_size() for t in tensors)
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    optimizer = (8 if zero_stage == 0 else 12) * trainable
+    clip = getattr(module, "clip", module)
+    open_clip_bytes = sum(t.numel() * 4 for t in clip.state_dict().values()
+                          if isinstance(t, torch.Tensor)) if with_open_clip_file else 0
+    return module_bytes + optimizer + open_clip_bytes + (1 << 20)
 
 
 def _fs(url: str):
@@ -82,36 +118,11 @@ def _rank_files(names: List[str], rank: int) -> List[str]:
     return sorted(mine)
 
 
-def latest_tag(ds_dir: str) -> Optional[str]:
-    """The tag named by ``latest`` in a local or remote DeepSpeed folder, if that tag is complete."""
-    fs, path = _fs(ds_dir)
+def _remove(path: str) -> None:
     try:
-        tag = fs.cat_file(posixpath.join(path, "latest")).decode().strip()
-    except (FileNotFoundError, OSError):
-        return None
-    return tag if tag and tag_complete(ds_dir, tag) else None
-
-
-def read_meta(ds_dir: str, tag: str) -> Optional[Dict]:
-    fs, path = _fs(ds_dir)
-    try:
-        return json.loads(fs.cat_file(posixpath.join(path, tag, META)).decode())
-    except (FileNotFoundError, OSError, ValueError):
-        return None
-
-
-def tag_complete(ds_dir: str, tag: str) -> bool:
-    """Every file listed in the tag's meta.json exists with its size. Tags written by DeepSpeed alone (no
-    meta.json, e.g. older runs) count as complete when they hold model states."""
-    fs, path = _fs(ds_dir)
-    meta = read_meta(ds_dir, tag)
-    try:
-        sizes = {posixpath.basename(p["name"]): int(p["size"]) for p in fs.ls(posixpath.join(path, tag), detail=True)}
-    except (FileNotFoundError, OSError):
-        return False
-    if meta is None:
-        return any(n.endswith("model_states.pt") for n in sizes)
-    return all(sizes.get(n) == s for n, s in meta["files"].items())
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def _with_retries(fn, what: str, retries: int):
@@ -169,14 +180,20 @@ def _json_args(args) -> Dict:
 
 
 class CheckpointStore:
-    """Where a run's checkpoints live (local staging + optional remote folder) and how they are committed."""
+    """Where a run's checkpoints live (local staging + optional remote folder) and how they are committed.
 
-    def __init__(self, args):
+    ``fence``: called by rank 0 right before ``latest`` moves; it raises when this run no longer owns its folder
+    (``RunLocks.verify``). ``needed``: the bytes one checkpoint takes, once known (the estimate at the start,
+    then the size of the last one written)."""
+
+    def __init__(self, args, fence: Optional[Callable[[], None]] = None):
         self.args = args
         self.local = args.checkpoint_path
         self.remote = args.checkpoint_dir if is_remote(args.checkpoint_dir) else None
         self.keep = int(args.keep_checkpoints)
         self.retries = int(os.environ.get(UPLOAD_RETRIES_ENV, str(DEFAULT_UPLOAD_RETRIES)))
+        self.fence = fence
+        self.needed: Optional[int] = None
 
     @property
     def local_ds(self) -> str:
@@ -186,6 +203,30 @@ class CheckpointStore:
     def remote_ds(self) -> Optional[str]:
         return posixpath.join(self.remote, DS_SUBDIR) if self.remote else None
 
+    # -- space -----------------------------------------------------------------------------------------
+    def last_checkpoint_bytes(self) -> Optional[int]:
+        """The size of the newest complete local checkpoint (its DeepSpeed files and its epoch_N.pt), if any."""
+        tag = latest_tag(self.local_ds)
+        meta = read_meta(self.local_ds, tag) if tag else None
+        if not meta:
+            return None
+        pt = os.path.join(self.local, f"epoch_{meta['epoch']}.pt")
+        return sum(int(n) for n in meta["files"].values()) + (os.path.getsize(pt) if os.path.isfile(pt) else 0)
+
+    def check_space(self, estimate: int) -> None:
+        """Refuse to start a run whose checkpoint folder has no room for one checkpoint (rank 0)."""
+        last = self.last_checkpoint_bytes()
+        self.needed = last or estimate
+        os.makedirs(self.local, exist_ok=True)
+        free = free_bytes(self.local)
+        if free < self.needed:
+            how = f"the last one took {human(last)}" if last else "estimated from the model's parameters"
+            raise CheckpointError(
+                f"not enough space for a checkpoint in {self.local}: {human(free)} free, a checkpoint of this run "
+                f"needs about {human(self.needed)} ({how}). Free space there (older checkpoints can go: "
+                f"--keep-checkpoints K keeps the newest K) or write checkpoints elsewhere with --checkpoint-dir. "
+                f"Nothing was written.")
+
     # -- save ------------------------------------------------------------------------------------------
     def save(self, engine, *, epoch: int, step: int, class_table, loader_states: list,
              tag: Optional[str] = None, head_state: Optional[Dict] = None,
@@ -194,35 +235,64 @@ class CheckpointStore:
         args = self.args
         mid_epoch = tag is not None
         tag = tag or f"epoch_{epoch}"
-        os.makedirs(self.local_ds, exist_ok=True)
         client_state = {"epoch": epoch, "step": step, "name": args.name, "model": args.model,
+                        MODEL_ARGS_KEY: model_args(args),
                         "classes": [c.__dict__ for c in class_table.classes], "loader": loader_states,
                         "rng": _gather(rng_state(), args.world_size), "args": _json_args(args)}
         if head_state:
-            client_state["patentclip_head"] = {"config": head_state["config"]}
-        engine.save_checkpoint(self.local_ds, tag=tag, client_state=client_state, save_latest=False)
-        if args.rank == 0 and not mid_epoch:
-            oc = {"epoch": epoch, "name": args.name, "state_dict": open_clip_state_dict(engine.module.clip),
-                  "model": args.model, "classes": client_state["classes"]}
-            if head_state:
-                oc["patentclip_head"] = head_state
-            if loss_states:
-                oc["patentclip_losses"] = loss_states
-            tmp = os.path.join(self.local, f"epoch_{epoch}.pt.tmp")
-            torch.save(oc, tmp)
-            os.replace(tmp, os.path.join(self.local, f"epoch_{epoch}.pt"))
+            client_state[HEAD_KEY] = {"config": head_state["config"]}
+        local_tag = os.path.join(self.local_ds, tag)
+        pt_file = os.path.join(self.local, f"epoch_{epoch}.pt")
+        free_before = free_bytes(self.local)
+        error = None
+        try:  # the tag folder first, so that DeepSpeed's own makedirs (before its first barrier) cannot fail
+            os.makedirs(local_tag, exist_ok=True)
+        except OSError as exc:
+            error = exc
+        if not any(e for e in _gather(error is not None, args.world_size)):
+            try:
+                engine.save_checkpoint(self.local_ds, tag=tag, client_state=client_state, save_latest=False)
+            except Exception as exc:
+                error = exc
+                if dist.is_initialized():
+                    dist.barrier()  # the barrier save_checkpoint ends with, which this rank did not reach
+            if error is None and args.rank == 0 and not mid_epoch:
+                oc = open_clip_checkpoint(engine.module.clip, epoch=epoch, name=args.name, model_name=args.model,
+                                          classes=client_state["classes"], head_state=head_state,
+                                          model_args=client_state[MODEL_ARGS_KEY])
+                if loss_states:
+                    oc[LOSSES_KEY] = loss_states
+                tmp = _unique(pt_file)
+                try:
+                    torch.save(oc, tmp)
+                    os.replace(tmp, pt_file)
+                    if args.save_most_recent:  # open_clip's --save-most-recent: the newest epoch as epoch_latest.pt
+                        tmp = _unique(os.path.join(self.local, LATEST_PT))
+                        shutil.copyfile(pt_file, tmp)
+                        os.replace(tmp, os.path.join(self.local, LATEST_PT))
+                except Exception as exc:
+                    error = exc
+                    _remove(tmp)
+        failures = _gather(None if error is None else (type(error).__name__, str(error),
+                                                       is_disk_full(error, self.local, self.needed or 0)),
+                           args.world_size)
+        if any(failures):
+            if args.rank == 0:
+                shutil.rmtree(local_tag, ignore_errors=True)  # the partial checkpoint, never named by latest
+            if dist.is_initialized():
+                dist.barrier()
+            raise CheckpointError(self._write_failure(tag, epoch, step, [f for f in failures if f], free_before))
         if dist.is_initialized():
             dist.barrier()
         ok, error = True, None
-        local_tag = os.path.join(self.local_ds, tag)
         try:
             if self.remote:
                 mine = _rank_files(sorted(os.listdir(local_tag)), args.rank)
                 for name in mine:
                     _upload(os.path.join(local_tag, name), posixpath.join(self.remote_ds, tag, name), self.retries)
                 if args.rank == 0 and not mid_epoch:
-                    _upload(os.path.join(self.local, f"epoch_{epoch}.pt"),
-                            posixpath.join(self.remote, f"epoch_{epoch}.pt"), self.retries)
+                    for name in [f"epoch_{epoch}.pt"] + ([LATEST_PT] if args.save_most_recent else []):
+                        _upload(os.path.join(self.local, name), posixpath.join(self.remote, name), self.retries)
         except CheckpointError as exc:
             ok, error = False, str(exc)
         oks = _gather((ok, error), args.world_size)
@@ -239,25 +309,42 @@ class CheckpointStore:
         committed_all = _gather((committed, error), args.world_size)[0] if args.world_size > 1 else (committed, error)
         if not committed_all[0]:
             raise CheckpointError(f"checkpoint {tag} was uploaded but not committed: {committed_all[1]}. "
-                                  f"'latest' still names the previous complete checkpoint.")
+                                  f"'latest' still names the previous complete checkpoint, locally and remotely.")
         if args.rank == 0:
             logging.info("Saved checkpoint %s (epoch %d, step %d) to %s", tag, epoch, step,
                          self.remote or self.local)
+            self.needed = self.last_checkpoint_bytes() or self.needed
             self._prune(tag, epoch)
         if dist.is_initialized():
             dist.barrier()
         return tag
 
+    def _write_failure(self, tag: str, epoch: int, step: int, failures: list, free_before: int) -> str:
+        previous = latest_tag(self.local_ds)
+        kept = (f"'latest' still names {previous}" if previous else "no earlier checkpoint of this run exists")
+        if any(full for _, _, full in failures):
+            need = f"a checkpoint of this run takes about {human(self.needed)}" if self.needed else \
+                "a checkpoint did not fit"
+            return (f"checkpoint {tag} (epoch {epoch}, step {step}) could not be written: the disk holding "
+                    f"{self.local} is full ({human(free_before)} free before this save; {need}). The partial "
+                    f"checkpoint was removed and {kept}; earlier checkpoints are untouched. Free space there "
+                    f"(--keep-checkpoints K keeps only the newest K) or use --checkpoint-dir, then resume with "
+                    f"--resume latest.")
+        errors = "; ".join(f"{kind}: {msg}" for kind, msg, _ in failures)
+        return (f"checkpoint {tag} (epoch {epoch}, step {step}) could not be written to {self.local}: {errors}. "
+                f"The partial checkpoint was removed and {kept}.")
+
     def _commit(self, tag: str, epoch: int, step: int) -> None:
+        """Name ``tag`` as the newest complete checkpoint: remote folder first, then the local one."""
         local_tag = os.path.join(self.local_ds, tag)
         files = {n: os.path.getsize(os.path.join(local_tag, n)) for n in sorted(os.listdir(local_tag)) if n != META}
         meta = json.dumps({"tag": tag, "epoch": epoch, "step": step, "files": files,
                            "world_size": self.args.world_size, "zero_stage": self.args.zero_stage}, indent=1)
-        with open(os.path.join(local_tag, META), "w") as f:
-            f.write(meta)
-        with open(os.path.join(self.local_ds, "latest.tmp"), "w") as f:
-            f.write(tag)
-        os.replace(os.path.join(self.local_ds, "latest.tmp"), os.path.join(self.local_ds, "latest"))
+        if self.fence is not None:
+            try:
+                self.fence()
+            except Exception as exc:
+                raise CheckpointError(f"{tag} not named as latest: {exc}") from exc
         if self.remote:
             fs, path = _fs(self.remote_ds)
 
@@ -271,6 +358,11 @@ class CheckpointStore:
                 fs.pipe_file(posixpath.join(path, "latest"), tag.encode())
 
             _with_retries(verify_and_commit, f"commit of {self.remote_ds}/{tag}", self.retries)
+        try:
+            write_atomic(os.path.join(local_tag, META), meta)
+            write_atomic(os.path.join(self.local_ds, "latest"), tag)
+        except OSError as exc:
+            raise CheckpointError(f"{tag}: the local commit in {self.local_ds} failed: {exc}") from exc
 
     def _prune(self, newest: str, epoch: int) -> None:
         if self.args.delete_previous_checkpoint:
@@ -395,17 +487,18 @@ def resolve_zero_stage(args, target) -> int:
     return stage
 
 
-def load_weights_before_engine(model, target) -> int:
+def load_weights_before_engine(model, target, trust: bool = False) -> Tuple[int, Dict]:
     """For ``--resume <file.pt>``: load open_clip weights into the model BEFORE the DeepSpeed engine is built
-    (the engine copies parameters into its fp32/bf16 partitions at init). Returns the checkpoint's epoch."""
+    (the engine copies parameters into its fp32/bf16 partitions at init). Returns the checkpoint's epoch and the
+    checkpoint (for the classification head it may carry). Read weights-only (``launch/safe_load.py``)."""
     _, path, _ = target
     with fsspec.open(path, "rb") as f:
-        ckpt = torch.load(f, map_location="cpu", weights_only=False)
+        ckpt = safe_load.load(f, path, trust=trust, map_location="cpu")
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
     load_open_clip_state_dict(model, sd)
     epoch = int(ckpt.get("epoch", 0)) if isinstance(ckpt, dict) else 0
     logging.info("Loaded open_clip weights from %s (epoch %d); optimizer state starts fresh", path, epoch)
-    return epoch
+    return epoch, ckpt if isinstance(ckpt, dict) else {}
 
 
 def restore_engine(engine, target, store: CheckpointStore) -> Tuple[int, int, Dict]:
@@ -413,7 +506,18 @@ def restore_engine(engine, target, store: CheckpointStore) -> Tuple[int, int, Di
     returns (epoch, step, client_state). Collective: call it on every rank."""
     _, path, tag = target
     local = store.fetch(path, tag)
-    load_path, client_state = engine.load_checkpoint(local, tag=tag)
+    try:
+        with safe_load.weights_only_loads(os.path.join(local, tag), trust=store.args.trust_checkpoint):
+            load_path, client_state = engine.load_checkpoint(local, tag=tag)
+    except RuntimeError as exc:
+        if "size mismatch" not in str(exc) and "Missing key" not in str(exc) and "Unexpected key" not in str(exc):
+            raise
+        first = "; ".join(line.strip() for line in str(exc).splitlines()[1:4])
+        raise CheckpointError(
+            f"--resume: {posixpath.join(path, tag)} holds another model than this run's ({store.args.model} with "
+            f"these flags): {first} ... Resume it with the flags it was written with (its params are in the "
+            f"checkpoint's client state and beside it in params.txt) or start a new run (--name). The run's "
+            f"params.txt and checkpoints are unchanged.") from None
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {os.path.join(local, tag)}")
     rngs = client_state.get("rng") or []

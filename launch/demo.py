@@ -75,7 +75,8 @@ def main(argv=None) -> int:
     import torch
     from open_clip import get_tokenizer
 
-    from patentclip.launch.evaluate import evaluate_model, format_table, load_model_for_eval
+    from patentclip.evaluation.loading import load_model_for_eval
+    from patentclip.evaluation.run import evaluate_model, format_table
     from patentclip.plugins.classes import load_class_table
     from patentclip.plugins.models import register_model_configs
     from patentclip.plugins.builtin import load_builtin_plugins

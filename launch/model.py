@@ -2,10 +2,9 @@
 
 DeepSpeed trains one ``nn.Module``. ``PatentTrainModule`` holds the open_clip model under ``.clip`` and the
 ``LossSet`` under ``.criterion`` (so loss parameters, e.g. learned loss weights or a classification head,
-are trained, checkpointed and restored with the model). ``open_clip_state_dict`` gives back exactly what
-vanilla open_clip saves and loads; ``head_state`` the classification head that ``epoch_N.pt`` carries beside
-it under ``"patentclip_head"``, ``loss_states`` the other loss plugins' state (arcface) under
-``"patentclip_losses"``.
+are trained, checkpointed and restored with the model). ``head_state`` gives the classification head that
+``epoch_N.pt`` carries beside the open_clip weights, ``loss_states`` the other loss plugins' state (arcface) under
+``"patentclip_losses"`` (the file format: :mod:`patentclip.launch.checkpoint_format`).
 """
 from __future__ import annotations
 
@@ -22,38 +21,13 @@ from patentclip.plugins.losses import LossSet
 def make_logit_scale_nonscalar(model: nn.Module) -> None:
     """DeepSpeed cannot broadcast or clip 0-dim parameters: store ``logit_scale`` (and ``logit_bias``) as shape [1].
 
-    The forward pass is unchanged (broadcasting); :func:`open_clip_state_dict` turns them back to 0-dim.
+    The forward pass is unchanged (broadcasting); :func:`patentclip.launch.checkpoint_format.open_clip_state_dict`
+    turns them back to 0-dim.
     """
     for name in ("logit_scale", "logit_bias"):
         p = getattr(model, name, None)
         if isinstance(p, nn.Parameter) and p.ndim == 0:
             setattr(model, name, nn.Parameter(p.detach().reshape(1).clone(), requires_grad=p.requires_grad))
-
-
-def open_clip_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """The model's state dict as vanilla open_clip has it (0-dim logit_scale/logit_bias), on CPU, fp32."""
-    sd = {}
-    for k, v in model.state_dict().items():
-        v = v.detach().cpu()
-        if v.is_floating_point():
-            v = v.float()
-        if k in ("logit_scale", "logit_bias") and v.ndim == 1 and v.numel() == 1:
-            v = v.reshape(())
-        sd[k] = v
-    return sd
-
-
-def load_open_clip_state_dict(model: nn.Module, sd: Dict[str, torch.Tensor]) -> None:
-    """Load an open_clip state dict (0-dim or [1] logit_scale, with or without a ``module.`` prefix)."""
-    if sd and next(iter(sd)).startswith("module."):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    own = model.state_dict()
-    fixed = {}
-    for k, v in sd.items():
-        if k in own and own[k].shape != v.shape and own[k].numel() == v.numel() == 1:
-            v = v.reshape(own[k].shape)
-        fixed[k] = v
-    model.load_state_dict(fixed)
 
 
 FEATURE_SCALARS = ("logit_scale", "logit_bias")

@@ -8,13 +8,17 @@ a checkpoint (with the data-loader position), and only after it is committed lea
 (:func:`mark_requeue`: ``<logs>/<name>/requeue``, then a barrier so no rank exits before it exists) and exits with
 :data:`EXIT_REQUEUE`; ``slurm/*.sh`` requeue the job on the marker (srun's exit code is unreliable once it kills
 ranks) and the requeued job resumes with ``--resume latest``.
+
+``fail(reason)`` is the other way a run ends at a step boundary: something outside the loop (the run lock's
+heartbeat thread, when another process has taken the run over) says this run must stop at once WITHOUT a
+checkpoint; ``should_stop`` then raises :class:`RunAborted` on every rank. Both flags travel in one all-reduce.
 """
 from __future__ import annotations
 
 import logging
 import os
 import signal
-from typing import Optional
+from typing import List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -23,10 +27,19 @@ EXIT_REQUEUE = 3
 SIGNALS = ("SIGUSR1", "SIGTERM", "SIGINT")
 
 
+class RunAborted(RuntimeError):
+    """The run must end now, without a checkpoint (e.g. it no longer owns its run folder)."""
+
+
 class StopSignal:
     def __init__(self):
         self.received: Optional[str] = None
+        self.failure: Optional[str] = None
         self._previous = {}
+
+    def fail(self, reason: str) -> None:
+        """Ask every rank to abort at the next step boundary (callable from any thread)."""
+        self.failure = reason
 
     def _handler(self, signum, frame):
         name = signal.Signals(signum).name
@@ -46,17 +59,27 @@ class StopSignal:
         self._previous.clear()
 
     def should_stop(self, device=None) -> bool:
-        """True on every rank once any rank got a stop signal (collective: call it on all ranks)."""
-        return agree(bool(self.received), device)
+        """True on every rank once any rank got a stop signal; raises :class:`RunAborted` on every rank once any
+        rank was told to :meth:`fail` (collective: call it on all ranks)."""
+        stop, failed = agree_all([bool(self.received), bool(self.failure)], device)
+        if failed:
+            raise RunAborted(self.failure or "another rank aborted the run")
+        return stop
+
+
+def agree_all(flags: Sequence[bool], device=None) -> List[bool]:
+    """Each flag true on every rank if it is true on any rank: one all-reduce (collective: call it on all ranks)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int32,
+                         device=device if device is not None else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in t.tolist()]
+    return [bool(f) for f in flags]
 
 
 def agree(flag: bool, device=None) -> bool:
     """True on every rank if ``flag`` is true on any rank (collective: call it on all ranks)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device if device is not None else "cpu")
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(int(t.item()))
-    return bool(flag)
+    return agree_all([flag], device)[0]
 
 
 def synchronized(batches, device=None):

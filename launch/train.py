@@ -9,8 +9,10 @@ instead of the DDP wrap, and its own checkpoints), and the training step (open_c
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -18,31 +20,38 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable, Dict, Optional, Tuple
 
-import fsspec
 import torch
 from open_clip import get_input_dtype, get_tokenizer
 from open_clip_train.distributed import broadcast_object, init_distributed_device, is_master
 from open_clip_train.logger import setup_logging
 from open_clip_train.main import random_seed
 from open_clip_train.scheduler import const_lr, const_lr_cooldown, cosine_lr
-from torch.utils.tensorboard import SummaryWriter
 
 from patentclip.launch import checkpoint as ckpt
 from patentclip.launch.args import parse_train_args
-from patentclip.launch.evaluate import evaluate_during_training
-from patentclip.launch.model import (PatentTrainModule, head_state, load_head_state, load_loss_states, lock_towers,
-                                     loss_states, make_logit_scale_nonscalar, optimizer_param_groups)
+from patentclip.evaluation.during_training import evaluate_during_training
+from patentclip.evaluation.extra_metrics import check_metric_names, metric_names
+from patentclip.launch.diskspace import DiskFullError, quiet_failing_log_files, write_atomic
+from patentclip.launch.model import (PatentTrainModule, head_state, load_head_state, load_loss_states, loss_states,
+                                     lock_towers,
+                                     make_logit_scale_nonscalar, optimizer_param_groups)
 from patentclip.launch.distributed import deepspeed_config, init_deepspeed, relaunch_with_torchrun
 from patentclip.launch.progress import StepLogger
-from patentclip.launch.signals import EXIT_REQUEUE, StopSignal, mark_requeue, requeue_marker, synchronized
-from patentclip.launch.step import accumulate_batches, train_step_accum
+from patentclip.launch.runlock import LocalLock, ObjectLease, RunLockError, RunLocks
+from patentclip.launch.safe_load import UntrustedCheckpoint
+from patentclip.launch.scalars import ScalarLog, report_backends
+from patentclip.launch.signals import (EXIT_REQUEUE, RunAborted, StopSignal, mark_requeue, requeue_marker,
+                                       synchronized)
+from patentclip.launch.step import accumulate_batches, begin_step, train_step_accum
 from patentclip.plugins.augment import rrc_aug_cfg, with_patent_augmentations
 from patentclip.plugins.builtin import load_builtin_plugins
-from patentclip.plugins.classes import load_class_table
+from patentclip.plugins.classes import ClassMismatch, load_class_table
+from patentclip.plugins.data.stream import EmptyStream
+from patentclip.plugins.data.tars import UnreadableShards
 from patentclip.plugins.image_transport import transport_of
-from patentclip.plugins.losses import LossSet
+from patentclip.plugins.losses import LossSet, losses_need_logit_bias
 from patentclip.plugins.models import register_model_configs
-from patentclip.plugins.pretrained import StartPlan, check_start, create_model_for_run, fetch_start
+from patentclip.plugins.pretrained import check_start, create_model_for_run, fetch_start
 from patentclip.plugins.registry import DATASETS, import_plugin_modules
 from patentclip.plugins.remote_io import is_remote
 
@@ -65,8 +74,32 @@ def quiet_library_loggers() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def setup_run(args) -> torch.device:
-    """Distributed init, experiment name and log folders, as open_clip_train.main does it."""
+def lock_run(args, log_base_path: str) -> Optional[RunLocks]:
+    """Rank 0 takes the run's locks (``launch/runlock.py``: the run folder, a separate local checkpoint folder,
+    a remote checkpoint folder's lease) before anything is written into the run; every rank learns the outcome,
+    and a run owned by another live process is refused on every rank with the owner named."""
+    locks, error = None, None
+    if args.rank == 0:
+        folders = [LocalLock(log_base_path)]
+        if os.path.abspath(args.checkpoint_path) != os.path.abspath(os.path.join(log_base_path, "checkpoints")):
+            folders.append(LocalLock(args.checkpoint_path))
+        if is_remote(args.checkpoint_dir):
+            folders.append(ObjectLease(args.checkpoint_dir))
+        try:
+            locks = RunLocks(folders, stale_after=args.lock_stale_after, run=log_base_path).acquire()
+        except (RunLockError, OSError) as exc:
+            error = f"patentclip-train: {exc}"
+    if args.distributed:
+        error = broadcast_object(args, error)
+    if error:
+        raise SystemExit(error)
+    if locks is not None:
+        atexit.register(locks.release)  # also on an error or SystemExit before finish(); kill -9 leaves it stale
+    return locks
+
+
+def setup_run(args) -> Tuple[torch.device, Optional[RunLocks]]:
+    """Distributed init, experiment name, the run's lock and log folders, as open_clip_train.main does it."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         if args.device.startswith("cuda"):
@@ -75,8 +108,6 @@ def setup_run(args) -> torch.device:
         args.precision = "bf16" if args.device.startswith("cuda") else "fp32"
     if args.precision in ("fp16", "amp", "pure_fp16") and not args.device.startswith("cuda"):
         raise SystemExit(f"--precision {args.precision} needs a GPU; on CPU use fp32 or bf16")
-    if args.accum_freq < 1:
-        raise SystemExit("--accum-freq must be >= 1")
     if not args.train_data:
         raise SystemExit("--train-data is required (patentclip-eval evaluates without training)")
 
@@ -91,6 +122,10 @@ def setup_run(args) -> torch.device:
     if args.resume and not resume_latest:  # refuse a ZeRO stage that cannot read it before making any folder
         ckpt.resolve_zero_stage(args, ckpt.resolve_resume(args))
     log_base_path = os.path.join(args.logs, args.name)
+    args.checkpoint_path = os.path.join(log_base_path, "checkpoints")
+    if args.checkpoint_dir and not is_remote(args.checkpoint_dir):
+        args.checkpoint_path = args.checkpoint_dir
+    locks = lock_run(args, log_base_path)
     args.log_path = None
     if is_master(args, local=args.log_local):
         os.makedirs(log_base_path, exist_ok=True)
@@ -100,11 +135,12 @@ def setup_run(args) -> torch.device:
                              f"--resume latest to continue it")
     args.log_level = logging.DEBUG if args.debug else logging.INFO
     setup_logging(args.log_path, args.log_level)
+    quiet_failing_log_files()  # a full disk: one line on stderr, not a traceback per log record
     quiet_library_loggers()
-    args.tensorboard = "tensorboard" in args.report_to or "all" in args.report_to
-    args.checkpoint_path = os.path.join(log_base_path, "checkpoints")
-    if args.checkpoint_dir and not is_remote(args.checkpoint_dir):
-        args.checkpoint_path = args.checkpoint_dir
+    for taken in (locks.took_over if locks is not None else []):
+        logging.warning("%s", taken)
+    backends = report_backends(args.report_to)
+    args.tensorboard, args.wandb = "tensorboard" in backends, "wandb" in backends
     args.tensorboard_path = os.path.join(log_base_path, "tensorboard") if args.tensorboard and args.rank == 0 else ""
     os.makedirs(args.checkpoint_path, exist_ok=True)
     if args.tensorboard_path:
@@ -112,7 +148,7 @@ def setup_run(args) -> torch.device:
     args.save_logs = bool(args.logs) and args.logs.lower() != "none" and args.rank == 0
     if args.rank == 0 and os.path.exists(requeue_marker(args)):
         os.remove(requeue_marker(args))
-    return device
+    return device, locks
 
 
 @dataclass
@@ -136,26 +172,74 @@ class Run:
     writer: Optional[object] = None
     step_log: Optional[object] = None
     metrics: Dict = field(default_factory=dict)
+    locks: Optional[RunLocks] = None
 
 
-def make_model(args, device, start: StartPlan):
-    """open_clip's model factory with the run's flags and starting weights (plugins/pretrained.py), and the patent
-    augmentations on the train transform."""
+def make_model(args, device, start=None):
+    """open_clip's model factory with the run's flags and starting weights (``start``: plugins/pretrained.py), and
+    the patent augmentations on the train transform."""
     if isinstance(args.force_image_size, (tuple, list)) and len(args.force_image_size) == 1:
         args.force_image_size = args.force_image_size[0]
     rrc_aug_cfg(args)
     random_seed(args.seed, 0)
-    model, preprocess_train, preprocess_val = create_model_for_run(args, device, start)
+    model_kwargs = {}
+    if args.siglip:  # open_clip_train.main's SigLIP initial values (and a learned logit bias)
+        model_kwargs = {"init_logit_scale": math.log(10), "init_logit_bias": -10}
+    model, preprocess_train, preprocess_val = create_model_for_run(args, device, start, **model_kwargs)
     make_logit_scale_nonscalar(model)
     return model, with_patent_augmentations(preprocess_train, args), preprocess_val
 
 
+#: torch.compile backend of --torchcompile (tests use aot_eager: the same graph capture without code generation)
+COMPILE_BACKEND_ENV = "PATENTCLIP_COMPILE_BACKEND"
+
+
+def apply_model_flags(model, args) -> None:
+    """open_clip's flags that change the model before the optimizer sees it, in open_clip_train.main's order:
+    --lock-image/--lock-text, --grad-checkpointing, --use-bn-sync (several ranks), --torchcompile (in place,
+    ``nn.Module.compile``: the state dict keeps its keys, so checkpoints are unchanged)."""
+    lock_towers(model, args)
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing()
+    if args.use_bn_sync and args.world_size > 1:
+        if not args.device.startswith("cuda"):
+            raise SystemExit("--use-bn-sync needs GPUs (torch's SyncBatchNorm runs on CUDA only); drop it on CPU")
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # converts the batch-norm layers in place
+    if args.torchcompile:
+        backend = os.environ.get(COMPILE_BACKEND_ENV, "inductor")
+        logging.info("Compiling the model (torch.compile, backend %s)", backend)
+        model.compile(backend=backend)
+
+
+def make_optimizer(module, args) -> torch.optim.Optimizer:
+    """open_clip's AdamW (--lr, --beta1, --beta2, --eps, --wd; no decay on gains, biases, norms, logit scale)."""
+    return torch.optim.AdamW(optimizer_param_groups(module, args.wd), lr=args.lr, betas=(args.beta1, args.beta2),
+                             eps=args.eps)
+
+
 def write_params(args) -> None:
-    """``params.txt`` (open_clip's record of the arguments) and the same lines in the log (rank 0)."""
-    with open(os.path.join(args.logs, args.name, "params.txt"), "w") as f:
-        for name in sorted(vars(args)):
-            logging.info(f"  {name}: {getattr(args, name)}")
-            f.write(f"{name}: {getattr(args, name)}\n")
+    """``params.txt`` (open_clip's record of the arguments) and the same lines in the log (rank 0).
+
+    Written once the model, the engine and any checkpoint being resumed are loaded (a start that fails before
+    leaves the file of the run's earlier start as it was), and atomically (a full disk cannot truncate it)."""
+    lines = [f"{name}: {getattr(args, name)}" for name in sorted(vars(args))]
+    for line in lines:
+        logging.info("  %s", line)
+    write_atomic(os.path.join(args.logs, args.name, "params.txt"), "".join(line + "\n" for line in lines))
+
+
+def check_checkpoint_space(args, store: ckpt.CheckpointStore, module) -> None:
+    """Refuse, on every rank, a run whose checkpoint folder has no room for one checkpoint (rank 0 checks)."""
+    error = None
+    if args.rank == 0:
+        try:
+            store.check_space(ckpt.estimate_checkpoint_bytes(module, args.zero_stage))
+        except (ckpt.CheckpointError, OSError) as exc:
+            error = f"patentclip-train: {exc}"
+    if args.distributed:
+        error = broadcast_object(args, error)
+    if error:
+        raise SystemExit(error)
 
 
 def make_scheduler(args, optimizer, steps_per_epoch: int) -> Callable:
@@ -176,42 +260,39 @@ def build_run(args) -> Run:
     register_model_configs()
     load_builtin_plugins()
     import_plugin_modules(args.plugins.split(","))
+    check_metric_names(metric_names(args.eval_metrics))  # before any folder is made
+    if not args.siglip and losses_need_logit_bias(args.loss):
+        args.siglip = True  # the model gets a learned logit bias and open_clip's SigLIP initial values
     start = check_start(args)  # starting weights on disk or in the hub cache; offline and missing: stop here
-    device = setup_run(args)
+    device, locks = setup_run(args)
     start = fetch_start(start, args)
     deepspeed = init_deepspeed(args, device)
     class_table = load_class_table(args.train_data, args.classes_json)
     logging.info("%d classes from %s", len(class_table), class_table.source)
 
     model, preprocess_train, preprocess_val = make_model(args, device, start)
-    store = ckpt.CheckpointStore(args)
+    store = ckpt.CheckpointStore(args, fence=locks.verify if locks is not None else None)
     resume_target = ckpt.resolve_resume(args, store)
     args.zero_stage = ckpt.resolve_zero_stage(args, resume_target)
-    start_epoch, start_step = 0, 0
+    start_epoch, start_step, oc = 0, 0, None
     if resume_target and resume_target[0] == "open_clip":
-        start_epoch = ckpt.load_weights_before_engine(model, resume_target)
+        start_epoch, oc = ckpt.load_weights_before_engine(model, resume_target, trust=args.trust_checkpoint)
     random_seed(args.seed, args.rank)
-    lock_towers(model, args)
-    if args.grad_checkpointing:
-        model.set_grad_checkpointing()
+    apply_model_flags(model, args)
 
     criterion = LossSet(args.loss, args, class_table)
     if criterion.needs_second_view and not args.multiview:
         logging.info("a selected loss needs a second view: multi-view pairs switched on")
         args.multiview = True
     module = PatentTrainModule(model, criterion).to(device)
-    if resume_target and resume_target[0] == "open_clip":  # the classification head travels in epoch_N.pt
-        with fsspec.open(resume_target[1], "rb") as f:
-            oc = torch.load(f, map_location="cpu", weights_only=False)
-        load_head_state(module, oc.get("patentclip_head") if isinstance(oc, dict) else None)
-        load_loss_states(module, oc.get("patentclip_losses") if isinstance(oc, dict) else None)
-    if args.rank == 0:
-        logging.info("Model:\n%s", model)
-        write_params(args)
+    if oc is not None:  # the classification head travels in epoch_N.pt
+        load_head_state(module, oc.get("patentclip_head"))
+        load_loss_states(module, oc.get("patentclip_losses"))
+    check_checkpoint_space(args, store, module)
 
-    optimizer = torch.optim.AdamW(optimizer_param_groups(module, args.wd), lr=args.lr,
-                                  betas=(args.beta1, args.beta2), eps=args.eps)
-    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=deepspeed_config(args))
+    ds_config = deepspeed_config(args)
+    logging.debug("DeepSpeed config: %s", json.dumps(ds_config))
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=make_optimizer(module, args), config=ds_config)
     logging.info("DeepSpeed engine: ZeRO stage %d, %s, world size %d", args.zero_stage,
                  "bf16" if engine.bfloat16_enabled() else ("fp16" if engine.fp16_enabled() else "fp32"),
                  args.world_size)
@@ -224,6 +305,9 @@ def build_run(args) -> Run:
             loader_state = {**(states[0] or {}), "world_size": len(states)}
     elif args.resume == "latest":
         logging.info("--resume latest: no checkpoint in %s yet, starting from scratch", args.checkpoint_path)
+    if args.rank == 0:  # only now: a start that failed before leaves the run's params.txt as it was
+        logging.info("Model:\n%s", model)
+        write_params(args)
 
     tokenizer = get_tokenizer(args.model, cache_dir=args.cache_dir, context_length=args.force_context_length)
     build_dataset = DATASETS.get(args.patent_dataset)
@@ -236,19 +320,21 @@ def build_run(args) -> Run:
     # the schedule sets the lr of the optimizer DeepSpeed steps (ZeRO wraps the client optimizer)
     scheduler = make_scheduler(args, engine.optimizer, steps_per_epoch)
 
-    writer = SummaryWriter(args.tensorboard_path) if args.save_logs and args.tensorboard else None
+    writer = ScalarLog.open(args)
     step_log = open(os.path.join(args.logs, args.name, "train_steps.jsonl"), "a") if args.save_logs else None
     input_dtype = torch.bfloat16 if engine.bfloat16_enabled() else (
         torch.float16 if engine.fp16_enabled() else get_input_dtype("fp32"))
+    stopper = StopSignal().install()
+    if locks is not None:  # another process took the run over: stop at the next step, without a checkpoint
+        locks.on_lost = stopper.fail
     return Run(args=args, device=device, engine=engine, data=data, class_table=class_table, tokenizer=tokenizer,
-               store=store, scheduler=scheduler, stopper=StopSignal().install(), input_dtype=input_dtype,
+               store=store, scheduler=scheduler, stopper=stopper, input_dtype=input_dtype,
                steps_per_epoch=steps_per_epoch, start_epoch=start_epoch, start_step=start_step,
-               loader_state=loader_state, writer=writer, step_log=step_log)
+               loader_state=loader_state, writer=writer, step_log=step_log, locks=locks)
 
 
 def save(run: Run, epoch: int, step: int, tag: Optional[str] = None) -> None:
-    """A checkpoint of the engine, the data-loader positions of every rank, the classification head and the
-    other loss plugins' state (ArcFace centres and labels)."""
+    """A checkpoint of the engine, the data-loader positions of every rank and the classification head."""
     run.store.save(run.engine, epoch=epoch, step=step, class_table=run.class_table,
                    loader_states=gather_loader_states(run.data["train"].dataloader, run.args), tag=tag,
                    head_state=head_state(run.engine.module), loss_states=loss_states(run.engine.module))
@@ -279,6 +365,7 @@ def run_epoch(run: Run, epoch: int) -> Tuple[int, int, bool]:
         if not args.skip_scheduler:
             run.scheduler(step)
         logger.data_time_m.update(time.time() - end)
+        begin_step(run.engine, args, step)
         total_loss, terms, features = train_step_accum(run.engine, micro, args, run.device, run.input_dtype,
                                                        transport_of(dataloader))
         logger.batch_time_m.update(time.time() - end)
@@ -337,6 +424,8 @@ def finish(run: Run) -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    if run.locks is not None:
+        run.locks.release()
 
 
 def train(args) -> int:
@@ -359,11 +448,21 @@ def train(args) -> int:
     return exit_code
 
 
+#: Faults that end a run with their message and exit code 1, no traceback: each says what happened, where, and
+#: what was kept (docs/faults.md).
+CLEAN_FAULTS = (ckpt.CheckpointError, DiskFullError, RunLockError, RunAborted, UntrustedCheckpoint, EmptyStream,
+                UnreadableShards, ClassMismatch)
+
+
 def main(argv=None) -> int:
     args = parse_train_args(argv)
     if args.nproc_per_node > 1 and not any(v in os.environ for v in ("RANK", "SLURM_PROCID", "LOCAL_RANK")):
         return relaunch_with_torchrun(args)
-    return train(args)
+    try:
+        return train(args)
+    except CLEAN_FAULTS as exc:
+        logging.error("%s", exc)
+        return 1
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ REUSED_NAMES = {
     "open_clip.constants": ["HF_WEIGHTS_NAME", "HF_SAFE_WEIGHTS_NAME", "HF_CONFIG_NAME"],
     "open_clip.pretrained": ["_get_safe_alternatives"],
     "open_clip.timm_model": ["TimmModel"],
-    "open_clip.loss": ["gather_features"],
+    "open_clip.loss": ["gather_features", "SigLipLoss"],
     "open_clip_train.params": ["parse_args"],
     "open_clip_train.distributed": ["init_distributed_device", "is_master", "broadcast_object",
                                     "world_info_from_env"],

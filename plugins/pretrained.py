@@ -48,8 +48,9 @@ import torch
 import open_clip
 import timm
 
-from patentclip.launch.export import _read_params_txt as read_params_txt
-from patentclip.launch.export import final_model_config, model_kwargs_from_params
+from patentclip.evaluation.export import final_model_config
+from patentclip.launch.checkpoint_format import _read_params_txt as read_params_txt
+from patentclip.launch.checkpoint_format import model_kwargs_from_params
 from patentclip.plugins import timm_compat as tc
 from patentclip.plugins.timm_compat import LocalEntryNotFoundError, hf_constants, hf_hub_download
 
@@ -555,9 +556,10 @@ def load_timm_tower(model: torch.nn.Module, timm_name: str, file: str, pool: Opt
     trunk.load_state_dict(ref.state_dict(), strict=True)
 
 
-def create_model_for_run(args, device, plan: Optional[StartPlan] = None):
+def create_model_for_run(args, device, plan: Optional[StartPlan] = None, **model_kwargs):
     """``open_clip.create_model_and_transforms`` for ``patentclip-train``, with the starting weights of ``plan``
-    (:func:`plan_start`): returns (model, preprocess_train, preprocess_val)."""
+    (:func:`plan_start`) and ``model_kwargs`` passed on (e.g. SigLIP's initial logit scale and bias): returns
+    (model, preprocess_train, preprocess_val)."""
     plan = plan if plan is not None else plan_start(args)
     if plan.missing():
         raise MissingWeights(missing_message(plan.missing(), args.cache_dir, hub_offline()))
@@ -574,7 +576,7 @@ def create_model_for_run(args, device, plan: Optional[StartPlan] = None):
         force_patch_dropout=args.force_patch_dropout, force_image_size=args.force_image_size,
         force_context_length=args.force_context_length, image_mean=args.image_mean, image_std=args.image_std,
         image_interpolation=args.image_interpolation, image_resize_mode=args.image_resize_mode,
-        aug_cfg=args.aug_cfg, pretrained_image=False, output_dict=True, cache_dir=args.cache_dir)
+        aug_cfg=args.aug_cfg, pretrained_image=False, output_dict=True, cache_dir=args.cache_dir, **model_kwargs)
     if plan.model:
         logging.info("Model %s starts from %s (%s)", args.model, plan.model.spec, plan.model.file)
     if plan.image:

@@ -27,16 +27,17 @@ How a build runs:
 5. **Report**: ``sizes.json`` and ``classes.json`` per split, ``classes.json``, ``build_report.json`` and the human
    ``build_report.txt`` in the output folder, from the sidecars (so a resumed build reports everything).
 
-Head/tail categories (LLM-informed paper, Figure 1): the classes are ranked by their number of planned drawings
-over all splits (ties by code); the top 40 % of the classes (rounded up) are ``head``, the rest ``tail``.
+Head/tail categories (LLM-informed paper, Figure 1; the rule: :mod:`patentclip.shards.head_tail`): the classes are
+ranked by their number of planned drawings over all splits (ties by code); the top 40 % of the classes (rounded
+up) are ``head``, the rest ``tail``.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import io
 import json
-import math
 import multiprocessing as mp
 import os
 import posixpath
@@ -57,14 +58,17 @@ from .captions import (DEFAULT_MAX_CHARS, DEFAULT_TEMPLATES, JOIN_MODES, Caption
                        clean_captions, clean_captions_traced, drawing_fields, join_captions, line_provenance,
                        load_templates, parse_templates, render_templates)
 from . import sample_format as SF
+from .contact_sheet import write_contact_sheet
+from .head_tail import HEAD_FRACTION, head_tail_split
 from .images import DEFAULT_MAX_SIDE, ImageError, ImageOptions, normalize_image
-from .importers import ImportOptions, import_records
+from .importers import ImportOptions, canonical_patent_key, import_records
 from .manifest import PatentRecord, Problem
+from .pool import ignore_sigint
 
-HEAD_FRACTION = 0.4
 BUILD_DIR = ".build"
-#: Bumped when the shard contents for the same input and flags change (3: caption_provenance from captions files).
-FORMAT_VERSION = 3
+#: Bumped when the shard contents for the same input and flags change (3: caption_provenance from captions files;
+#: 4: large JPEG sources decoded at a reduced DCT scale, shards/images.py).
+FORMAT_VERSION = 4
 _TAR_MTIME = 1262304000  # 2010-01-01: fixed so that the same input gives byte-identical shards
 _SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{6})\.tar$")
 
@@ -82,10 +86,11 @@ def assign_split(patent_id: str, splits: Sequence[Tuple[str, float]], seed: int)
 
 
 def head_tail_categories(counts: Dict[str, int], head_fraction: float = HEAD_FRACTION) -> Dict[str, str]:
-    """class code -> "head"/"tail": the top ``head_fraction`` of classes by count (ties by code) are head."""
-    ranked = sorted(counts, key=lambda c: (-counts[c], c))
-    n_head = math.ceil(head_fraction * len(ranked)) if ranked else 0
-    return {c: ("head" if i < n_head else "tail") for i, c in enumerate(ranked)}
+    """class code -> "head"/"tail" by :func:`patentclip.shards.head_tail.head_tail_split` (the top ``head_fraction``
+    of classes by count are head; codes in sorted order, the order of the class ids, so ties go by code)."""
+    codes = sorted(counts)
+    head = head_tail_split([counts[c] for c in codes], head_fraction=head_fraction)
+    return {c: ("head" if h else "tail") for c, h in zip(codes, head)}
 
 
 def encode_image(path: Path, image_format: str) -> Tuple[bytes, Tuple[int, int]]:
@@ -128,6 +133,26 @@ def _retry(fn, what: str):
     return retry(fn, what, give_up=(FileNotFoundError, PermissionError))
 
 
+class StorageAccessError(PermissionError):
+    """The object store refused the credentials or the request; the message names the endpoint, the bucket and the
+    access key id (never the secret)."""
+
+
+def describe_access(fs, url: str) -> str:
+    """``endpoint E, bucket B, access key id K`` of an s3fs filesystem (what a refusal message shows)."""
+    endpoint = key_id = None
+    try:
+        endpoint = fs.s3.meta.endpoint_url
+        key_id = fs.s3._request_signer._credentials.access_key  # the key id the request was signed with
+    except Exception:  # not connected, not s3fs, or no credentials found at all
+        pass
+    if not endpoint:
+        endpoint = (getattr(fs, "client_kwargs", None) or {}).get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL")
+    key_id = key_id or getattr(fs, "key", None) or os.environ.get("AWS_ACCESS_KEY_ID") or "none found"
+    bucket = url.split("://", 1)[-1].split("/", 1)[0]
+    return f"endpoint {endpoint or 'the default AWS endpoint'}, bucket {bucket}, access key id {key_id}"
+
+
 class Output:
     """The output location: a local folder (``os`` calls, atomic rename) or an fsspec URL (upload = commit)."""
 
@@ -154,6 +179,27 @@ class Output:
     def path(self, *parts: str) -> str:
         return _join(self.url, *parts)
 
+    def refused(self, exc: PermissionError, what: str,
+                kept: str = "Shards uploaded before are complete: run the build again to resume."
+                ) -> StorageAccessError:
+        """A clear error for a request the object store refused (wrong key or secret, no permission)."""
+        reason = str(exc).strip() or type(exc).__name__
+        return StorageAccessError(
+            f"{what}: the object store refused the request ({describe_access(self.fs, self.url)}): {reason}. Check "
+            f"the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE or --profile), the endpoint "
+            f"(--endpoint-url or AWS_ENDPOINT_URL) and the bucket's permissions. {kept}")
+
+    def check_access(self) -> None:
+        """For a remote output: list it once before any work, so that wrong credentials are refused at once."""
+        if self.local:
+            return
+        try:
+            _retry(lambda: self.fs.ls(self._fspath(self.url), refresh=True), f"list {self.url}/")
+        except FileNotFoundError:
+            pass  # a new prefix
+        except PermissionError as exc:
+            raise self.refused(exc, f"cannot write shards to {self.url}", "Nothing was written.") from None
+
     def _fspath(self, p: str) -> str:
         """The path as the filesystem object wants it (no protocol)."""
         if self.local:
@@ -176,7 +222,10 @@ class Output:
                 os.fsync(f.fileno())
             os.replace(tmp, p)
             return
-        _retry(lambda: self.fs.pipe_file(self._fspath(p), data), f"write {p}")
+        try:
+            _retry(lambda: self.fs.pipe_file(self._fspath(p), data), f"write {p}")
+        except PermissionError as exc:
+            raise self.refused(exc, f"cannot write {p}") from None
 
     def write_json(self, rel: Sequence[str], obj) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=1, ensure_ascii=False).encode("utf-8"))
@@ -239,7 +288,10 @@ class Output:
         if self.local:
             os.replace(local_path, p)
             return
-        _retry(lambda: self.fs.put_file(local_path, self._fspath(p)), f"upload {p}")
+        try:
+            _retry(lambda: self.fs.put_file(local_path, self._fspath(p)), f"upload {p}")
+        except PermissionError as exc:
+            raise self.refused(exc, f"cannot upload {p}") from None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -407,7 +459,7 @@ def run_job(job: ShardJob, settings: BuildSettings) -> Dict[str, Any]:
                     for d in r.drawings:
                         key = SF.sample_key(r.patent_id, d.index)
                         try:
-                            data, orig, size = normalize_image(r.image_path(d), settings.image)
+                            data, orig, size = normalize_image(r.image_source(d, settings.image), settings.image)
                         except ImageError as exc:
                             problems.append(_drawing_problem(r, d, f"{exc.kind.replace('_', ' ')} ({exc})", exc.kind,
                                                              "drawing"))
@@ -465,7 +517,15 @@ def run_job(job: ShardJob, settings: BuildSettings) -> Dict[str, Any]:
             os.fsync(raw.fileno())
         nbytes, digest = hf.n, hf.h.hexdigest()
         t_encoded = time.perf_counter()
-        if out.local:
+        if count == 0:  # every drawing failed: no shard (a 0-sample tar stalls every reader), and no old one
+            nbytes, digest = 0, None
+            os.remove(tmp)
+            if out.local:
+                out.remove([job.split, job.name])
+            problems.append(Problem(0, None, f"{job.split}/{job.name}: none of its {job.planned} planned drawings "
+                                    f"could be written; the shard is left out (the other shards keep their names)",
+                                    "empty_shard", "note").to_dict())
+        elif out.local:
             out.put_file(tmp, [job.split, job.name])
         committed = True
         t_committed = time.perf_counter()
@@ -487,7 +547,7 @@ def run_job(job: ShardJob, settings: BuildSettings) -> Dict[str, Any]:
     if out.local:
         out.write_json([BUILD_DIR, job.split, job.name + ".json"], stats)
     else:
-        stats["_staged"] = tmp
+        stats["_staged"] = tmp if count else None
     return stats
 
 
@@ -495,23 +555,19 @@ def commit_staged(out: Output, stats: Dict[str, Any]) -> Dict[str, Any]:
     """Upload a staged shard to its final key (it appears there only when complete), then write its sidecar."""
     staged = stats.pop("_staged")
     t = time.perf_counter()
-    try:
-        out.put_file(staged, [stats["split"], stats["name"]])
-    finally:
+    if staged is None:  # an empty shard: not written, and no object of an earlier build left under its name
+        out.remove([stats["split"], stats["name"]])
+    else:
         try:
-            os.remove(staged)
-        except OSError:
-            pass
+            out.put_file(staged, [stats["split"], stats["name"]])
+        finally:
+            try:
+                os.remove(staged)
+            except OSError:
+                pass
     stats["seconds"]["commit"] = round(time.perf_counter() - t, 3)
     out.write_json([BUILD_DIR, stats["split"], stats["name"] + ".json"], stats)
     return stats
-
-
-def _ignore_sigint():
-    """Pool workers leave Ctrl-C to the main process, which stops the pool and reports how far the build got."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_job_star(args):
@@ -536,7 +592,7 @@ def build_shards(manifest_path, out_dir, *, samples_per_shard: int = 1000,
                  quality: Optional[int] = None, captions: Optional[str] = None, captions_join: str = "replace",
                  templates: Optional[Sequence[str]] = None, templates_file: Optional[str] = None,
                  max_caption_chars: int = DEFAULT_MAX_CHARS, storage_options: Optional[Dict[str, Any]] = None,
-                 resume: bool = True) -> Dict:
+                 resume: bool = True, contact_sheet: int = 0) -> Dict:
     """Build shards; returns the build report (also written to ``out_dir/build_report.json``).
 
     Args:
@@ -558,6 +614,8 @@ def build_shards(manifest_path, out_dir, *, samples_per_shard: int = 1000,
         max_caption_chars: longer captions are cut at a word boundary (0 = no limit).
         storage_options: fsspec options of the output (e.g. :func:`storage_options_from`).
         resume: skip shards a previous run completed with the same plan (False rebuilds everything).
+        contact_sheet: write ``build_report_contact_sheet.png`` of the first this many drawings into the output
+            (0 = none; :mod:`.contact_sheet`).
     """
     t0 = time.time()
     if samples_per_shard < 1:
@@ -583,10 +641,13 @@ def build_shards(manifest_path, out_dir, *, samples_per_shard: int = 1000,
     else:
         tmpl = parse_templates(templates if templates is not None else DEFAULT_TEMPLATES)
     out = Output(out_dir, storage_options)
+    out.check_access()  # wrong credentials: refused now, with endpoint, bucket and key id, not after the encoding
 
     # 1. read
     paths = manifest_path if isinstance(manifest_path, (list, tuple)) else [manifest_path]
-    records, problems, in_stats = import_records(input_format, [str(p) for p in paths], import_options)
+    iopts = dataclasses.replace(import_options or ImportOptions(), workers=workers, progress=progress)
+    records, problems, in_stats = import_records(input_format, [str(p) for p in paths], iopts)
+    report_lines = in_stats.pop("report_lines", [])
     problems = [p.to_dict() for p in problems]
 
     # captions file
@@ -596,10 +657,17 @@ def build_shards(manifest_path, out_dir, *, samples_per_shard: int = 1000,
     if captions:
         index = CaptionIndex(captions)
         used = set()
+        # a key that is a patent number (any spelling: D0909824, USD0909824) captions all drawings of the patent,
+        # e.g. a per-patent LLM caption
+        by_patent: Dict[str, str] = {}
+        for k in index.offsets:
+            by_patent.setdefault(canonical_patent_key(k), k)
         for r in records:
             for d in r.drawings:
                 key = f"{r.patent_id}_{d.index:02d}"
                 k = next((c for c in (key, d.path, d.extra.get("_input_path")) if c in index.offsets), None)
+                if k is None:
+                    k = by_patent.get(canonical_patent_key(r.patent_id))
                 if k is not None:
                     caption_offsets[(r.patent_id, d.index)] = index.offsets[k]
                     used.add(k)
@@ -653,7 +721,7 @@ def build_shards(manifest_path, out_dir, *, samples_per_shard: int = 1000,
                 stale.append(f"{n}/{fname}")
     if resume:
         want = [(j, [BUILD_DIR, j.split, j.name + ".json"]) for j in jobs
-                if j.name in listing[j.split] and j.name + ".json" in sidecar_listing[j.split]]
+                if j.name + ".json" in sidecar_listing[j.split]]
         got = out.read_many([w[1] for w in want])
         for j, rel in want:
             raw = got.get(out.path(*rel))
@@ -661,7 +729,9 @@ def build_shards(manifest_path, out_dir, *, samples_per_shard: int = 1000,
                 st = json.loads(raw) if raw else None
             except ValueError:
                 st = None
-            if st and st.get("fingerprint") == j.fingerprint and listing[j.split].get(j.name) == st.get("bytes"):
+            # complete: the tar of the recorded size, or for a shard left out as empty, no tar at all
+            size = listing[j.split].get(j.name, 0 if st and st.get("count") == 0 else None)
+            if st and st.get("fingerprint") == j.fingerprint and size == st.get("bytes"):
                 done[(j.split, j.index)] = st
     todo = [j for j in jobs if (j.split, j.index) not in done]
 
@@ -704,7 +774,7 @@ def build_shards(manifest_path, out_dir, *, samples_per_shard: int = 1000,
                 handle(run_job(j, settings))
         else:
             ctx = mp.get_context("spawn")
-            pool = ctx.Pool(min(workers, len(todo)), initializer=_ignore_sigint)
+            pool = ctx.Pool(min(workers, len(todo)), initializer=ignore_sigint)
             # biggest jobs first (better balance at the end); the output does not depend on the order
             order = sorted(todo, key=lambda j: (-j.planned, j.split, j.index))
             for st in pool.imap_unordered(_run_job_star, [(j, settings) for j in order], chunksize=1):
@@ -740,13 +810,17 @@ def build_shards(manifest_path, out_dir, *, samples_per_shard: int = 1000,
                    "shards_reused": len(done), "shards_written": len(todo), "stale_shards_removed": stale,
                    "elapsed_s": round(time.time() - t0, 3)})
     report["drawings_per_s"] = round(report["drawings_written_total"] / max(1e-9, report["elapsed_s"]), 2)
+    report["importer_summary"] = report_lines
     all_counts = report.pop("_all_counts")
     for n in names:
-        sizes = {s["name"]: s["count"] for s in (results[(j.split, j.index)] for j in jobs if j.split == n)}
+        sizes = {s["name"]: s["count"] for s in (results[(j.split, j.index)] for j in jobs if j.split == n)
+                 if s["count"]}
         out.write_json([n, "sizes.json"], sizes)
         out.write_json([n, "classes.json"], _classes(codes, class_name, report["class_counts_by_split"][n],
                                                       categories))
     out.write_json(["classes.json"], _classes(codes, class_name, all_counts, categories))
+    if contact_sheet:
+        report["contact_sheet"] = write_contact_sheet(out, names, report["shards"], contact_sheet)
     out.write_json(["build_report.json"], report)
     out.write_bytes(["build_report.txt"], (summary(report) + "\n").encode("utf-8"))
     return report
@@ -773,7 +847,8 @@ def _assemble_report(jobs, results, names, codes, class_name, categories, proble
         views[j.split].update(st["views"])
         dates[j.split] += [d for d in (st["date_min"], st["date_max"]) if d]
         drawings_written[j.split] += st["count"]
-        shards[j.split].append(st["name"])
+        if st["count"]:
+            shards[j.split].append(st["name"])
         bytes_written += st["bytes"]
         records_written += st["records_written"]
     all_problems.sort(key=_problem_sort_key)
@@ -828,6 +903,7 @@ def summary(report: Dict) -> str:
             lines.append(f"  {v:8d}  {k}" + (f"  [{cats.get(k.split(' ', 1)[0])}]" if cats else ""))
         if len(hist) > 15:
             lines.append(f"  ... {len(hist) - 15} more in build_report.json")
+    lines.extend(report.get("importer_summary") or [])
     if report.get("captions"):
         c = report["captions"]
         lines.append(f"captions file: {c['drawings_matched']} drawings matched, {c['keys_unmatched']} keys unmatched")
@@ -873,5 +949,13 @@ def shard_pattern(folder, names: Optional[Sequence[str]] = None) -> str:
     if len(names) == 1:
         return join(folder, names[0])
     prefix = names[0].rsplit("-", 1)[0]
-    first, last = names[0].rsplit("-", 1)[1].split(".")[0], names[-1].rsplit("-", 1)[1].split(".")[0]
-    return join(folder, f"{prefix}-{{{first}..{last}}}.tar")
+    digits = [n.rsplit("-", 1)[1].split(".")[0] for n in names]
+    runs: List[List[str]] = []  # consecutive numbers; a shard left out as empty makes a gap
+    for d in digits:
+        if runs and int(d) == int(runs[-1][-1]) + 1:
+            runs[-1].append(d)
+        else:
+            runs.append([d])
+    if len(runs) == 1:
+        return join(folder, f"{prefix}-{{{digits[0]}..{digits[-1]}}}.tar")
+    return join(folder, f"{prefix}-{{{','.join(f'{{{r[0]}..{r[-1]}}}' for r in runs)}}}.tar")

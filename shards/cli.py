@@ -9,6 +9,7 @@ import sys
 from patentclip.plugins.registry import import_plugin_modules
 from patentclip.shards.build import build_shards, shard_pattern, storage_options_from, summary
 from patentclip.shards.importers import ImportOptions, formats
+from patentclip.shards.images import DEFAULT_TRAIN_IMAGE_SIZE, storage_side
 from patentclip.shards.inspect import format_findings, inspect_shards
 from patentclip.shards.synth import generate_synthetic_patents
 
@@ -18,6 +19,10 @@ def add_import_arguments(g) -> None:
     which must see the same drawings under the same keys."""
     g.add_argument("--images-root", default=None, help="folder the image paths are relative to (default: the "
                                                        "input file's folder)")
+    g.add_argument("--allow-root", action="append", default=[], metavar="DIR",
+                   help="a folder besides the input's (or --images-root) that drawings may lie in; repeatable. An "
+                        "image path that resolves elsewhere (a symlink pointing out of the data folder, an absolute "
+                        "path) is refused and reported (outside_root)")
     g.add_argument("--locarno-table", default=None, metavar="FILE",
                    help="patent id -> Locarno class (CSV/TSV with header, JSON object or JSON Lines)")
     g.add_argument("--locarno-id-column", default="patent_id", help="(default: %(default)s)")
@@ -36,18 +41,27 @@ def add_import_arguments(g) -> None:
         g.add_argument(f"--{col}-column", default=default, help=f"CSV: column of the {what}"
                        + (f" (default: {default})" if default else ""))
     g.add_argument("--delimiter", default=None, help="CSV delimiter (default: tab if the header has one, else ',')")
+    g.add_argument("--uspto-images", choices=["figures", "sheets", "both"], default="figures",
+                   help="USPTO: the figures cut from the drawing sheets (default), the whole sheets, or both")
+    g.add_argument("--no-ocr", action="store_true",
+                   help="USPTO: do not read the FIG. labels with tesseract; figures are numbered in reading order")
+    g.add_argument("--segment-cache", default=None, metavar="DIR",
+                   help="USPTO: cache of the sheet segmentation, so that a rerun does not segment again "
+                        "(default: $XDG_CACHE_HOME/patentclip/uspto-segments; 'none' for no cache)")
 
 
 def import_options_from(args):
     """:class:`ImportOptions` from the flags of :func:`add_import_arguments`."""
-    return ImportOptions(images_root=args.images_root, locarno_table=args.locarno_table,
+    return ImportOptions(images_root=args.images_root, allowed_roots=tuple(args.allow_root),
+                         locarno_table=args.locarno_table,
                          locarno_id_column=args.locarno_id_column, locarno_class_column=args.locarno_class_column,
                          class_names=args.class_names, missing_class=args.missing_class,
                          default_date=args.default_date, image_field=args.dp2_image, path_column=args.path_column,
                          class_column=args.class_column, id_column=args.id_column, date_column=args.date_column,
                          title_column=args.title_column, view_column=args.view_column,
                          caption_column=args.caption_column, class_name_column=args.class_name_column,
-                         delimiter=args.delimiter)
+                         delimiter=args.delimiter, uspto_images=args.uspto_images, ocr=not args.no_ocr,
+                         segment_cache=args.segment_cache)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pack design-patent drawings into WebDataset shards split by patent, with sizes.json, "
                     "classes.json, build_report.json and build_report.txt.\n\n"
                     "Inputs (--format): the project's manifest (docs/manifest.md), DeepPatent2 figure JSON, DeepPatent "
-                    "split lists, or a CSV (docs/importers.md). Output: a folder or any fsspec URL (s3://bucket/prefix; "
+                    "split lists, a CSV, or the USPTO's design grants (XML + TIFF sheets, cut into figures) "
+                    "(docs/importers.md). Output: a folder or any fsspec URL (s3://bucket/prefix; "
                     "endpoint, credentials and region from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
                     "AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION / AWS_PROFILE, or the flags below).\n\n"
                     "The shards are the same for any --workers. A rerun of the same command after a crash or Ctrl-C "
@@ -85,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated Python modules to import first: they register their own input formats "
                         "(docs/extending.md)")
     b.add_argument("--manifest", "--input", dest="inputs", action="append", required=True, metavar="FILE",
-                   help="input file; repeat for several (DeepPatent2 JSON files, DeepPatent lists, CSVs)")
+                   help="input file; repeat for several (DeepPatent2 JSON files, DeepPatent lists, CSVs; uspto: "
+                        "folders, per-patent zips, weekly .tar archives)")
     b.add_argument("--out", required=True, help="output folder or URL (one sub-folder per split)")
     b.add_argument("--samples-per-shard", type=int, default=1000,
                    help="maximum drawings per shard; a patent is never split (default: %(default)s)")
@@ -106,9 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-mode", choices=["L", "RGB"], default="L",
                    help="colour mode of the written drawings: L (8-bit grey, default: patent drawings are line art; "
                         "readers convert to RGB on load) or RGB (keeps colour); transparency is flattened onto white")
-    g.add_argument("--max-side", type=int, default=512,
-                   help="shrink drawings whose longest side exceeds this many pixels, 0 = never "
-                        "(default: %(default)s, detail for 224-336 px training)")
+    g.add_argument("--train-image-size", type=int, default=DEFAULT_TRAIN_IMAGE_SIZE,
+                   help="the largest image size (px) the shards will be trained at: drawings are stored with a "
+                        "longest side of this times 8/7, the margin of the random crop (default: %(default)s -> "
+                        "256 px; 336 -> 384). Larger drawings cost every loader worker decode and resize time for "
+                        "pixels the model never sees")
+    g.add_argument("--max-side", type=int, default=None,
+                   help="shrink drawings whose longest side exceeds this many pixels, 0 = never; overrides "
+                        "--train-image-size (default: from --train-image-size)")
     g = b.add_argument_group("captions")
     g.add_argument("--captions", default=None, metavar="JSONL",
                    help="JSON Lines {\"key\": <patent_id>_<NN> or image path, \"captions\": [...]} joined to the "
@@ -125,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL)")
     g.add_argument("--region", default=None, help="S3 region (default: AWS_DEFAULT_REGION)")
     g.add_argument("--profile", default=None, help="AWS credentials profile (default: AWS_PROFILE / environment)")
+    b.add_argument("--contact-sheet", type=int, default=48, metavar="N",
+                   help="write build_report_contact_sheet.png, the first N drawings as written into the shards, "
+                        "to look at (0 = none; default: %(default)s)")
     b.add_argument("--no-resume", action="store_true", help="rebuild every shard even if a previous run completed it")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -178,19 +202,20 @@ def main(argv=None) -> int:
 
     try:
         iopts = import_options_from(args)
+        max_side = args.max_side if args.max_side is not None else storage_side(args.train_image_size)
         report = build_shards(args.inputs if len(args.inputs) > 1 else args.inputs[0], args.out,
                               samples_per_shard=args.samples_per_shard, splits=parse_splits(args.split),
                               seed=args.seed, image_format=args.image_format, progress=not args.no_progress,
                               workers=max(1, args.workers), input_format=args.input_format, import_options=iopts,
-                              split_date=args.split_date, query_split=args.query_split, max_side=args.max_side,
+                              split_date=args.split_date, query_split=args.query_split, max_side=max_side,
                               image_mode=args.image_mode, quality=args.quality, captions=args.captions,
                               captions_join=args.captions_join, templates_file=args.caption_templates,
                               max_caption_chars=args.max_caption_chars, storage_options=so,
-                              resume=not args.no_resume)
+                              resume=not args.no_resume, contact_sheet=max(0, args.contact_sheet))
     except KeyboardInterrupt as exc:
         print(f"\n{exc or 'interrupted'}", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
         print(f"patentclip-shards build: {exc}", file=sys.stderr)
         return 2
     print(summary(report))

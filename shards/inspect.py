@@ -46,9 +46,11 @@ def _read_json(url: str, storage_options=None):
 
 
 def check_shard(url: str, storage_options: Optional[Dict] = None,
-                class_codes: Optional[Dict[int, str]] = None) -> Dict[str, Any]:
+                class_codes: Optional[Dict[int, str]] = None,
+                class_names: Optional[Dict[int, str]] = None) -> Dict[str, Any]:
     """Read one shard completely; returns its summary (counts, patents in order, classes, views, dates) and its
-    problems. ``class_codes``: class id -> code from ``classes.json``, to check the samples against."""
+    problems. ``class_codes`` / ``class_names``: class id -> code / name from ``classes.json``, to check the
+    samples' json against (a classes.json whose names were swapped passes the code check but not this one)."""
     from PIL import Image
 
     name = posixpath.basename(url)
@@ -88,7 +90,8 @@ def check_shard(url: str, storage_options: Optional[Dict] = None,
                     problems.append(f"{where}: json has no {f!r}")
         got = meta if isinstance(meta, dict) else {}
         samples.append({"key": key, "patent_id": got.get(SF.PATENT_ID), "class_id": s.get(SF.CLS),
-                        "class_code": got.get(SF.CLASS_CODE), "view": got.get(SF.VIEW),
+                        "class_code": got.get(SF.CLASS_CODE), "class_name": got.get(SF.CLASS_NAME),
+                        "view": got.get(SF.VIEW),
                         "grant_date": got.get(SF.GRANT_DATE), "num_drawings": got.get(SF.NUM_DRAWINGS)})
 
     try:
@@ -167,6 +170,10 @@ def check_shard(url: str, storage_options: Optional[Dict] = None,
             elif smp["class_code"] is not None and code != smp["class_code"]:
                 problems.append(f"{name}: sample {smp['key']!r}: class id {cid} is {code} in classes.json but "
                                 f"{smp['class_code']} in its json")
+            elif class_names is not None and smp["class_name"] is not None \
+                    and class_names.get(cid) != smp["class_name"]:
+                problems.append(f"{name}: sample {smp['key']!r}: class id {cid} ({code}) is named "
+                                f"{class_names.get(cid)!r} in classes.json but {smp['class_name']!r} in its json")
     dates = [str(x["grant_date"]) for x in samples if x["grant_date"]]
     return {"url": url, "name": name, "missing": False, "count": len(samples),
             "patents": [pid for pid, _ in runs if pid is not None],
@@ -249,10 +256,11 @@ def inspect_shards(spec: str, *, workers: int = 1, storage_options: Optional[Dic
     if spec.startswith("file://"):
         spec = spec[len("file://"):]
     splits, problems = _resolve(spec, storage_options)
-    def codes_of(s):
-        return {c.get("id"): c.get("code") for c in s["classes"]} if isinstance(s["classes"], list) else None
+    def field_of(s, f):
+        return {c.get("id"): c.get(f) for c in s["classes"]} if isinstance(s["classes"], list) else None
 
-    jobs = [(u, storage_options, codes_of(s)) for s in splits.values() for u in s["urls"]]
+    jobs = [(u, storage_options, field_of(s, "code"), field_of(s, "name")) for s in splits.values()
+            for u in s["urls"]]
     if workers > 1 and len(jobs) > 1:
         with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
             results = pool.map(_check_star, jobs, chunksize=1)
@@ -282,6 +290,9 @@ def inspect_shards(spec: str, *, workers: int = 1, storage_options: Optional[Dic
                 continue
             n = r["count"]
             n_samples += n
+            if n == 0 and not r["problems"]:
+                problems.append(f"{split}/{r['name']}: no samples (a shard without samples stalls a trainer's "
+                                f"stream; `patentclip-shards build` leaves such shards out)")
             if isinstance(s["sizes"], dict) and r["name"] in s["sizes"] and int(s["sizes"][r["name"]]) != n:
                 problems.append(f"{split}/{r['name']}: {n} samples but sizes.json says {s['sizes'][r['name']]}")
             here = f"{split}/{r['name']}"

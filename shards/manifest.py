@@ -40,6 +40,7 @@ __all__ = [
     "RECORD_PROBLEM_KINDS",
     "DRAWING_PROBLEM_KINDS",
     "REPAIR_KINDS",
+    "outside_roots",
 ]
 
 #: Default file name of a manifest inside its data folder.
@@ -60,6 +61,7 @@ RECORD_PROBLEM_KINDS = (
 DRAWING_PROBLEM_KINDS = (
     "duplicate_drawing",  # the same path listed twice in one record
     "missing_file",  # the image file does not exist
+    "outside_root",  # the path resolves (through a symlink) outside the allowed folders
     "unreadable_image",  # the file exists but cannot be decoded (found by the shard builder)
     "empty_image",  # the file is empty (found by the shard builder)
     "image_too_large",  # more pixels than the builder decodes (found by the shard builder)
@@ -176,6 +178,12 @@ class PatentRecord:
         """Absolute location of ``drawing``'s image file."""
         return self.root / drawing.path
 
+    def image_source(self, drawing: Drawing, opts: Any = None) -> Any:
+        """What the shard builder decodes for ``drawing``: its file (:meth:`image_path`). Importers whose
+        drawings are not files of their own (figures cut from USPTO drawing sheets) return a PIL image made for
+        the image options ``opts`` instead."""
+        return self.image_path(drawing)
+
     def to_dict(self) -> dict[str, Any]:
         """The record as a manifest line object (only the drawings that were kept)."""
         d: dict[str, Any] = {
@@ -188,6 +196,21 @@ class PatentRecord:
         d.update(self.extra)
         d["drawings"] = [dr.to_dict() for dr in self.drawings]
         return d
+
+
+def outside_roots(path: Path, roots: Iterable[str | os.PathLike]) -> str | None:
+    """Where ``path`` really is, if that is outside every one of ``roots`` (None: inside one of them).
+
+    Symlinks are resolved on both sides, so a link inside the data folder that points elsewhere (``/etc``, another
+    user's files) is refused, while a data folder that is itself reached through a symlink is fine. The builder
+    packs only images inside the manifest's folder (or the importers' ``--images-root``) and the folders given with
+    ``--allow-root``."""
+    real = Path(os.path.realpath(path))
+    for root in roots:
+        r = Path(os.path.realpath(root))
+        if real == r or r in real.parents:
+            return None
+    return str(real)
 
 
 # --------------------------------------------------------------------------------------
@@ -307,7 +330,8 @@ def validate_record(obj: Any) -> list[str]:
 # --------------------------------------------------------------------------------------
 
 
-def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> tuple[list[PatentRecord], list[Problem]]:
+def read_manifest(path: str | os.PathLike, *, check_files: bool = True,
+                  allowed_roots: Iterable[str | os.PathLike] = ()) -> tuple[list[PatentRecord], list[Problem]]:
     """Read and validate a manifest; bad records are skipped and reported, never raised.
 
     Each non-blank line is checked in this order (the first failing record-level check
@@ -324,12 +348,14 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> tuple
 
     Then every drawing is checked: a path listed twice in the record
     (``duplicate_drawing``) and, with ``check_files``, an image file that does not exist
-    (``missing_file``) skip just that drawing (scope ``"drawing"``).  A record left
+    (``missing_file``) or that resolves, through a symlink, outside the manifest's folder and
+    ``allowed_roots`` (``outside_root``) skip just that drawing (scope ``"drawing"``).  A record left
     without drawings is skipped as well (``no_drawings``).  Blank lines are ignored.
 
     Args:
         path: the manifest file; drawing paths are resolved against its folder.
-        check_files: check that every drawing's file exists.
+        check_files: check that every drawing's file exists (and lies inside the allowed folders).
+        allowed_roots: folders besides the manifest's own that drawings may resolve into.
 
     Returns:
         ``(records, problems)``: the accepted records in file order, and every problem
@@ -340,6 +366,7 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> tuple
     """
     path = Path(path)
     root = path.parent
+    roots = [root, *allowed_roots]
     records: list[PatentRecord] = []
     problems: list[Problem] = []
     seen_ids: dict[str, int] = {}
@@ -410,6 +437,13 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> tuple
                     if not full.is_file():
                         problems.append(Problem(lineno, pid, f"line {lineno}: drawing {idx + 1} '{rel}': not a regular "
                                                 "file", "missing_file", "drawing", idx + 1, rel))
+                        continue
+                    real = outside_roots(full, roots)
+                    if real is not None:
+                        problems.append(Problem(lineno, pid, f"line {lineno}: drawing {idx + 1} '{rel}': resolves to "
+                                                f"{real}, outside the manifest's folder (a symlink?); refused "
+                                                "(--allow-root DIR admits another folder)", "outside_root", "drawing",
+                                                idx + 1, rel))
                         continue
                 extra = {k: v for k, v in d.items() if k not in ("path", "view", "captions")}
                 drawings.append(Drawing(idx, rel, d.get("view", "unspecified"), tuple(d["captions"]), extra))

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from realdata import realdata_dir
+
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture(scope="session")
+def impact_sample() -> Path:
+    """The 50 real 2021 USPTO design grants (one folder per patent: grant XML + TIFF sheets)."""
+    return realdata_dir() / "impact_sample"
 
 
 def data_args(train=None, val=None, **kw):
@@ -69,6 +77,29 @@ def s3_server(tmp_path_factory):
     server = S3Server(str(tmp_path_factory.mktemp("s3"))).start()
     yield server
     server.stop()
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """``small_disk(mib)``: a real filesystem of that size (tmpfs), mounted for the test (tests/small_disk.py: as
+    root, with passwordless sudo, or unprivileged in a user namespace); returns where it is reached."""
+    from small_disk import MountImpossible, SmallDisk
+
+    disks = []
+
+    def make(mib: int) -> Path:
+        disk = SmallDisk(tmp_path / f"disk{len(disks)}", mib)
+        try:
+            path = disk.mount()
+        except MountImpossible as exc:
+            pytest.skip(f"cannot mount a {mib} MiB tmpfs for the full-disk test (root, passwordless sudo or "
+                        f"unprivileged user namespaces needed): {exc}")
+        disks.append(disk)
+        return path
+
+    yield make
+    for disk in disks:
+        disk.unmount()
 
 
 @pytest.fixture(scope="session")

@@ -224,7 +224,7 @@ def test_two_stage_designclip_then_arcface(synthetic_shards, tmp_path):
     assert more and more[0]["step"] == steps[-1]["step"] + 1
     assert sum(s["arcface"] for s in more[:n]) / n < 0.9 * sum(s["arcface"] for s in steps[:n]) / n
     # the exported stage-2 model loads in plain open_clip and embeds like the checkpoint
-    from patentclip.launch import export as X
+    from patentclip.evaluation import export as X
 
     X.export(X.read_checkpoint(str(run / "checkpoints" / "epoch_3.pt")), str(tmp_path / "exported"))
     r = subprocess.run([sys.executable, "-c", PLAIN, str(tmp_path / "exported"), str(tmp_path / "emb.pt")],

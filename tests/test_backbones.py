@@ -18,7 +18,7 @@ import torch
 from conftest import read_jsonl
 from test_recipes import start_cli
 
-from patentclip.launch import export as X
+from patentclip.evaluation import export as X
 from patentclip.plugins import pretrained as P
 from patentclip.plugins.models import register_model_configs
 

@@ -78,14 +78,14 @@ def test_an_existing_run_is_not_overwritten_without_resume(two_process_run, synt
 def test_eval_cli_on_checkpoint(two_process_run, synthetic_shards, tmp_path):
     run, _ = two_process_run
     out = tmp_path / "m.json"
-    r = run_cli("patentclip.launch.evaluate", "--val-data", synthetic_shards["val"], "--model", "patentclip-tiny",
+    r = run_cli("patentclip.evaluation.cli", "--val-data", synthetic_shards["val"], "--model", "patentclip-tiny",
                 "--checkpoint", run / "checkpoints" / "epoch_2.pt", "--workers", "0", "--out", out)
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads(out.read_text())
     assert m["num_samples"] > 0 and "i2i_mAP" in m and "zeroshot_top1" in m
     # the DeepSpeed checkpoint folder gives the same weights, hence the same metrics
     out2 = tmp_path / "m2.json"
-    r = run_cli("patentclip.launch.evaluate", "--val-data", synthetic_shards["val"], "--model", "patentclip-tiny",
+    r = run_cli("patentclip.evaluation.cli", "--val-data", synthetic_shards["val"], "--model", "patentclip-tiny",
                 "--checkpoint", run / "checkpoints" / "deepspeed" / "epoch_2", "--workers", "0", "--out", out2)
     assert r.returncode == 0, r.stderr[-3000:]
     m2 = json.loads(out2.read_text())

@@ -10,10 +10,16 @@ import pytest
 import torch
 
 from conftest import read_jsonl, run_cli
-from patentclip.launch import evaluate as E
-from patentclip.launch import linear_probe as LP
-from patentclip.launch import metrics as M
-from patentclip.plugins.classes import ClassInfo, ClassTable
+from patentclip.evaluation import classification as EC
+from patentclip.evaluation import cli as ECLI
+from patentclip.evaluation import features as EF
+from patentclip.evaluation import loading as EL
+from patentclip.evaluation import retrieval as ERT
+from patentclip.evaluation import run as ERUN
+from patentclip.evaluation import settings as ES
+from patentclip.evaluation import linear_probe as LP
+from patentclip.evaluation import metrics as M
+from patentclip.plugins.classes import ClassInfo, ClassTable, head_class_mask
 
 sklearn_linear = pytest.importorskip("sklearn.linear_model")
 
@@ -53,7 +59,7 @@ def test_prior_art_protocol_hand():
          [0.6, 0.3, 0.1, 0.05, 4.0]]
     # classes 0 0 0 1 0 ; patents A A B C D ; grant days 100 100 50 20 -1 (unknown)
     f = feats_dict(gram_features(S), [0, 0, 0, 1, 0], [100, 100, 50, 20, -1], ["A", "A", "B", "C", "D"])
-    r = E.retrieval_from_features(f, None, E.EvalSettings(ks=(1, 2)), None)
+    r = ERT.retrieval_from_features(f, None, ES.EvalSettings(ks=(1, 2)), None)
     m, pq = r["metrics"], r["per_query"]
     # drawing 4 has no grant date: not a query (counted), and never a candidate
     assert m["i2i_num_queries_unknown_date"] == 1 and m["i2i_num_queries"] == 4
@@ -73,18 +79,18 @@ def test_prior_art_protocol_hand():
     # q1: 2 (.5 rel), 3 (.4 non), 4 (.3 rel) -> 5/6 ; q2 (B): 0 (.8 rel), 1 (.5 rel), 3, 4 (.1 rel) -> ranks
     #   0 .8, 1 .5, 3 .2, 4 .1 -> [rel, rel, non, rel] -> (1 + 1 + 3/4)/3 = 11/12 ; q3 (class 1): no relevant
     # q4 (D, now a query): 0 .6, 1 .3, 2 .1, 3 .05 -> [rel, rel, rel, non] -> 1
-    r = E.retrieval_from_features(f, None, E.EvalSettings(ks=(1, 2), prior_art="off"), None)
+    r = ERT.retrieval_from_features(f, None, ES.EvalSettings(ks=(1, 2), prior_art="off"), None)
     m = r["metrics"]
     assert m["i2i_num_queries"] == 5 and m["i2i_num_queries_unknown_date"] == 0
     assert m["i2i_mAP"] == pytest.approx(float((Fraction(5, 6) * 2 + Fraction(11, 12) + 1) / 4), abs=1e-12)
 
     # relevance by patent: the other drawing of the same patent is the only relevant one, the query itself is
     # excluded, no prior-art filter: q0 -> drawing 1 at rank 1 (s .9) ; q1 -> drawing 0 at rank 1
-    r = E.retrieval_from_features(f, None, E.EvalSettings(ks=(1,), relevance="patent"), None)
+    r = ERT.retrieval_from_features(f, None, ES.EvalSettings(ks=(1,), relevance="patent"), None)
     m = r["metrics"]
     assert m["i2i_num_valid_queries"] == 2 and m["i2i_mAP"] == 1.0 and m["i2i_R@1"] == 1.0
     with pytest.raises(ValueError, match="prior-art"):
-        E.EvalSettings(relevance="patent", prior_art="on")
+        ES.EvalSettings(relevance="patent", prior_art="on")
 
 
 def test_retrieval_against_brute_force_with_separate_database_and_groups():
@@ -101,7 +107,7 @@ def test_retrieval_against_brute_force_with_separate_database_and_groups():
     q = feats_dict(qf, qc, qd, qp, qkeys)
     db = feats_dict(dbf, dc, dd, dp, dkeys)
     is_head = torch.tensor([True, True, False, False])
-    r = E.retrieval_from_features(q, db, E.EvalSettings(ks=(1, 5)), is_head)
+    r = ERT.retrieval_from_features(q, db, ES.EvalSettings(ks=(1, 5)), is_head)
     # brute force: per query, candidates = db granted strictly before (known dates), other patent, not itself
     aps, heads = [], []
     for i in range(nq):
@@ -130,10 +136,10 @@ def test_retrieval_examples_follow_the_protocol():
     f = feats_dict(torch.nn.functional.normalize(torch.randn(n, 6, generator=g, dtype=torch.float64), dim=1),
                    torch.randint(0, 3, (n,), generator=g), torch.randint(0, 30, (n,), generator=g),
                    [f"P{i // 2}" for i in range(n)])
-    s = E.EvalSettings()
+    s = ES.EvalSettings()
     is_head = torch.tensor([True, False, False])
-    r = E.retrieval_from_features(f, None, s, is_head)
-    ex = E.retrieval_examples(f, None, s, r["per_query"], r["qidx"], is_head, n=4, k=3)
+    r = ERT.retrieval_from_features(f, None, s, is_head)
+    ex = ERT.retrieval_examples(f, None, s, r["per_query"], r["qidx"], is_head, n=4, k=3)
     assert len(ex) == 4 and [e["is_head"] for e in ex][:2] == [True, False]  # alternately head and tail
     keys = f["key"]
     for e in ex:
@@ -152,19 +158,19 @@ def test_retrieval_examples_follow_the_protocol():
 def test_head_classes_rule_and_sources():
     t = table([10, 500, 60, 0, 70])
     # top ceil(0.4 * 5) = 2 by training frequency: class 1 (500) and 4 (70)
-    assert E.head_classes(t).tolist() == [False, True, False, False, True]
+    assert t.head_mask().tolist() == [False, True, False, False, True]
     # explicit training counts (e.g. from the checkpoint) override the evaluation table's
-    assert E.head_classes(t, train_counts=[9, 1, 8, 0, 0]).tolist() == [True, False, True, False, False]
+    assert t.head_mask(train_counts=[9, 1, 8, 0, 0]).tolist() == [True, False, True, False, False]
     classes = [{"id": i, "code": "x", "name": "y", "count": c} for i, c in enumerate([1, 2, 3, 4, 5])]
-    assert E.head_classes(t, classes=classes).tolist() == [False, False, False, True, True]
+    assert t.head_mask(ClassTable.from_dicts(classes).counts()).tolist() == [False, False, False, True, True]
     # classes.json categories win
     tc = table([10, 500, 60, 0, 70], ["tail", "tail", "head", "tail", "tail"])
-    assert E.class_categories(tc) == ["tail", "tail", "head", "tail", "tail"]
-    assert E.head_classes(tc).tolist() == [False, False, True, False, False]
+    assert tc.categories() == ["tail", "tail", "head", "tail", "tail"]
+    assert tc.head_mask().tolist() == [False, False, True, False, False]
 
 
 def test_head_tail_rule_agrees_with_the_loss_plugins():
-    """plugins/losses.py splits head/tail for L_cat with its own function: both must give the same classes."""
+    """plugins/losses.py splits head/tail for L_cat by the class table's rule: both must give the same classes."""
     losses = pytest.importorskip("patentclip.plugins.losses")
     if not hasattr(losses, "class_categories"):
         pytest.fail("patentclip.plugins.losses.class_categories is gone: update this cross-check")
@@ -173,11 +179,11 @@ def test_head_tail_rule_agrees_with_the_loss_plugins():
         n = int(torch.randint(1, 40, (1,), generator=g))
         counts = torch.randint(0, 6, (n,), generator=g) ** 3  # many ties and zeros
         t = table(counts.tolist())
-        ours = E.head_classes(t)
+        ours = t.head_mask()
         theirs = losses.class_categories(t) == 0  # 0 = head
         assert ours.tolist() == theirs.tolist(), counts.tolist()
     t = table([1, 2, 3], ["head", "tail", "head"])
-    assert E.head_classes(t).tolist() == (losses.class_categories(t) == 0).tolist()
+    assert t.head_mask().tolist() == (losses.class_categories(t) == 0).tolist()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -250,7 +256,7 @@ def test_accuracy_block_head_tail_hand():
     # per-class top-1: class 0 (head) 2/4, class 1 (tail) 1/1, class 2 (tail) 0/3
     acc = {"top1": 3 / 8, "balanced_top1": 0.5, "per_class_top1": [0.5, 1.0, 0.0]}
     y = torch.tensor([0, 0, 0, 0, 1, 2, 2, 2])
-    out = E._accuracy_block("zeroshot", acc, y, torch.tensor([True, False, False]))
+    out = EC._accuracy_block("zeroshot", acc, y, torch.tensor([True, False, False]))
     assert out["zeroshot_top1_head"] == 0.5 and out["zeroshot_top1_tail"] == 0.25
     assert out["zeroshot_top1"] == 3 / 8 and "zeroshot_top5" not in out
 
@@ -267,7 +273,7 @@ def test_classification_head_accuracy(real_head):
     else:
         head = StandInHead(16, 4)
     head.train()
-    m, pc, info = E.classification_from_features(feats, 4, E.EvalSettings(linear_probe="off"), head=head,
+    m, pc, info = EC.classification_from_features(feats, 4, ES.EvalSettings(linear_probe="off"), head=head,
                                                  is_head=torch.tensor([True, True, False, False]))
     assert head.training  # evaluation leaves the head's mode as it was
     with torch.no_grad():
@@ -278,17 +284,17 @@ def test_classification_head_accuracy(real_head):
     assert "zeroshot_top1" not in m and "linear_probe_top1" not in m
     # a module holding the head (as the LossSet does) is searched for it
     holder = torch.nn.ModuleDict({"loss": torch.nn.ModuleDict({"head": head})})
-    assert E.find_classification_head(holder) is head
-    assert E.find_classification_head(torch.nn.Linear(2, 2)) is None
+    assert EC.find_classification_head(holder) is head
+    assert EC.find_classification_head(torch.nn.Linear(2, 2)) is None
     with pytest.raises(ValueError, match="outputs"):
-        E.classification_from_features(feats, 5, E.EvalSettings(linear_probe="off"), head=head)
+        EC.classification_from_features(feats, 5, ES.EvalSettings(linear_probe="off"), head=head)
 
 
 def test_format_table_and_nan():
-    t = E.format_table({"a": {"zeroshot_top1": 0.5, "i2i_mAP": float("nan")}, "b": {"i2i_R@10": 0.25}})
+    t = ERUN.format_table({"a": {"zeroshot_top1": 0.5, "i2i_mAP": float("nan")}, "b": {"i2i_R@10": 0.25}})
     lines = t.splitlines()
     assert "50.0%" in lines[2] and "25.0%" in lines[3] and "nan" not in t.lower()
-    assert E._jsonable({"x": float("nan"), "y": [1.0, float("inf")]}) == {"x": None, "y": [1.0, None]}
+    assert ECLI._jsonable({"x": float("nan"), "y": [1.0, float("inf")]}) == {"x": None, "y": [1.0, None]}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -340,7 +346,7 @@ def test_in_training_evaluation_to_tensorboard_and_results(run_dir):
 
 def _cli_metrics(tmp_path, *argv):
     out = tmp_path / f"m{len(list(tmp_path.iterdir()))}.json"
-    r = run_cli("patentclip.launch.evaluate", *argv, "--workers", "0", "--out", out)
+    r = run_cli("patentclip.evaluation.cli", *argv, "--workers", "0", "--out", out)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return json.loads(out.read_text()), r.stdout
 
@@ -363,12 +369,12 @@ def test_cli_matches_in_training_evaluation_and_deepspeed_folder(run_dir, synthe
     train_counts = [c["count"] for c in json.loads((synthetic_shards["train_dir"] / "classes.json").read_text())]
     assert [r["train_count"] for r in m["per_class"]] == train_counts
     cats = [c.get("category") for c in classes]
-    expected = [c == "head" for c in cats] if all(cats) else M.head_class_mask(train_counts).tolist()
+    expected = [c == "head" for c in cats] if all(cats) else head_class_mask(train_counts).tolist()
     assert [r["is_head"] for r in m["per_class"]] == expected
     assert m["settings"]["head_classes"] == [i for i, h in enumerate(expected) if h]
     assert m["settings"]["prior_art_filter"] is True and m["settings"]["classification_head"] is True
     # the DeepSpeed checkpoint folder (fp32 master weights, head under criterion.*) gives the same metrics
-    assert E.main(["--val-data", synthetic_shards["val"], "--checkpoint", str(ck / "deepspeed"), "--workers", "0",
+    assert ECLI.main(["--val-data", synthetic_shards["val"], "--checkpoint", str(ck / "deepspeed"), "--workers", "0",
                    "--linear-probe", "off", "--out", str(tmp_path / "ds.json")]) == 0
     m2 = json.loads((tmp_path / "ds.json").read_text())
     for k in ("i2i_mAP", "i2i_head/R@10", "zeroshot_top1", "classifier_top1", "image_to_text_R@5"):
@@ -376,7 +382,7 @@ def test_cli_matches_in_training_evaluation_and_deepspeed_folder(run_dir, synthe
     assert "linear_probe_top1" not in m2
 
 
-def test_protocol_on_real_features_against_brute_force(run_dir, synthetic_shards):
+def test_protocol_on_real_features_against_brute_force(run_dir, synthetic_shards, monkeypatch):
     """i2i metrics of the trained model recomputed from its features with plain Python loops + scikit-learn AP,
     in both relevance settings, with and without the prior-art filter."""
     import argparse
@@ -388,14 +394,26 @@ def test_protocol_on_real_features_against_brute_force(run_dir, synthetic_shards
     from patentclip.plugins.registry import DATASETS
 
     load_builtin_plugins()
-    loaded = E.load_for_eval(str(run_dir / "checkpoints" / "epoch_1.pt"), None, None, "cpu")
+    loaded = EL.load_for_eval(str(run_dir / "checkpoints" / "epoch_1.pt"), None, None, "cpu")
     assert loaded.name == "patentclip-tiny" and loaded.head is not None
     ct = load_class_table(synthetic_shards["val"])
     data_args = argparse.Namespace(val_data=synthetic_shards["val"], val_num_samples=None, seed=0, batch_size=16,
                                    workers=0, world_size=1, rank=0, train_data=None, dataset_resampled=False)
     loader = DATASETS.get("patent-wds")(data_args, loaded.preprocess, False, tokenizer=loaded.tokenizer,
                                         class_table=ct).dataloader
-    f = E.extract_features(loaded.model, loader, "cpu")
+    f = EF.extract_features(loaded.model, loader, "cpu")
+    # the ranking methods give the same numbers, bit for bit, on the model's own (float32) features (counting
+    # whatever the database size: small ones are otherwise sorted)
+    from patentclip.evaluation.metrics import ranks
+
+    monkeypatch.setattr(ranks, "COUNT_MIN_DB", 0)
+    for relevance in ("class", "patent"):
+        by = {m: ERT.retrieval_from_features(f, None, ES.EvalSettings(relevance=relevance, ranking=m)) for m in
+              ("count", "sort", "topk")}
+        assert by["count"]["metrics"] == by["sort"]["metrics"]
+        assert {k: v for k, v in by["sort"]["metrics"].items() if "mAP" not in k} == by["topk"]["metrics"]
+        for k, v in by["sort"]["per_query"].items():
+            assert torch.equal(by["count"]["per_query"][k], v), k
     # float64 features on both sides, so that both see the same scores (and the same exact ties: two views of a
     # body of revolution are the same drawing)
     f["image_features"] = f["image_features"].double()
@@ -405,8 +423,8 @@ def test_protocol_on_real_features_against_brute_force(run_dir, synthetic_shards
     assert (f["grant_day"] >= 0).all()
     n_sklearn = 0
     for relevance, prior in (("class", "on"), ("class", "off"), ("patent", "off")):
-        settings = E.EvalSettings(relevance=relevance, prior_art=prior)
-        got = E.retrieval_from_features(f, None, settings)["metrics"]
+        settings = ES.EvalSettings(relevance=relevance, prior_art=prior)
+        got = ERT.retrieval_from_features(f, None, settings)["metrics"]
         aps, r10, mrr = [], [], []
         for i in range(n):
             cands = [d for d in range(n) if d != i
@@ -444,8 +462,8 @@ def test_cli_separate_database_and_probe_training_split(run_dir, synthetic_shard
     training split."""
     ck = str(run_dir / "checkpoints" / "epoch_1.pt")
     base = ["--val-data", synthetic_shards["val"], "--checkpoint", ck, "--workers", "0"]
-    assert E.main(base + ["--linear-probe", "off", "--out", str(tmp_path / "a.json")]) == 0
-    assert E.main(base + ["--retrieval-db", synthetic_shards["val"], "--probe-train-data", synthetic_shards["train"],
+    assert ECLI.main(base + ["--linear-probe", "off", "--out", str(tmp_path / "a.json")]) == 0
+    assert ECLI.main(base + ["--retrieval-db", synthetic_shards["val"], "--probe-train-data", synthetic_shards["train"],
                           "--out", str(tmp_path / "b.json")]) == 0
     a, b = json.loads((tmp_path / "a.json").read_text()), json.loads((tmp_path / "b.json").read_text())
     for k, v in a.items():
@@ -457,5 +475,5 @@ def test_cli_separate_database_and_probe_training_split(run_dir, synthetic_shard
     train_n = sum(json.loads((synthetic_shards["train_dir"] / "sizes.json").read_text()).values())
     assert fit["protocol"] == "train-split" and fit["train_samples"] == train_n
     assert 0.0 <= b["linear_probe_top1"] <= 1.0 and "linear_probe_top1" not in a
-    assert E.main(base + ["--relevance", "patent", "--prior-art", "on"]) == 2  # a contradiction is refused
-    assert E.main(["--val-data", synthetic_shards["val"], "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert ECLI.main(base + ["--relevance", "patent", "--prior-art", "on"]) == 2  # a contradiction is refused
+    assert ECLI.main(["--val-data", synthetic_shards["val"], "--checkpoint", str(tmp_path / "missing.pt")]) == 2

@@ -13,8 +13,9 @@ import torch
 from conftest import run_cli
 from test_evaluate import trained_run
 
-from patentclip.launch import evaluate as E
-from patentclip.launch import export as X
+from patentclip.evaluation import loading as EL
+from patentclip.evaluation import export as X
+from patentclip.launch.checkpoint_format import model_kwargs_from_params
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def run_dir(synthetic_shards, tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(run_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "patentclip-tiny-test"
-    r = run_cli("patentclip.launch.export", "--checkpoint", run_dir / "checkpoints" / "epoch_1.pt", "--out", out)
+    r = run_cli("patentclip.evaluation.export", "--checkpoint", run_dir / "checkpoints" / "epoch_1.pt", "--out", out)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return out, json.loads(r.stdout)
 
@@ -68,7 +69,7 @@ VANILLA = textwrap.dedent("""
 def trainer_embeddings(checkpoint, paths, caps):
     from PIL import Image
 
-    m = E.load_for_eval(str(checkpoint), None, None, "cpu")
+    m = EL.load_for_eval(str(checkpoint), None, None, "cpu")
     images = torch.stack([m.preprocess(Image.open(p).convert("RGB")) for p in paths])
     with torch.no_grad():
         feats = m.model(images, m.tokenizer(caps))
@@ -170,7 +171,7 @@ def test_export_from_deepspeed_folder_and_from_s3(exported, run_dir, s3_server, 
             rel = os.path.relpath(os.path.join(root, fn), ck)
             fs.put_file(os.path.join(root, fn), f"ckpts/run/{rel}")
     env = {**os.environ, **s3_server.env()}
-    r = run_cli("patentclip.launch.export", "--checkpoint", "s3://ckpts/run", "--out", tmp_path / "from-s3", env=env)
+    r = run_cli("patentclip.evaluation.export", "--checkpoint", "s3://ckpts/run", "--out", tmp_path / "from-s3", env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert json.loads(r.stdout)["source"] == "s3://ckpts/run"  # stdout is the JSON summary only
     same_export(tmp_path / "from-s3")
@@ -184,23 +185,33 @@ def test_export_from_deepspeed_folder_and_from_s3(exported, run_dir, s3_server, 
 
 
 def test_training_overrides_reach_the_config(run_dir, tmp_path):
-    """QuickGELU (forced, or implied by an OpenAI-pretrained tower) is not in epoch_N.pt: export reads the run's
-    params.txt, and vanilla open_clip then builds the same network."""
+    """QuickGELU (forced, or implied by an OpenAI-pretrained tower) is not in open_clip's state dict: export reads
+    the checkpoint's model_args (or, for a checkpoint written before it carried them, the run's params.txt), and
+    vanilla open_clip then builds the same network."""
     import open_clip
 
-    from patentclip.launch.model import load_open_clip_state_dict
+    from patentclip.launch.checkpoint_format import load_open_clip_state_dict
     from patentclip.plugins.models import register_model_configs
 
     fake_run = tmp_path / "run"
     (fake_run / "checkpoints").mkdir(parents=True)
     (fake_run / "params.txt").write_text("model: patentclip-tiny\npretrained: None\nforce_quick_gelu: True\n"
                                          "image_mean: None\n")
-    ckpt = torch.load(run_dir / "checkpoints" / "epoch_1.pt", map_location="cpu", weights_only=False)
-    torch.save(ckpt, fake_run / "checkpoints" / "epoch_1.pt")
+    ckpt = torch.load(run_dir / "checkpoints" / "epoch_1.pt", map_location="cpu", weights_only=True)
+    assert ckpt["model_args"]["force_quick_gelu"] is False
+    older = {k: v for k, v in ckpt.items() if k != "model_args"}  # an older checkpoint: params.txt decides
+    torch.save(older, fake_run / "checkpoints" / "epoch_1.pt")
     out = tmp_path / "qg"
     assert X.main(["--checkpoint", str(fake_run / "checkpoints" / "epoch_1.pt"), "--out", str(out)]) == 0
     cfg = json.loads((out / "open_clip_config.json").read_text())
     assert cfg["model_cfg"]["quick_gelu"] is True
+    # a checkpoint with its model_args: they decide, whatever params.txt beside it says
+    torch.save({**ckpt, "model_args": {**ckpt["model_args"], "force_quick_gelu": True}},
+               fake_run / "checkpoints" / "epoch_1.pt")
+    (fake_run / "params.txt").write_text("model: patentclip-tiny\nforce_quick_gelu: False\n")
+    out2 = tmp_path / "qg2"
+    assert X.main(["--checkpoint", str(fake_run / "checkpoints" / "epoch_1.pt"), "--out", str(out2)]) == 0
+    assert json.loads((out2 / "open_clip_config.json").read_text())["model_cfg"]["quick_gelu"] is True
     vanilla = open_clip.create_model(f"local-dir:{out}").eval()
     register_model_configs()
     ref = open_clip.create_model("patentclip-tiny", force_quick_gelu=True).eval()
@@ -212,7 +223,7 @@ def test_training_overrides_reach_the_config(run_dir, tmp_path):
         torch.testing.assert_close(vanilla.encode_image(x), ref.encode_image(x), rtol=0, atol=1e-6)
         assert (vanilla.encode_image(x) - plain.encode_image(x)).abs().max() > 1e-4  # QuickGELU matters
     # the pretrained tag's own settings: OpenAI ViT-B-32 implies QuickGELU and its preprocessing
-    kw = X.model_kwargs_from_params({"pretrained": "openai"}, "ViT-B-32")
+    kw = model_kwargs_from_params({"pretrained": "openai"}, "ViT-B-32")
     assert kw["force_quick_gelu"] is True and kw["image_interpolation"] == "bicubic"
 
 
@@ -229,3 +240,36 @@ def test_export_errors(run_dir, tmp_path):
                    "--model", "patentclip-tiny", "--classes-json", str(classes)]) == 0
     assert not (tmp_path / "o" / "patentclip_head.json").exists()
     assert X.main(["--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_loading_an_epoch_file_says_loaded_not_random_and_records_the_absolute_path(synthetic_shards, tmp_path):
+    """patentclip-export and patentclip-eval on an epoch_N.pt: no "Model initialized randomly" (open_clip logs it
+    while the model is built, before the checkpoint's weights are loaded) but the load itself; and the export's
+    open_clip_config.json names the checkpoint by its absolute path though --checkpoint was relative."""
+    import open_clip
+
+    from patentclip.launch.checkpoint_format import open_clip_state_dict
+    from patentclip.plugins.models import register_model_configs
+
+    register_model_configs()
+    torch.manual_seed(4)
+    model = open_clip.create_model("patentclip-tiny")
+    classes = json.loads((synthetic_shards["train_dir"] / "classes.json").read_text())
+    classes = classes["classes"] if isinstance(classes, dict) else classes
+    (tmp_path / "run").mkdir()
+    torch.save({"epoch": 1, "name": "t", "state_dict": open_clip_state_dict(model), "model": "patentclip-tiny",
+                "classes": classes}, tmp_path / "run" / "epoch_1.pt")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    r = subprocess.run([sys.executable, "-m", "patentclip.evaluation.export", "--checkpoint", "run/epoch_1.pt", "--out",
+                        "folder"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = r.stdout + r.stderr
+    assert "initialized randomly" not in log and "Loaded the weights of patentclip-tiny from" in log
+    config = json.loads((tmp_path / "folder" / "open_clip_config.json").read_text())
+    assert config["patentclip"]["source"] == str(tmp_path / "run" / "epoch_1.pt")
+    r = subprocess.run([sys.executable, "-m", "patentclip.evaluation.cli", "--val-data", synthetic_shards["val"],
+                        "--checkpoint", "run/epoch_1.pt", "--workers", "0", "--linear-probe", "off", "--out", "m.json"],
+                       cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = r.stdout + r.stderr
+    assert "initialized randomly" not in log and "Loaded the weights of patentclip-tiny from" in log

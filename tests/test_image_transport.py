@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from conftest import data_args
-from patentclip.launch.report import to_uint8
+from patentclip.evaluation.report import to_uint8
 from patentclip.launch.step import move_batch
 from patentclip.plugins.augment import add_augmentations
 from patentclip.plugins.classes import load_class_table

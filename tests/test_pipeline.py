@@ -138,3 +138,31 @@ def test_too_few_shards_for_workers_is_a_clear_error(synthetic_shards, tiny_mode
 def test_missing_classes_json_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="classes.json not found"):
         load_class_table(str(tmp_path / "train-{000000..000001}.tar"))
+
+
+def test_shards_stored_much_larger_than_the_model_needs_are_warned_about(synthetic_shards, caplog):
+    """64-px drawings for a model of 16 px (needs 19) warn and say how to rebuild; for 64 px (needs 74) not; the
+    builder warns at the start of training, with the model's size read from its preprocess."""
+    import open_clip
+
+    from patentclip.plugins.data.stored_size import check_stored_size, model_image_size, stored_side
+    from patentclip.plugins.models import register_model_configs
+    from patentclip.shards.images import storage_side
+
+    register_model_configs()
+
+    first = str(sorted(synthetic_shards["train_dir"].glob("*.tar"))[0])
+    assert stored_side(first) == 64
+    assert storage_side(224) == 256 and storage_side(336) == 384
+    msg = check_stored_size(first, 16)
+    assert msg and "64 px" in msg and "--train-image-size 16" in msg
+    assert check_stored_size(first, 64) is None and check_stored_size(first, None) is None
+
+    _, preprocess, _ = open_clip.create_model_and_transforms("patentclip-tiny")
+    small = open_clip.image_transform(16, is_train=True)
+    assert model_image_size(preprocess) == 64 and model_image_size(small) == 16
+    table = load_class_table(synthetic_shards["train"])
+    with caplog.at_level("WARNING"):
+        DATASETS.get("patent-wds")(data_args(synthetic_shards["train"]), small, True,
+                                   tokenizer=open_clip.get_tokenizer("patentclip-tiny"), class_table=table)
+    assert "--train-image-size 16" in caplog.text

@@ -17,8 +17,12 @@ from PIL import Image
 
 from test_evaluate import trained_run
 
-from patentclip.launch import evaluate as E
-from patentclip.launch import report as R
+from patentclip.evaluation import classification as EC
+from patentclip.evaluation import cli as ECLI
+from patentclip.evaluation import retrieval as ERT
+from patentclip.evaluation import run as ERUN
+from patentclip.evaluation import settings as ES
+from patentclip.evaluation import report as R
 from patentclip.plugins.classes import ClassInfo, ClassTable
 
 CHECK_SCRIPT = """<script>
@@ -83,17 +87,17 @@ def synthetic_result(n=240, n_cls=7, seed=0):
     x = torch.nn.functional.normalize(torch.randn(n_cls, 32, generator=g)[y] + torch.randn(n, 32, generator=g), dim=1)
     f = {"image_features": x, "text_features": x, "class_id": y, "grant_day": torch.randint(15000, 19000, (n,), generator=g),
          "patent_id": [f"P{i // 4}" for i in range(n)], "key": [f"k{i}" for i in range(n)], "view": ["front"] * n}
-    s = E.EvalSettings(linear_probe="off")
-    is_head = E.head_classes(ct)
-    ret = E.retrieval_from_features(f, None, s, is_head)
-    cls_m, pc, info = E.classification_from_features(f, n_cls, s, zs_classifier=torch.eye(32)[:, :n_cls], is_head=is_head)
+    s = ES.EvalSettings(linear_probe="off")
+    is_head = ct.head_mask()
+    ret = ERT.retrieval_from_features(f, None, s, is_head)
+    cls_m, pc, info = EC.classification_from_features(f, n_cls, s, zs_classifier=torch.eye(32)[:, :n_cls], is_head=is_head)
     per_class = [{"id": c.id, "code": c.code, "name": c.name, "train_count": c.count, "eval_count": int((y == c.id).sum()),
                   "is_head": bool(is_head[c.id]), "i2i_mAP": 0.5, "linear_probe_top1": 0.5 + 0.05 * (c.id % 5),
                   **{k: v[c.id] for k, v in pc.items()}} for c in ct.classes]
-    ex = E.retrieval_examples(f, None, s, ret["per_query"], ret["qidx"], is_head, n=4, k=5)
+    ex = ERT.retrieval_examples(f, None, s, ret["per_query"], ret["qidx"], is_head, n=4, k=5)
     settings = {**asdict(s), "prior_art_filter": True, **info, "head_classes": is_head.nonzero().flatten().tolist(),
                 "retrieval_database": "evaluation split"}
-    return E.EvalResult({**ret["metrics"], **cls_m, "num_samples": float(n)}, per_class, settings, f, None, ex), ct
+    return ERUN.EvalResult({**ret["metrics"], **cls_m, "num_samples": float(n)}, per_class, settings, f, None, ex), ct
 
 
 def test_report_page_loads_every_image(tmp_path):
@@ -141,7 +145,7 @@ def run_dir(synthetic_shards, tmp_path_factory):
 def test_eval_cli_report_with_baseline(run_dir, synthetic_shards, tmp_path):
     out, report = tmp_path / "m.json", tmp_path / "report"
     # patentclip-eval's main, in this process (the command line itself is run by test_evaluate.py)
-    assert E.main(["--val-data", synthetic_shards["val"], "--checkpoint", str(run_dir / "checkpoints" / "epoch_1.pt"),
+    assert ECLI.main(["--val-data", synthetic_shards["val"], "--checkpoint", str(run_dir / "checkpoints" / "epoch_1.pt"),
                    "--baseline", "untrained", "--model", "patentclip-tiny", "--workers", "0", "--out", str(out),
                    "--report", str(report), "--report-examples", "4", "--report-top-k", "4"]) == 0
     page = report / "index.html"

@@ -330,11 +330,17 @@ def test_templates_for_drawings_without_captions(tmp_path):
 def test_cli_build_and_errors(corpus, tmp_path):
     r = subprocess.run([sys.executable, "-m", "patentclip.shards.cli", "build", "--manifest", str(corpus), "--out",
                         str(tmp_path / "c"), "--samples-per-shard", "40", "--workers", "2", "--no-progress",
-                        "--split", "train=0.75", "--split", "val=0.25", "--image-format", "jpg", "--quality", "80"],
+                        "--split", "train=0.75", "--split", "val=0.25", "--image-format", "jpg", "--quality", "80",
+                        "--train-image-size", "42"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "train: " + str(tmp_path / "c" / "train" / "train-{000000..") in r.stdout
     assert (tmp_path / "c" / "build_report.txt").exists()
+    # the storage size follows the training size: 42 px * 8/7 = 48 px (the 64-px drawings shrunk)
+    assert json.loads((tmp_path / "c" / "build_report.json").read_text())["image"]["max_side"] == 48
+    name, data = next((n, d) for n, d in tar_members(next((tmp_path / "c" / "train").glob("*.tar")))
+                      if n.endswith(".jpg"))
+    assert max(Image.open(io.BytesIO(data)).size) == 48, name
     r = subprocess.run([sys.executable, "-m", "patentclip.shards.cli", "build", "--manifest", str(corpus), "--out",
                         str(tmp_path / "d"), "--split-date", "2020-02-31", "--no-progress"],
                        capture_output=True, text=True, timeout=120)

@@ -5,7 +5,8 @@ any fsspec URL), ``--train-num-samples``, ``--dataset-resampled``, ``--train-dat
 ``--workers``, ``--batch-size``, ``--seed``; patentclip adds ``--sampler``, ``--multiview``, ``--caption-choice``,
 ``--shuffle-group-shards`` and ``--image-transport``. Training: every worker gets the same batch quota, so
 every rank takes the same number of steps (rounded up as open_clip does, down with ``floor``); evaluation reads
-every sample once.
+every sample once. Rank 0 warns when the training shards store drawings much larger than the model needs
+(stored_size.py).
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from open_clip_train.data import DataInfo, SharedEpoch, expand_urls
 from patentclip.plugins import remote_io
 from patentclip.plugins.classes import ClassTable
 from patentclip.plugins.data.loader import PatentLoader
+from patentclip.plugins.data.stored_size import check_stored_size, model_image_size
 from patentclip.plugins.data.stream import PatentStream
-from patentclip.plugins.data.tars import dataset_size
+from patentclip.plugins.data.tars import DEFAULT_MAX_UNREADABLE, dataset_size
 from patentclip.plugins.image_transport import ImageTransport
 from patentclip.plugins.registry import DATASETS, SAMPLERS
 
@@ -69,6 +71,8 @@ def build_patent_dataset(args, preprocess_img, is_train: bool, epoch: int = 0, t
         num_batches = math.ceil(num_samples / args.batch_size) if num_samples else 0
         num_worker_batches = None
 
+    if is_train and rank == 0:
+        check_stored_size(urls[0], model_image_size(preprocess_img))  # warns when stored much larger than needed
     sampler = SAMPLERS.build(getattr(args, "sampler", "natural"), args, class_table) if is_train else None
     # the one decision "uint8 or float" for this loader's images: the workers run its first half, the consumer
     # (step, evaluation) the second, through loader.image_transport
@@ -80,7 +84,8 @@ def build_patent_dataset(args, preprocess_img, is_train: bool, epoch: int = 0, t
         multiview=bool(getattr(args, "multiview", False)) and is_train,
         random_caption=getattr(args, "caption_choice", "random") == "random",
         group_shards=int(getattr(args, "shuffle_group_shards", 4) or 4), num_worker_batches=num_worker_batches,
-        resampled=resampled, weights=url_weights)
+        resampled=resampled, weights=url_weights,
+        max_unreadable_shards=float(getattr(args, "max_unreadable_shards", DEFAULT_MAX_UNREADABLE)))
     loader = PatentLoader(dataset, workers, num_batches, num_samples)
     logging.debug("patent-wds %s: %d samples, %d batches", "train" if is_train else "val", num_samples, num_batches)
     return DataInfo(dataloader=loader, shared_epoch=shared_epoch)

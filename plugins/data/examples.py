@@ -11,9 +11,9 @@ use) and Python's ``random`` (what open_clip's colour jitter / grey-scale augmen
 key, copy) for each image, and restoring both after (direct generator calls: ``torch.random.fork_rng`` +
 ``torch.manual_seed`` cost ~2 ms per sample). Evaluation does not augment and takes the first caption.
 
-Errors: a sample without a class id, or with one that classes.json does not know, raises (a wrong class table
-must stop the run); one without a caption or image raises ``ValueError`` and an undecodable image ``OSError``,
-which the stream skips and counts.
+Errors: a sample without a class id, with one that classes.json does not know, or whose json names its class
+otherwise than classes.json, raises (a wrong class table must stop the run); one without a caption or image raises
+``ValueError`` and an undecodable image ``OSError``, which the stream skips and counts.
 """
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ def where(s: Dict) -> str:
 
 
 def class_id_of(s: Dict, class_table: ClassTable) -> int:
-    """The sample's class id (its ``cls`` member, else the json's ``class_id``), checked against the table."""
+    """The sample's class id (its ``cls`` member, else the json's ``class_id``), checked against the table, with
+    the class code and name of its json (:meth:`ClassTable.check_class`)."""
     meta = s["__meta__"]
     if SF.CLS in s:
         cid = SF.decode_cls(s[SF.CLS])
@@ -65,7 +66,7 @@ def class_id_of(s: Dict, class_table: ClassTable) -> int:
         cid = int(meta[SF.CLASS_ID])
     else:
         raise ValueError(f"{where(s)} has no class id (cls or json class_id)")
-    return class_table.check_id(cid, where(s))
+    return class_table.check_class(cid, meta.get(SF.CLASS_CODE), meta.get(SF.CLASS_NAME), where(s))
 
 
 def captions_of(s: Dict) -> list:

@@ -15,6 +15,12 @@
   the consumer finishes it on its device (plugins/image_transport.py). The training step and evaluation's
   feature extraction call it on the image fields (``image_transport.images(batch, field, device, dtype)``);
   nothing of it travels in the batch.
+* **Persistent workers**: with ``num_workers > 0`` the workers are started once and kept across epochs (torch's
+  ``persistent_workers``): an epoch does not pay for new processes, new S3 sessions and a fresh import of the
+  decoders. The workers read the epoch from the shared epoch value and the resume state from their copy of the
+  dataset, which is made when they start; so the loader starts new workers exactly when the resume state the
+  workers would apply to the coming epoch differs from the one the loader wants applied (after
+  ``load_state_dict`` for that epoch, or when a stale one would be misread), and keeps them otherwise.
 """
 from __future__ import annotations
 
@@ -36,15 +42,43 @@ class PatentLoader:
     """A DataLoader over :class:`PatentStream` with a fixed round-robin order over workers, a resumable position
     (``state_dict`` / ``load_state_dict``) and the image transport of its batches (module docstring)."""
 
-    def __init__(self, dataset: PatentStream, num_workers: int, num_batches: int, num_samples: int):
+    def __init__(self, dataset: PatentStream, num_workers: int, num_batches: int, num_samples: int,
+                 persistent_workers: bool = True):
         self.dataset = dataset
         self.num_workers = num_workers
         self.num_batches = num_batches
         self.num_samples = num_samples
-        self.dataloader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
-                                     persistent_workers=False)
+        self.persistent_workers = bool(persistent_workers) and num_workers > 0
+        self._dataloader: Optional[DataLoader] = None
+        self._forked_resume: Optional[Dict] = None  # the dataset's resume state when the workers were started
         self._state = None
         self.skipped = 0
+
+    @staticmethod
+    def _applies(resume: Optional[Dict], epoch: int) -> Optional[Dict]:
+        """The resume state a stream applies to ``epoch`` (PatentStream.start): one saved in that epoch."""
+        return resume if resume and int(resume.get("epoch", -1)) == epoch else None
+
+    @property
+    def dataloader(self) -> DataLoader:
+        """The torch DataLoader for the coming epoch; new workers only when the resume state they would apply
+        differs from the wanted one (module docstring)."""
+        epoch = self.dataset.shared_epoch.get_value()
+        wanted = self._applies(self.dataset.resume, epoch)
+        if self._dataloader is not None and self.persistent_workers \
+                and self._applies(self._forked_resume, epoch) != wanted:
+            self.close()
+        if self._dataloader is None:
+            self._dataloader = DataLoader(self.dataset, batch_size=None, shuffle=False,
+                                          num_workers=self.num_workers, persistent_workers=self.persistent_workers)
+            self._forked_resume = json.loads(json.dumps(self.dataset.resume)) if self.dataset.resume else None
+        return self._dataloader
+
+    def close(self) -> None:
+        """Let the persistent workers go (torch stops them when their DataLoader is released); a later epoch
+        starts new ones."""
+        self._dataloader = None
+        self._forked_resume = None
 
     @property
     def image_transport(self) -> ImageTransport:

@@ -2,7 +2,8 @@
 
 Stages, each a generator over the previous one (webdataset style), composed by :func:`group_examples`:
 
-1. :func:`with_meta`: each sample's json decoded once, as ``__meta__``.
+1. :func:`with_meta`: each sample's json decoded once, as ``__meta__``; a json member that does not decode skips
+   its sample (counted, logged with the shard URL and the member name).
 2. :func:`patents`: runs of adjacent samples with the same patent id (the builder never splits a patent).
 3. :func:`pair_views`: one :class:`Example` per drawing; in multi-view mode paired with one other drawing of its
    patent, drawn from (seed, epoch, key), or with None for a patent with a single drawing.
@@ -10,7 +11,7 @@ Stages, each a generator over the previous one (webdataset style), composed by :
    ``multiplicity(seed, epoch, key, class_id)``; the repeats are numbered by ``copy``.
 5. :func:`shuffle_group` (training): a permutation seeded by (seed, epoch, group index, first shard's name); then
    the repeats of one drawing are moved at least a batch apart (``samplers.spread_repeats``): no batch holds a
-   drawing twice.
+   drawing twice, wherever the group has room for it (else as far apart as any order allows, with a warning).
 
 A group's examples are a list (the shuffle needs all of them), and a position in it is what the loader's resume
 state records.
@@ -25,9 +26,20 @@ from patentclip.plugins.samplers import spread_repeats
 from patentclip.shards import sample_format as SF
 
 
-def with_meta(samples: Iterable[Dict]) -> Iterator[Dict]:
+def with_meta(samples: Iterable[Dict], skips: Optional[Callable[[BaseException, str], object]] = None
+              ) -> Iterator[Dict]:
     for s in samples:
-        s["__meta__"] = SF.decode_json(s.get(SF.JSON))
+        try:
+            meta = SF.decode_json(s.get(SF.JSON))
+            if not isinstance(meta, dict):
+                raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if skips is None:
+                raise
+            skips(exc, f"sample {s['__key__']!r} of {s.get('__url__', '?')}: member {s['__key__']}.{SF.JSON} "
+                       f"does not decode")
+            continue
+        s["__meta__"] = meta
         yield s
 
 
@@ -78,9 +90,11 @@ def shuffle_group(examples: Iterable[Example], *, seed: int, epoch: int, group_i
 
 def group_examples(samples: Iterable[Dict], *, group: Sequence[str], group_index: int, epoch: int, seed: int,
                    is_train: bool, multiview: bool, batch_size: int, sampler=None,
-                   class_id: Optional[Callable[[Dict], int]] = None) -> List[Example]:
-    """All examples of one shard group, in the order they are emitted (stages 1-5 of the module docstring)."""
-    examples = pair_views(patents(with_meta(samples)), multiview=multiview, seed=seed, epoch=epoch)
+                   class_id: Optional[Callable[[Dict], int]] = None,
+                   skips: Optional[Callable[[BaseException, str], object]] = None) -> List[Example]:
+    """All examples of one shard group, in the order they are emitted (stages 1-5 of the module docstring);
+    ``skips`` counts the samples whose json does not decode (None: such a sample raises)."""
+    examples = pair_views(patents(with_meta(samples, skips)), multiview=multiview, seed=seed, epoch=epoch)
     if not is_train:
         return list(examples)
     examples = repeat_by_sampler(examples, sampler=sampler, seed=seed, epoch=epoch, class_id=class_id)

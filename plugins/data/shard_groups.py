@@ -11,6 +11,7 @@ in order, one per group, split over the workers only.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence
@@ -54,6 +55,13 @@ class ShardPlan:
             if not self.repeat:
                 return
             p += 1
+
+    def worker_shards(self, epoch: int, worker: int, num_workers: int) -> List[str]:
+        """The shards of this rank's and worker's first pass (every shard when resampling)."""
+        if self.resampled:
+            return list(self.urls)
+        first = self.first_pass_groups(worker, num_workers)
+        return [u for g in itertools.islice(self.groups(epoch, worker, num_workers), first) for u in g]
 
     def first_pass_groups(self, worker: int, num_workers: int) -> Optional[int]:
         """Number of shard groups in this worker's first pass (None when resampling)."""

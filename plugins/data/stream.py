@@ -6,6 +6,7 @@
       -> raw samples, the next group read ahead (tars.py)
       -> examples of each group from the resume offset on (patents.py)          :func:`positioned`
       -> batch fields of each example; a bad one skipped and counted (examples.py)  :func:`made`
+      -> a whole pass of groups without one usable example ends the stream       :func:`progressing`
       -> batches of ``batch_size``, up to the worker's quota (batch.py)          :func:`batched`
 
 and ends with an end marker. Every batch carries, under :data:`POSITION`, the worker's :class:`Cursor` after it:
@@ -16,13 +17,14 @@ takes the position out of each batch and keeps it for ``state_dict()``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from open_clip_train.data import SharedEpoch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from patentclip.plugins.classes import ClassTable
+from patentclip.plugins.classes import ClassMismatch, ClassTable
 from patentclip.plugins.data import patents, tars
 from patentclip.plugins.data.batch import collate_patent_batch
 from patentclip.plugins.data.examples import Example, ExampleMaker, class_id_of
@@ -49,9 +51,14 @@ class Cursor:
         return asdict(self)
 
 
+class EmptyStream(RuntimeError):
+    """A worker read a whole pass over its shards without one usable example: it could never fill a batch."""
+
+
 def is_fatal(exc: BaseException) -> bool:
     """A problem of the run (the class table), not of one sample: never skipped."""
-    return isinstance(exc, ValueError) and ("unknown class id" in str(exc) or "has no class id" in str(exc))
+    return isinstance(exc, ClassMismatch) or (
+        isinstance(exc, ValueError) and ("unknown class id" in str(exc) or "has no class id" in str(exc)))
 
 
 def positioned(groups: Iterable[Tuple[int, List[str], List[Dict]]], examples_of: Callable, start: Cursor
@@ -79,6 +86,28 @@ def made(items: Iterable[Positioned], make: Callable[[Example], Dict], skips: ta
                 skips(exc, f"sample {ex.anchor['__key__']!r}")
             except (OSError, SyntaxError) as exc:  # undecodable image
                 skips(exc, f"image of {ex.anchor['__key__']!r} in {ex.anchor.get('__url__')}")
+        yield gidx, offset, item
+
+
+def progressing(items: Iterable[Tuple[int, int, Optional[Dict]]], groups_per_pass: int, who: str,
+                shards: Sequence[str]) -> Iterator[Tuple[int, int, Optional[Dict]]]:
+    """The items, ending with :class:`EmptyStream` once ``groups_per_pass`` groups in a row (a whole pass over the
+    worker's shards) ended without one usable example: a training worker with a batch quota would otherwise read
+    its shards again and again, forever, deaf to the stop signal (the only shard an empty tar, every shard
+    unreadable, every drawing undecodable). ``who`` and ``shards`` (the worker and its shards) for the message."""
+    empty_groups, usable = 0, False
+    for gidx, offset, item in items:
+        if item is not None:
+            usable = True
+        elif offset == 0:  # the end of a group
+            empty_groups = 0 if usable else empty_groups + 1
+            usable = False
+            if empty_groups >= groups_per_pass:
+                listed = ", ".join(shards[:8]) + (f" and {len(shards) - 8} more" if len(shards) > 8 else "")
+                raise EmptyStream(
+                    f"{who} read a whole pass over its shards ({listed}) and found no sample to train on: every shard "
+                    f"is empty, unreadable or without a usable drawing (the log says which were skipped). Check "
+                    f"them with `patentclip-shards inspect`.")
         yield gidx, offset, item
 
 
@@ -112,8 +141,10 @@ class PatentStream(IterableDataset):
                  world_size: int, shared_epoch: SharedEpoch, class_table: ClassTable, preprocess: Callable,
                  tokenizer: Callable, image_transport: ImageTransport, sampler=None, multiview: bool = False,
                  random_caption: bool = True, group_shards: int = 4, num_worker_batches: Optional[int] = None,
-                 resampled: bool = False, weights: Optional[Sequence[float]] = None):
+                 resampled: bool = False, weights: Optional[Sequence[float]] = None,
+                 max_unreadable_shards: float = tars.DEFAULT_MAX_UNREADABLE):
         super().__init__()
+        self.max_unreadable_shards = max_unreadable_shards
         self.is_train = is_train
         self.batch_size = batch_size
         self.seed = seed
@@ -135,10 +166,12 @@ class PatentStream(IterableDataset):
                                  multiview=multiview)
         self.resume: Optional[Dict] = None  # {"epoch", "exact", "workers": {wid: cursor}} or {..., "fraction"}
 
-    def group_examples(self, gidx: int, group: List[str], samples: List[Dict], epoch: int) -> List[Example]:
+    def group_examples(self, gidx: int, group: List[str], samples: List[Dict], epoch: int,
+                       skips: Optional[tars.SkipCounter] = None) -> List[Example]:
         return patents.group_examples(samples, group=group, group_index=gidx, epoch=epoch, seed=self.seed,
                                       is_train=self.is_train, multiview=self.multiview, batch_size=self.batch_size,
-                                      sampler=self.sampler, class_id=lambda s: class_id_of(s, self.class_table))
+                                      sampler=self.sampler, class_id=lambda s: class_id_of(s, self.class_table),
+                                      skips=skips)
 
     def start(self, epoch: int, worker: int, num_workers: int) -> Cursor:
         """Where this worker starts in the epoch: the resume state's cursor, the same fraction of the epoch
@@ -159,11 +192,16 @@ class PatentStream(IterableDataset):
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         epoch = self.shared_epoch.get_value()
         cursor = self.start(epoch, worker, num_workers)
-        skips = tars.SkipCounter(cursor.skipped)
+        shards = self.plan.worker_shards(epoch, worker, num_workers)
+        skips = tars.SkipCounter(cursor.skipped, len(shards), self.max_unreadable_shards)
         groups = ((g, grp) for g, grp in enumerate(self.plan.groups(epoch, worker, num_workers)) if g >= cursor.group)
         examples = positioned(tars.prefetched(groups, skips),
-                              lambda g, grp, raw: self.group_examples(g, grp, raw, epoch), Cursor(**cursor.to_dict()))
+                              lambda g, grp, raw: self.group_examples(g, grp, raw, epoch, skips),
+                              Cursor(**cursor.to_dict()))
         items = made(examples, lambda ex: self.make(ex, epoch), skips)
+        if self.plan.repeat or self.plan.resampled:  # a stream that would never end: it must make progress
+            items = progressing(items, max(1, math.ceil(len(shards) / self.plan.group_shards)),
+                                f"data-loader worker {worker} of rank {self.plan.rank}", shards)
         for pending in batched(items, cursor, batch_size=self.batch_size, quota=self.num_worker_batches,
                                keep_partial=not self.is_train):
             batch = collate_patent_batch(pending)

@@ -1,34 +1,65 @@
 """Reading shards: tar members to samples, with what is skipped counted, and the next shard group read ahead.
 
 A sample is webdataset's dict of raw member bytes by extension (shards/sample_format.py) plus ``__key__`` and
-``__url__``. A corrupt member or a truncated shard is skipped, counted by the worker's :class:`SkipCounter` and
-logged; a shard that cannot be read after the retries of plugins/remote_io.py raises ``ShardReadError`` naming
-it (a lost shard must stop the run, not silently shorten the epoch). ``sizes.json`` beside the shards gives the
-number of samples (:func:`dataset_size`).
+``__url__``. Damage is handled here, where the tar is read (webdataset's ``tar_file_iterator`` opens the tar and
+advances to the next header outside its error handler, so a shard that is not a tar, or one truncated inside a
+member, ended the run with an unnamed ``tarfile.ReadError``):
+
+* a shard that is not a tar, is empty (0 bytes) or is missing is skipped, logged with its URL and counted by the
+  worker's :class:`SkipCounter`; more than ``max_unreadable`` of a worker's shards in an epoch (a fraction, at least
+  one; ``--max-unreadable-shards``) end the run with :class:`UnreadableShards` naming them;
+* a member that cannot be read (a shard truncated or damaged inside it) is skipped with the sample it belongs to,
+  logged with the shard URL and the member name, and counted; the shard ends there (a tar stream cannot be
+  resynchronised), its samples before the damage are kept;
+* a shard that cannot be read after the retries of plugins/remote_io.py (an outage, not damage) raises
+  ``ShardReadError`` naming it, as before (a lost connection must stop the run, not silently shorten the epoch).
+
+``sizes.json`` beside the shards gives the number of samples (:func:`dataset_size`).
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import posixpath
+import re
+import tarfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 from open_clip_train.data import expand_urls
-from webdataset.tariterators import tar_file_iterator
+from webdataset.tariterators import base_plus_ext
 
 from patentclip.plugins import remote_io
 from patentclip.plugins.openclip_compat import group_by_keys_nothrow
 
 SIZES_FILE = "sizes.json"
+#: Default of ``--max-unreadable-shards``: the fraction of a worker's shards in an epoch that may be unreadable.
+DEFAULT_MAX_UNREADABLE = 0.05
+#: What a damaged tar raises while it is read (a read error after the retries is ``ShardReadError``, never these).
+TAR_DAMAGE = (tarfile.TarError, EOFError, zlib.error, OSError)
+_SKIP_META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members (``__key__`` etc.), not sample members
+
+
+class UnreadableShards(RuntimeError):
+    """More of a worker's shards are unreadable than ``--max-unreadable-shards`` allows."""
 
 
 class SkipCounter:
-    """Counts (and logs) what the pipeline skips: corrupt tar members, undecodable images, bad samples."""
+    """Counts (and logs) what the pipeline skips: corrupt tar members, undecodable images, bad samples, unreadable
+    shards (each counts one). ``shards``: how many shards the worker reads in a pass, for the unreadable limit.
 
-    def __init__(self, count: int = 0):
+    What a shard group's read finds is collected in a :class:`GroupSkips` and counted, logged and checked against
+    the limit only when the stream takes that group (:meth:`take`): a group read ahead but not needed (the batch
+    quota was reached) counts nothing, so the counts in the loader's position do not depend on timing."""
+
+    def __init__(self, count: int = 0, shards: int = 1, max_unreadable: float = DEFAULT_MAX_UNREADABLE):
         self.count = count
         self.reasons: Dict[str, int] = {}
+        self.unreadable: List[str] = []
+        self.allowed_unreadable = max(1, math.floor(max_unreadable * shards))
+        self.max_unreadable = max_unreadable
 
     def __call__(self, exn: BaseException, where: str = "") -> bool:
         self.count += 1
@@ -37,19 +68,95 @@ class SkipCounter:
         logging.warning("skipped %s: %s: %s", where or "a sample", reason, exn)
         return True
 
+    def take(self, group: "GroupSkips") -> None:
+        """Count what reading a group found; more unreadable shards than allowed end the run, naming them."""
+        for exn, where in group.skipped:
+            self(exn, where)
+        for url in group.unreadable:
+            if url not in self.unreadable:
+                self.unreadable.append(url)
+        if len(self.unreadable) > self.allowed_unreadable:
+            raise UnreadableShards(
+                f"{len(self.unreadable)} unreadable shards, more than --max-unreadable-shards {self.max_unreadable:g} "
+                f"allows ({self.allowed_unreadable} of this data-loader worker's shards): "
+                f"{', '.join(self.unreadable)}. Check them with `patentclip-shards inspect` and rebuild them.")
 
-def tar_samples(url: str, skips: SkipCounter) -> Iterator[Dict]:
-    """The samples (raw bytes per extension) of one shard; read errors after retries are raised, a corrupt
-    member or a truncated shard is skipped and counted."""
-    stream = remote_io.open_shard(url)
+
+class GroupSkips:
+    """What reading one shard group skipped (in the prefetch thread), for :meth:`SkipCounter.take`."""
+
+    def __init__(self):
+        self.skipped: List[Tuple[BaseException, str]] = []
+        self.unreadable: List[str] = []
+
+    def __call__(self, exn: BaseException, where: str = "") -> bool:
+        self.skipped.append((exn, where))
+        return True
+
+    def unreadable_shard(self, url: str, exn: BaseException) -> None:
+        """A shard that is not a tar (or is empty, or missing): skipped, counted, and named."""
+        self(exn, f"unreadable shard {url}")
+        self.unreadable.append(url)
+
+
+class _Damage:
+    """Where a shard stopped being readable: the member (or the header after ``after``) and the error."""
+
+    def __init__(self):
+        self.member: Optional[str] = None
+        self.error: Optional[BaseException] = None
+
+
+def _members(stream, url: str, skips: GroupSkips, damage: _Damage) -> Iterator[Dict]:
+    """The regular members of a tar stream as webdataset's file samples; a damaged one ends the stream, noted in
+    ``damage``. A stream that is not a tar at all is an unreadable shard."""
     try:
-        def handler(exn):
-            if isinstance(exn, remote_io.ShardReadError):
-                raise exn
-            return skips(exn, f"member of {url}")
+        tar = tarfile.open(fileobj=stream, mode="r|*")
+    except remote_io.ShardReadError:
+        raise
+    except TAR_DAMAGE as exn:
+        skips.unreadable_shard(url, exn)
+        return
+    last = None
+    while True:
+        info = None
+        try:
+            info = tar.next()
+            if info is None:
+                return
+            if not info.isreg() or _SKIP_META.match(info.name):
+                continue
+            data = tar.extractfile(info).read()
+        except remote_io.ShardReadError:
+            raise
+        except TAR_DAMAGE as exn:
+            damage.member = info.name if info is not None else (f"the member after {last}" if last else
+                                                                "its first member")
+            damage.error = exn
+            return
+        last = info.name
+        yield {"fname": info.name, "data": data, "__url__": url}
+        tar.members = []  # a streamed tar need not remember its members
 
-        files = ({**f, "__url__": url} for f in tar_file_iterator(stream, handler=handler))
-        yield from group_by_keys_nothrow(files)
+
+def tar_samples(url: str, skips: GroupSkips) -> Iterator[Dict]:
+    """The samples (raw bytes per extension) of one shard (the module docstring says what is skipped)."""
+    try:
+        stream = remote_io.open_shard(url)
+    except FileNotFoundError as exn:
+        skips.unreadable_shard(url, exn)
+        return
+    damage = _Damage()
+    try:
+        damaged_key = None
+        for sample in group_by_keys_nothrow(_members(stream, url, skips, damage)):
+            if damage.member is not None and damaged_key is None:
+                damaged_key = base_plus_ext(damage.member)[0]
+            if damaged_key is not None and sample["__key__"] == damaged_key:
+                continue  # the sample the damaged member belongs to is incomplete: skipped with it
+            yield sample
+        if damage.member is not None:
+            skips(damage.error, f"member {damage.member} of {url} (the rest of this shard is unreadable)")
     finally:
         try:
             stream.close()
@@ -57,28 +164,45 @@ def tar_samples(url: str, skips: SkipCounter) -> Iterator[Dict]:
             pass
 
 
-def read_group(group: List[str], skips: SkipCounter) -> List[Dict]:
-    """The raw samples of a shard group, in shard order (I/O only: runs in the prefetch thread)."""
-    samples: List[Dict] = []
-    for url in group:
-        samples.extend(tar_samples(url, skips))
-    return samples
+READ_THREADS = 4   # shards of a worker read at once (the current group's and the next group's)
 
 
-def prefetched(groups: Iterable[Tuple[int, List[str]]], skips: SkipCounter
+def prefetched(groups: Iterable[Tuple[int, List[str]]], skips: SkipCounter, threads: int = READ_THREADS
                ) -> Iterator[Tuple[int, List[str], List[Dict]]]:
-    """(index, shards, raw samples) of each group; the next group is read by a background thread while the
-    current one is decoded, so a worker does not stall at group boundaries (S3 latency)."""
+    """(index, shards, raw samples) of each group, the samples in shard order.
+
+    Read-ahead: the shards of a group are read by ``threads`` background threads at once (a group arrives after
+    about its slowest shard rather than the sum of its shards: what a worker waits for before its first batch of
+    an epoch or after a resume), and the next group's shards are read while the current group is decoded, so a
+    worker does not stall at group boundaries (S3 latency). Memory: at most the current and the next group.
+    Order: each shard's samples are kept apart and joined in the group's shard order, so the examples and
+    therefore the resume positions are those of a sequential read. What a shard's read skips is counted into
+    ``skips`` when its group is yielded (:meth:`SkipCounter.take`, which also applies the unreadable-shard limit),
+    not when it is read ahead, so a resume position's skip count covers exactly the groups before it. (A worker cannot start on a group's first
+    shard before the others arrive: the group shuffle, plugins/data/patents.py, draws from the whole group.)
+    """
     groups = iter(groups)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patentclip-prefetch")
+    pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="patentclip-prefetch")
+
+    def read(url: str) -> Tuple[List[Dict], GroupSkips]:
+        mine = GroupSkips()
+        return list(tar_samples(url, mine)), mine
+
+    def submit(item):
+        return [pool.submit(read, url) for url in item[1]] if item else None
+
     try:
         nxt = next(groups, None)
-        pending = pool.submit(read_group, nxt[1], skips) if nxt else None
+        pending = submit(nxt)
         while nxt is not None:
             gidx, group = nxt
-            raw = pending.result()
+            raw: List[Dict] = []
+            for f in pending:
+                samples, skipped = f.result()
+                raw.extend(samples)
+                skips.take(skipped)
             nxt = next(groups, None)
-            pending = pool.submit(read_group, nxt[1], skips) if nxt else None
+            pending = submit(nxt)
             yield gidx, group, raw
     finally:
         # at the batch quota the prefetched group is not needed: do not wait for it

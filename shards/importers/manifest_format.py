@@ -14,6 +14,6 @@ def import_manifest(paths: Sequence, opts: ImportOptions) -> Tuple[List[PatentRe
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if len(paths) != 1:
         raise ValueError("--format manifest takes exactly one manifest file")
-    records, problems = read_manifest(paths[0])
+    records, problems = read_manifest(paths[0], allowed_roots=opts.allowed_roots)
     rows = sum(1 for p in problems if p.scope == "record") + len(records)
     return records, problems, {"rows_read": rows, "patents_read": rows}

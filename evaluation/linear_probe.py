@@ -26,7 +26,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from patentclip.launch.metrics import classification_accuracy
+from patentclip.evaluation.metrics import classification_accuracy
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
@@ -120,7 +120,7 @@ def select_l2(x: torch.Tensor, y: torch.Tensor, groups: Optional[torch.Tensor], 
 def linear_probe_train_test(train_x, train_y, test_x, test_y, num_classes: int, *, train_groups=None,
                             grid: Sequence[float] = L2_GRID, seed: int = 0) -> Dict[str, object]:
     """Fit on the (standardised) training features, ``l2`` chosen on held-out training patents; report
-    accuracy on the test features: :func:`~patentclip.launch.metrics.classification_accuracy` keys plus ``l2``."""
+    accuracy on the test features: :func:`~patentclip.evaluation.metrics.classification_accuracy` keys plus ``l2``."""
     stats = standardizer(train_x)
     xs = _standardize(train_x, stats)
     l2 = select_l2(xs, train_y, train_groups, num_classes, grid, seed=seed)

@@ -11,11 +11,21 @@ network) and its PNG figures, all in DIR:
 
 and tables: retrieval in the layout of the LLM-informed paper's Table 1 (head / tail / all classes x mAP, R@5,
 R@10, M@10), image-text recall, classification, and per-class results.
+
+``metrics.json`` (the metrics, per-class results and settings, as ``--out`` writes them) is written first, before any
+figure, so the numbers survive whatever a figure meets; a figure that cannot be drawn is logged and named on the
+page in its place. Text from the data (class codes and names, model labels) is drawn literally: matplotlib would
+read a ``$...$`` in a class name as math and fail on it (:func:`literal`).
+
+One module of a little over 400 lines because it is one product: every figure is drawn for its place on the
+page (sizes, colours and labels shared with the tables), and nothing else uses them.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import html
+import json
+import logging
 import math
 import os
 from typing import Dict, Iterable, List, Optional, Sequence
@@ -24,6 +34,7 @@ import numpy as np
 import torch
 
 from patentclip.plugins.data import batch as B
+from patentclip.shards.head_tail import HEAD_FRACTION
 
 FIG_DPI = 110
 
@@ -58,6 +69,34 @@ COLORS = {"model": "#1f77b4", "baseline": "#9e9e9e", "head": "#d62728", "tail": 
 PER_CLASS_SERIES = (("zeroshot_top1", "zero-shot", "o", "#1f77b4"), ("linear_probe_top1", "linear probe", "s",
                     "#ff7f0e"), ("classifier_top1", "classification head", "D", "#2ca02c"))
 
+
+
+def literal(text) -> str:
+    """``text`` as matplotlib draws it literally: a ``$`` escaped, so that no pair of them starts math mode."""
+    return str(text).replace("$", r"\$")
+
+
+def jsonable(x):
+    """The value with non-finite floats as None (JSON has no NaN), tuples as lists."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    return x
+
+
+def metrics_document(result, baseline=None, model: Optional[Dict] = None, baseline_source: Optional[str] = None
+                     ) -> Dict:
+    """What ``--out`` and the report's ``metrics.json`` hold: the metrics, per-class results and settings (and the
+    baseline's), JSON-ready."""
+    doc = {**result.metrics, "per_class": result.per_class, "settings": result.settings}
+    if model is not None:
+        doc["model"] = model
+    if baseline is not None:
+        doc["baseline"] = {"source": baseline_source, "metrics": baseline.metrics, "per_class": baseline.per_class}
+    return jsonable(doc)
 
 def _figure(w, h):
     from matplotlib.figure import Figure
@@ -121,11 +160,12 @@ def metrics_figure(path: str, metrics: Dict, baseline: Optional[Dict], model_lab
     y = np.arange(len(items))
     h = 0.38 if baseline is not None else 0.6
     vals = [100 * metrics[k] if _finite(metrics.get(k)) else 0.0 for _, k in items]
-    bars = ax.barh(y - (h / 2 if baseline is not None else 0), vals, height=h, color=COLORS["model"], label=model_label)
+    bars = ax.barh(y - (h / 2 if baseline is not None else 0), vals, height=h, color=COLORS["model"],
+                   label=literal(model_label))
     ax.bar_label(bars, fmt="%.1f", padding=2, fontsize=8)
     if baseline is not None:
         bvals = [100 * baseline[k] if _finite(baseline.get(k)) else 0.0 for _, k in items]
-        bb = ax.barh(y + h / 2, bvals, height=h, color=COLORS["baseline"], label=baseline_label)
+        bb = ax.barh(y + h / 2, bvals, height=h, color=COLORS["baseline"], label=literal(baseline_label))
         ax.bar_label(bb, fmt="%.1f", padding=2, fontsize=8)
     ax.set_yticks(y, [lab for lab, _ in items])
     ax.invert_yaxis()
@@ -183,7 +223,7 @@ def per_class_figure(path: str, per_class: List[Dict], baseline_per_class: Optio
     if plotted:
         fig.legend(*ax2.get_legend_handles_labels(), loc="outside lower center", ncol=4, fontsize=8, frameon=False)
     if n <= 40:
-        ax2.set_xticks(x, [f"{per_class[i]['code']}" for i in order], rotation=60, ha="right", fontsize=8)
+        ax2.set_xticks(x, [literal(per_class[i]["code"]) for i in order], rotation=60, ha="right", fontsize=8)
     else:
         ax2.set_xlabel(f"{n} classes, most frequent first")
     fig.savefig(path)
@@ -207,7 +247,7 @@ def retrieval_figure(path: str, examples: List[Dict], images: Dict[str, np.ndarr
         for sp in ax.spines.values():
             sp.set_edgecolor(color)
             sp.set_linewidth(4)
-        ax.set_title(title, fontsize=7)
+        ax.set_title(literal(title), fontsize=7)
 
     for r in range(rows):
         for c in range(k + 1):
@@ -277,11 +317,11 @@ def embedding_figure(path: str, features: torch.Tensor, class_id: torch.Tensor, 
             continue
         color = cmap(c % 20) if n_cls <= 20 else cmap(c / max(1, n_cls - 1))
         marker = "o" if per_class[c]["is_head"] else "^"
-        label = f"{per_class[c]['code']} {per_class[c]['name']}"[:32] if n_cls <= 20 else None
+        label = literal(f"{per_class[c]['code']} {per_class[c]['name']}"[:32]) if n_cls <= 20 else None
         ax.scatter(xy[m, 0], xy[m, 1], s=float(np.clip(6000 / max(1, len(idx)), 8, 40)), color=color, marker=marker, alpha=0.8, label=label, linewidths=0)
         if n_cls > 20:
             cx, cy = np.median(xy[m], axis=0)
-            ax.annotate(per_class[c]["code"], (cx, cy), fontsize=6, ha="center")
+            ax.annotate(literal(per_class[c]["code"]), (cx, cy), fontsize=6, ha="center")
     ax.set_title(f"Image embeddings ({'PCA' if method == 'pca' else 't-SNE'}, {len(idx)} drawings; "
                  f"● head class, ▲ tail class)", fontsize=9)
     ax.set_xticks([])
@@ -364,7 +404,7 @@ def write_report(out_dir: str, result, class_table, *, baseline=None, images: Op
                  baseline_label: Optional[str] = None, map_method: str = "pca", map_points: int = 3000) -> str:
     """Write ``index.html`` and its PNG figures into ``out_dir``; returns the page's path.
 
-    ``result`` / ``baseline``: :class:`patentclip.launch.evaluate.EvalResult` (``features`` needed for the map,
+    ``result`` / ``baseline``: :class:`patentclip.evaluation.run.EvalResult` (``features`` needed for the map,
     ``examples`` for the retrieval examples); ``images``: key -> HxWx3 uint8 of the drawings in the examples.
     """
     os.makedirs(out_dir, exist_ok=True)
@@ -374,27 +414,38 @@ def write_report(out_dir: str, result, class_table, *, baseline=None, images: Op
     bpc = baseline.per_class if baseline is not None else None
     codes = [c.code for c in class_table.classes]
     s = result.settings
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:  # first: the numbers do not depend on a figure
+        json.dump(metrics_document(result, baseline, {"label": model_label}, baseline_label), f, indent=2)
     figs = []
 
-    metrics_figure(os.path.join(out_dir, "metrics.png"), result.metrics, bm, model_label, baseline_label)
-    figs.append(("metrics.png", "Headline metrics",
-                 "Percentages. i2i = image-to-image retrieval under the protocol above; R@K = relevant results in "
-                 "the top K / all relevant results (the paper's Recall@K); M@10 = MRR@10."))
-    per_class_figure(os.path.join(out_dir, "per_class.png"), result.per_class, bpc)
-    figs.append(("per_class.png", "Per-class accuracy against class frequency",
-                 "Top: drawings per class in training (log scale), most frequent first; red = head classes, blue = "
-                 "tail classes (dashed line). Bottom: top-1 accuracy of each class, same order."))
-    if result.examples:
-        retrieval_figure(os.path.join(out_dir, "retrieval_examples.png"), result.examples, images, codes,
-                         s.get("relevance", "class"))
+    def figure(fn: str, draw, *draw_args) -> bool:
+        try:
+            draw(os.path.join(out_dir, fn), *draw_args)
+            return True
+        except Exception as exc:  # one figure must not cost the page (the metrics are already written)
+            logging.warning("report: figure %s could not be drawn: %s: %s", fn, type(exc).__name__, exc)
+            failed.append((fn, f"{type(exc).__name__}: {exc}"))
+            return False
+
+    failed: List = []
+    if figure("metrics.png", metrics_figure, result.metrics, bm, model_label, baseline_label):
+        figs.append(("metrics.png", "Headline metrics",
+                     "Percentages. i2i = image-to-image retrieval under the protocol above; R@K = relevant results "
+                     "in the top K / all relevant results (the paper's Recall@K); M@10 = MRR@10."))
+    if figure("per_class.png", per_class_figure, result.per_class, bpc):
+        figs.append(("per_class.png", "Per-class accuracy against class frequency",
+                     "Top: drawings per class in training (log scale), most frequent first; red = head classes, "
+                     "blue = tail classes (dashed line). Bottom: top-1 accuracy of each class, same order."))
+    if result.examples and figure("retrieval_examples.png", retrieval_figure, result.examples, images, codes,
+                                  s.get("relevance", "class")):
         figs.append(("retrieval_examples.png", "Retrieval examples",
                      "Each row: a query drawing (blue) and its top results in rank order; green frame = relevant "
                      f"(same {'class' if s.get('relevance', 'class') == 'class' else 'patent'}), red = not. Dates "
                      "are grant dates" + (" (prior-art filter: only earlier grants are searched)."
                                          if s.get("prior_art_filter") else ".")))
-    if result.features is not None:
-        embedding_figure(os.path.join(out_dir, "embedding_map.png"), result.features["image_features"],
-                         result.features["class_id"], result.per_class, map_method, map_points, s.get("seed", 0))
+    if result.features is not None and figure("embedding_map.png", embedding_figure, result.features["image_features"],
+                                              result.features["class_id"], result.per_class, map_method, map_points,
+                                              s.get("seed", 0)):
         figs.append(("embedding_map.png", "Embedding map",
                      f"Image embeddings of the evaluation drawings projected to 2-D "
                      f"({'PCA' if map_method == 'pca' else 't-SNE'}), coloured by class."))
@@ -411,7 +462,8 @@ def write_report(out_dir: str, result, class_table, *, baseline=None, images: Op
         f"({int(result.metrics.get('i2i_num_queries_without_relevant', 0))} without any relevant candidate, not "
         f"averaged; {int(result.metrics.get('i2i_num_queries_unknown_date', 0))} without grant date)",
         f"evaluation drawings: {int(result.metrics.get('num_samples', 0))}, classes: {len(class_table)}, head "
-        f"classes: {len(s.get('head_classes', []))} (top 40% by training frequency, or classes.json categories)",
+        f"classes: {len(s.get('head_classes', []))} (top {HEAD_FRACTION:.0%} by training frequency, or "
+        f"classes.json categories)",
         f"zero-shot templates: {' | '.join(s.get('templates', []))}",
         f"linear probe: {lp['protocol']} (l2 = {lp['l2']:g})" if isinstance(lp, dict) else "linear probe: off",
     ]
@@ -431,6 +483,8 @@ def write_report(out_dir: str, result, class_table, *, baseline=None, images: Op
     for fn, cap_title, cap in figs:
         parts.append(f"<figure><img class='fig' src='{fn}' alt='{html.escape(cap_title)}'>"
                      f"<figcaption><b>{html.escape(cap_title)}.</b> {html.escape(cap)}</figcaption></figure>")
+    for fn, why in failed:
+        parts.append(f"<p class='settings'>Figure {html.escape(fn)} could not be drawn: {html.escape(why)}</p>")
     parts += ["<h2>Per-class results</h2>", _per_class_table(result.per_class, bpc), "</body></html>"]
     page = os.path.join(out_dir, "index.html")
     with open(page, "w", encoding="utf-8") as f:

@@ -1,0 +1,98 @@
+"""Untrusted checkpoint files (issue 15): a planted pickle must not run under patentclip-train --resume,
+patentclip-eval or patentclip-export; DeepSpeed's own files load weights-only with exactly the types they need."""
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import run_cli
+from patentclip.launch import safe_load
+
+
+class Planted:
+    """A pickle that runs a command when loaded with full pickle."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def plant(path, marker, **content):
+    torch.save({"epoch": 1, "state_dict": {}, **content, "x": Planted(marker)}, path)
+    return path
+
+
+def test_a_planted_pickle_is_refused_and_named(tmp_path):
+    evil = plant(tmp_path / "epoch_1.pt", tmp_path / "ran")
+    with pytest.raises(safe_load.UntrustedCheckpoint, match=r"epoch_1.pt: refused: it asks for posix.system"):
+        safe_load.load(evil, str(evil))
+    assert not (tmp_path / "ran").exists()
+    # what patentclip itself writes loads: tensors, numpy RNG state, DeepSpeed's types
+    import numpy as np
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    ok = tmp_path / "ok.pt"
+    torch.save({"w": torch.ones(2), "rng": np.random.get_state(), "scaler": LossScaler(1.0),
+                "stage": ZeroStageEnum(1)}, ok)
+    got = safe_load.load(ok, str(ok))
+    assert got["stage"] == ZeroStageEnum(1) and got["scaler"].cur_scale == 1.0
+    # DeepSpeed's own torch.load(weights_only=False) calls are made weights-only inside weights_only_loads
+    with pytest.raises(safe_load.UntrustedCheckpoint, match="refused"):
+        with safe_load.weights_only_loads(str(evil)):
+            torch.load(evil, weights_only=False)
+    assert not (tmp_path / "ran").exists() and safe_load.FORCE_ENV not in os.environ
+    # the explicit flag for a trusted file
+    safe_load.load(evil, str(evil), trust=True)
+    assert (tmp_path / "ran").exists()
+
+
+def train_argv(shards, logs, name, resume, *extra):
+    return ["--train-data", shards["train"], "--model", "patentclip-tiny", "--batch-size", "8", "--epochs", "1",
+            "--train-num-samples", "8", "--workers", "0", "--val-frequency", "0", "--logs", str(logs), "--name", name,
+            "--resume", str(resume), *extra]
+
+
+@pytest.mark.slow
+def test_train_resume_refuses_planted_open_clip_and_deepspeed_files(synthetic_shards, tmp_path):
+    evil = plant(tmp_path / "epoch_1.pt", tmp_path / "ran-pt")
+    r = run_cli("patentclip.launch.train", *train_argv(synthetic_shards, tmp_path, "a", evil))
+    assert r.returncode == 1 and "refused: it asks for posix.system" in r.stderr and "--trust-checkpoint" in r.stderr
+    assert not (tmp_path / "ran-pt").exists()
+    # a DeepSpeed folder whose model states were replaced: DeepSpeed's own load is weights-only too
+    ds = tmp_path / "ds"
+    (ds / "epoch_1").mkdir(parents=True)
+    plant(ds / "epoch_1" / "mp_rank_00_model_states.pt", tmp_path / "ran-ds", module={})
+    (ds / "latest").write_text("epoch_1")
+    (ds / "epoch_1" / "meta.json").write_text(json.dumps({"tag": "epoch_1", "epoch": 1, "step": 1, "zero_stage": 0,
+                                                          "world_size": 1, "files": {
+                                                              "mp_rank_00_model_states.pt": os.path.getsize(
+                                                                  ds / "epoch_1" / "mp_rank_00_model_states.pt")}}))
+    r = run_cli("patentclip.launch.train", *train_argv(synthetic_shards, tmp_path, "b", ds))
+    assert r.returncode == 1
+    assert f"{ds / 'epoch_1'}: refused: it asks for posix.system" in r.stderr
+    assert not (tmp_path / "ran-ds").exists()
+
+
+@pytest.mark.slow
+def test_eval_and_export_refuse_planted_files(synthetic_shards, tmp_path):
+    """patentclip-export and patentclip-eval read every file weights-only: a planted epoch_N.pt, and a DeepSpeed
+    ZeRO folder whose optimizer partition is planted (read by DeepSpeed's zero_to_fp32, made weights-only)."""
+    evil = plant(tmp_path / "epoch_1.pt", tmp_path / "ran")
+    r = run_cli("patentclip.evaluation.export", "--checkpoint", evil, "--out", tmp_path / "out", timeout=300)
+    assert r.returncode == 2 and "epoch_1.pt: refused: it asks for posix.system" in r.stderr
+    r = run_cli("patentclip.evaluation.cli", "--val-data", synthetic_shards["val"], "--checkpoint", evil,
+                "--workers", "0", timeout=300)
+    assert r.returncode == 2 and "refused: it asks for posix.system" in r.stderr
+    tag = tmp_path / "ds" / "epoch_1"
+    tag.mkdir(parents=True)
+    torch.save({"module": {"clip.logit_scale": torch.ones(1)}, "model": "patentclip-tiny", "epoch": 1,
+                "buffer_names": [], "param_shapes": [{"clip.logit_scale": torch.Size([1])}],
+                "shared_params": {}, "ds_version": "0.19.8"}, tag / "mp_rank_00_model_states.pt")
+    plant(tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt", tmp_path / "ran")
+    r = run_cli("patentclip.evaluation.export", "--checkpoint", tag, "--out", tmp_path / "out", timeout=300)
+    assert r.returncode == 2 and f"{tag}: refused: it asks for posix.system" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "ran").exists()
