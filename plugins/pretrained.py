@@ -50,6 +50,7 @@ import timm
 
 from patentclip.evaluation.export import final_model_config
 from patentclip.launch.checkpoint_format import _read_params_txt as read_params_txt
+from patentclip.launch import safe_load
 from patentclip.launch.checkpoint_format import model_kwargs_from_params
 from patentclip.plugins import timm_compat as tc
 from patentclip.plugins.timm_compat import LocalEntryNotFoundError, hf_constants, hf_hub_download
@@ -584,7 +585,9 @@ def create_model_for_run(args, device, plan: Optional[StartPlan] = None, **model
         logging.info("Image tower %s starts from timm weights %s (%s)", timm_tower_name(model_cfg), plan.image.spec,
                      plan.image.file)
     if plan.text:
-        sd = open_clip.factory.load_state_dict(plan.text.file, device="cpu", weights_only=False)
+        # open_clip's reader (safetensors, 'state_dict', 'module.'), weights-only like every patentclip load
+        with safe_load.weights_only_loads(plan.text.file, trust=args.trust_checkpoint):
+            sd = open_clip.factory.load_state_dict(plan.text.file, device="cpu", weights_only=True)
         n = load_text_tower(model, sd, plan.text.spec)
         logging.info("Text tower (%d tensors) starts from %s (%s)", len(n), plan.text.spec, plan.text.file)
     return model, preprocess_train, preprocess_val
