@@ -53,6 +53,7 @@ from patentclip.launch.checkpoint_format import _read_params_txt as read_params_
 from patentclip.launch import safe_load
 from patentclip.launch.checkpoint_format import model_kwargs_from_params
 from patentclip.plugins import timm_compat as tc
+from patentclip.plugins.models import register_model_configs
 from patentclip.plugins.timm_compat import LocalEntryNotFoundError, hf_constants, hf_hub_download
 
 CLIP_CONFIG = tc.OPENCLIP_CONFIG_NAME
@@ -320,6 +321,20 @@ def timm_tower_name(model_cfg: Optional[Dict]) -> Optional[str]:
     return ((model_cfg or {}).get("vision_cfg") or {}).get("timm_model_name")
 
 
+def timm_weights_problem(args) -> Optional[str]:
+    """Why ``--pretrained-image`` / ``--pretrained-image-source`` cannot apply to ``--model`` (None when they can or
+    are not given): timm weights fit timm towers only (open_clip ignores ``--pretrained-image`` elsewhere)."""
+    if not (args.pretrained_image or args.pretrained_image_source) or str(args.model).startswith(HF_HUB):
+        return None
+    register_model_configs()
+    cfg = open_clip.get_model_config(args.model)
+    if cfg is None or timm_tower_name(cfg) is not None:
+        return None  # an unknown model is reported where the model is made
+    flag = "--pretrained-image-source" if args.pretrained_image_source else "--pretrained-image"
+    return (f"{flag}: {args.model}'s image tower is not a timm backbone (no vision_cfg.timm_model_name); timm image "
+            f"weights apply to timm towers only (patentclip-resnet50, patentclip-swinv2-b ...)")
+
+
 def resolve_timm_weights(timm_name: str, spec: Optional[str], cache_dir: Optional[str] = None) -> Weights:
     """The pretrained weights of timm backbone ``timm_name``: its default tag (``spec`` None), another tag of it,
     ``hf-hub:timm/REPO``, or a file. timm fetches hub files from the hub cache, URL-only weights into torch's hub
@@ -367,8 +382,6 @@ def _given(args, flag: str) -> bool:
 def plan_start(args) -> StartPlan:
     """Resolve ``--pretrained``, ``--pretrained-image[-source]`` and ``--pretrained-text`` of ``args`` (without
     downloading). Sets ``args.model`` from an exported folder when ``--model`` is not given."""
-    from patentclip.plugins.models import register_model_configs
-
     register_model_configs()
     cache_dir = args.cache_dir
     plan = StartPlan()
@@ -384,10 +397,10 @@ def plan_start(args) -> StartPlan:
                          f"{', '.join(m for m in open_clip.list_models() if m.startswith('patentclip'))} and open_clip's own")
     image_source = args.pretrained_image_source
     if args.pretrained_image or image_source:
+        problem = timm_weights_problem(args)
+        if problem:
+            raise ValueError(problem)
         timm_name = timm_tower_name(model_cfg)
-        if timm_name is None:
-            raise ValueError(f"--pretrained-image: {args.model}'s image tower is not a timm backbone (no "
-                             f"vision_cfg.timm_model_name); timm image weights apply to timm towers only")
         if args.pretrained:
             raise ValueError("--pretrained-image with --pretrained: the whole-model checkpoint already holds an image "
                              "tower; give one of them")
