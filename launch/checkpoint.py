@@ -104,12 +104,14 @@ def estimate_checkpoint_bytes(module: torch.nn.Module, zero_stage: int, with_ope
     """Bytes one checkpoint of ``module`` takes (all ranks together): the DeepSpeed model states (the module's
     tensors at their dtype), AdamW's two fp32 moments per trainable parameter, with ZeRO 1/2 also the fp32
     master copy, and the open_clip ``epoch_N.pt`` (fp32 CLIP weights); plus 1 MiB of pickling and metadata."""
-    tensors = list(module.state_dict().values())
+    # a module's extra state (e.g. the arcface loss's label table, a dict) is not a tensor: the 1 MiB covers it
+    tensors = [t for t in module.state_dict().values() if torch.is_tensor(t)]
     module_bytes = sum(t.numel() * t.element_size() for t in tensors)
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     optimizer = (8 if zero_stage == 0 else 12) * trainable
     clip = getattr(module, "clip", module)
-    open_clip_bytes = sum(t.numel() * 4 for t in clip.state_dict().values()) if with_open_clip_file else 0
+    open_clip_bytes = sum(t.numel() * 4 for t in clip.state_dict().values() if torch.is_tensor(t)) \
+        if with_open_clip_file else 0
     return module_bytes + optimizer + open_clip_bytes + (1 << 20)
 
 

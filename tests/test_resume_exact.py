@@ -215,3 +215,24 @@ def test_the_launcher_tells_a_stop_from_a_failure():
     assert stopped_with_checkpoint({1: 3})
     for codes in ({0: 1, 1: -15}, {0: -9}, {0: 3, 1: 1}, {}):
         assert not stopped_with_checkpoint(codes), codes
+
+
+def test_checkpoint_size_estimate_takes_a_module_with_extra_state():
+    """The start-time disk check sizes a checkpoint from the module's state dict, which holds a module's extra
+    state as it is (the arcface loss's label table is a dict): it counted it as a tensor and stopped the run."""
+    import torch
+
+    from patentclip.launch.checkpoint import estimate_checkpoint_bytes
+
+    class WithLabels(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(10, 10)
+
+        def get_extra_state(self):
+            return {"labels": ["USD0900001", "USD0900002"]}
+
+        def set_extra_state(self, state):
+            pass
+
+    assert estimate_checkpoint_bytes(WithLabels(), 0) > 110 * 4
