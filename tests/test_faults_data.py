@@ -171,3 +171,21 @@ def test_training_skips_damage_counts_it_in_tensorboard_and_an_empty_stream_ends
                 "--name", "empty", *base, timeout=300)
     assert r.returncode == 1 and "found no sample to train on" in r.stderr, r.stderr[-3000:]
     assert time.time() - t0 < 120
+
+
+def test_a_resume_at_the_end_of_a_group_is_not_an_empty_pass():
+    """A worker whose one shard group is its whole pass, resumed at the end of that group, rolls over into its next
+    pass: the group it entered part-way yielded nothing, but that is no evidence of empty shards (it raised
+    EmptyStream and ended the resumed run). A whole pass read from its first example still does."""
+    from patentclip.plugins.data.stream import Cursor, progressing
+
+    def pass_items(group, n):  # (group, offset after, item) of one group of n usable examples, then its end
+        return [(group, j + 1, {"x": j}) for j in range(n)] + [(group + 1, 0, None)]
+
+    resumed = [(1, 0, None)] + pass_items(1, 3)  # at the end of group 0, then group 1 (the next pass)
+    out = list(progressing(iter(resumed), 1, "w", ["a.tar"], start=Cursor(group=0, offset=8)))
+    assert [item for _, _, item in out if item] == [{"x": 0}, {"x": 1}, {"x": 2}]
+    with pytest.raises(EmptyStream):
+        list(progressing(iter([(1, 0, None), (2, 0, None)]), 1, "w", ["a.tar"], start=Cursor(group=0, offset=8)))
+    with pytest.raises(EmptyStream):  # without a resume position the empty group counts
+        list(progressing(iter([(1, 0, None)]), 1, "w", ["a.tar"]))

@@ -90,16 +90,23 @@ def made(items: Iterable[Positioned], make: Callable[[Example], Dict], skips: ta
 
 
 def progressing(items: Iterable[Tuple[int, int, Optional[Dict]]], groups_per_pass: int, who: str,
-                shards: Sequence[str]) -> Iterator[Tuple[int, int, Optional[Dict]]]:
+                shards: Sequence[str], start: Optional[Cursor] = None) -> Iterator[Tuple[int, int, Optional[Dict]]]:
     """The items, ending with :class:`EmptyStream` once ``groups_per_pass`` groups in a row (a whole pass over the
     worker's shards) ended without one usable example: a training worker with a batch quota would otherwise read
     its shards again and again, forever, deaf to the stop signal (the only shard an empty tar, every shard
-    unreadable, every drawing undecodable). ``who`` and ``shards`` (the worker and its shards) for the message."""
+    unreadable, every drawing undecodable). ``who`` and ``shards`` (the worker and its shards) for the message.
+    A group the stream entered part-way (``start``: a resume position inside it, possibly at its very end) is no
+    evidence either way: only groups read from their first example count."""
     empty_groups, usable = 0, False
+    partial = start.group if start is not None and start.offset > 0 else None
     for gidx, offset, item in items:
         if item is not None:
             usable = True
         elif offset == 0:  # the end of a group
+            if gidx - 1 == partial:  # the group resumed part-way: it says nothing about the shards
+                partial, usable = None, False
+                yield gidx, offset, item
+                continue
             empty_groups = 0 if usable else empty_groups + 1
             usable = False
             if empty_groups >= groups_per_pass:
@@ -201,7 +208,8 @@ class PatentStream(IterableDataset):
         items = made(examples, lambda ex: self.make(ex, epoch), skips)
         if self.plan.repeat or self.plan.resampled:  # a stream that would never end: it must make progress
             items = progressing(items, max(1, math.ceil(len(shards) / self.plan.group_shards)),
-                                f"data-loader worker {worker} of rank {self.plan.rank}", shards)
+                                f"data-loader worker {worker} of rank {self.plan.rank}", shards,
+                                Cursor(**cursor.to_dict()))
         for pending in batched(items, cursor, batch_size=self.batch_size, quota=self.num_worker_batches,
                                keep_partial=not self.is_train):
             batch = collate_patent_batch(pending)
