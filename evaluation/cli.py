@@ -5,8 +5,9 @@ Metrics (exact definitions in :mod:`patentclip.evaluation.metrics`, protocol in 
     MRR@10 (also HitRate@K, P@K, per-class mAP) with the prior-art filter -- a query granted on day t_q
     searches only drawings granted before t_q -- for all classes and for head / tail classes separately
     (head = the 40% most frequent training classes, or classes.json's "category"). Relevance by class (the
-    paper) or by patent (DeepPatent's re-identification), --relevance. The query's own patent is never a
-    candidate in the class setting; in the patent setting the query drawing itself is not. R@K is the paper's
+    paper), by patent (DeepPatent's re-identification) or by the examiner's citations (the real prior art:
+    :mod:`patentclip.evaluation.citations`), --relevance. The query's own patent is never a candidate in the
+    class and citation settings; in the patent setting the query drawing itself is not. R@K is the paper's
     recall (relevant items in the top K / all relevant items); the hit rate is reported as HitRate@K.
   * image->text and text->image R@1/5/10 (each drawing with its caption; DesignCLIP / PatentCLIP tables)
   * zero-shot classification top-1/top-5 and balanced top-1 with class-name prompts (--templates), per class
@@ -32,13 +33,16 @@ from typing import Dict, List, Optional
 import torch
 
 from patentclip.evaluation import report as R
+from patentclip.evaluation.index import eval_features
+from patentclip.evaluation.citations import load_citations
 from patentclip.evaluation.loading import LoadedModel, load_for_eval
 from patentclip.evaluation.run import format_table, run_evaluation
 from patentclip.evaluation.settings import DEFAULT_TEMPLATES, EvalSettings
 from patentclip.launch.safe_load import TRUST_FLAG, TRUST_HELP
 from patentclip.plugins.classes import ClassTable, load_class_table
+from patentclip.evaluation.extra_metrics import check_metric_names, metric_names
 from patentclip.plugins.builtin import load_builtin_plugins
-from patentclip.plugins.registry import DATASETS
+from patentclip.plugins.registry import DATASETS, import_plugin_modules
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,18 +78,29 @@ Examples:
     g.add_argument("--out", default=None,
                    help="Write JSON here: the metrics (top level), 'per_class' and 'settings' (and 'baseline').")
     g = p.add_argument_group("retrieval")
-    g.add_argument("--relevance", choices=["class", "patent"], default="class",
-                   help="A result is relevant if it shows the query's Locarno class (the LLM-informed paper) or "
-                        "the query's patent (DeepPatent re-identification). Default: %(default)s.")
+    g.add_argument("--relevance", choices=["class", "patent", "citation"], default="class",
+                   help="A result is relevant if it shows the query's Locarno class (the LLM-informed paper), "
+                        "the query's patent (DeepPatent re-identification), or a patent the examiner cited against "
+                        "the query's patent (the citations_examiner field that --format uspto shards carry: the "
+                        "real prior art). Default: %(default)s.")
     g.add_argument("--prior-art", choices=["auto", "on", "off"], default="auto",
                    help="Prior-art filter: only drawings granted strictly before the query's patent are searched. "
-                        "auto = on for --relevance class, off for patent. Default: %(default)s.")
+                        "auto = on for --relevance class and citation, off for patent. Default: %(default)s.")
     g.add_argument("--retrieval-db", default=None,
                    help="Shards of the database to search (default: the evaluation drawings themselves).")
+    g.add_argument("--retrieval-index", default=None,
+                   help="A patentclip-index folder as the database: its stored vectors, embedded once by "
+                        "`patentclip-index build` (split over ranks, resumable) with this model (checked), instead of "
+                        "embedding --retrieval-db here. With float16 vectors (the index default) the metrics differ "
+                        "from --retrieval-db's in the last digits (docs/search.md); float32 vectors give the same.")
     g.add_argument("--ks", default="5,10", help="Cut-offs K of R@K / HitRate@K / P@K. Default: %(default)s.")
     g.add_argument("--mrr-k", type=int, default=10, help="K of MRR@K. Default: %(default)s.")
     g.add_argument("--max-chunk-mb", type=int, default=1024,
-                   help="Memory of one retrieval chunk (queries x database scores and sort). Default: %(default)s.")
+                   help="Memory of one retrieval chunk (queries x database scores and masks). Default: %(default)s.")
+    g.add_argument("--ranking", choices=["count", "sort", "topk"], default="count",
+                   help="How rows are ranked: count (mAP by counting, top K by torch.topk, no full sort), sort (a "
+                        "full stable sort of every row: the reference, same results), topk (R@K, HitRate@K, P@K "
+                        "and MRR@K only, no mAP: cheapest at scale). Default: %(default)s.")
     g = p.add_argument_group("classification")
     g.add_argument("--templates", default=None, help="Zero-shot templates separated by '|', with {} for the class name.")
     g.add_argument("--linear-probe", choices=["auto", "off"], default="auto",
@@ -103,6 +118,11 @@ Examples:
     g.add_argument("--map-method", choices=["pca", "tsne"], default="pca",
                    help="2-D embedding map: PCA (torch) or t-SNE (needs scikit-learn).")
     g.add_argument("--map-points", type=int, default=3000, help="At most this many drawings in the embedding map.")
+    g = p.add_argument_group("extra metrics (docs/extending.md)")
+    g.add_argument("--metrics", default="",
+                   help="Comma-separated registered extra metrics to compute besides the built-in ones.")
+    g.add_argument("--plugins", default="",
+                   help="Comma-separated Python modules to import first: they register their own metrics.")
     return p
 
 
@@ -114,15 +134,18 @@ def _loader(shards, preprocess, tokenizer, class_table, args):
                                       class_table=class_table).dataloader
 
 
-def _evaluate_cli_model(loaded: LoadedModel, class_table, settings, args, device, is_head, train_counts, examples):
+def _evaluate_cli_model(loaded: LoadedModel, class_table, settings, args, device, is_head, train_counts, examples,
+                        db_features=None):
     loader = _loader(args.val_data, loaded.preprocess, loaded.tokenizer, class_table, args)
     db_loader = _loader(args.retrieval_db, loaded.preprocess, loaded.tokenizer, class_table, args) \
         if args.retrieval_db else None
     probe_loader = _loader(args.probe_train_data, loaded.preprocess, loaded.tokenizer, class_table, args) \
         if args.probe_train_data and settings.linear_probe != "off" else None
+    citations = load_citations(args.val_data) if settings.relevance == "citation" else None
     return run_evaluation(loaded.model, loader, class_table, loaded.tokenizer, device, torch.float32, settings,
                           head=loaded.head, is_head=is_head, train_counts=train_counts, db_loader=db_loader,
-                          probe_train_loader=probe_loader, examples=examples, example_k=args.report_top_k)
+                          db_features=db_features, probe_train_loader=probe_loader, examples=examples,
+                          example_k=args.report_top_k, citations=citations)
 
 
 def _check_classes(class_table, classes: Optional[List[Dict]], what: str) -> None:
@@ -141,13 +164,21 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(message)s")
     load_builtin_plugins()
     try:
+        import_plugin_modules(args.plugins.split(","))
+        extra = metric_names(args.metrics)
+        check_metric_names(extra)
         settings = EvalSettings(relevance=args.relevance, prior_art=args.prior_art,
                                 ks=tuple(int(k) for k in args.ks.split(",") if k.strip()), mrr_k=args.mrr_k,
                                 templates=tuple(args.templates.split("|")) if args.templates else DEFAULT_TEMPLATES,
                                 linear_probe=args.linear_probe, probe_folds=args.probe_folds,
-                                max_chunk_bytes=args.max_chunk_mb << 20, seed=args.seed)
-    except ValueError as exc:
-        print(f"patentclip-eval: {exc}", file=sys.stderr)
+                                max_chunk_bytes=args.max_chunk_mb << 20, ranking=args.ranking, seed=args.seed,
+                                extra_metrics=extra)
+    except (ValueError, KeyError, ImportError) as exc:
+        print(f"patentclip-eval: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return 2
+    if args.retrieval_index and (args.retrieval_db or args.baseline):
+        print("patentclip-eval: --retrieval-index holds one model's vectors: it cannot be combined with "
+              "--retrieval-db or a --baseline (evaluate those against --retrieval-db)", file=sys.stderr)
         return 2
     device = torch.device(args.device)
     class_table = load_class_table(args.val_data, args.classes_json)
@@ -157,6 +188,8 @@ def main(argv=None) -> int:
             loaded = load_for_eval(args.checkpoint, args.model, args.pretrained, device, work,
                                    trust=args.trust_checkpoint)
             _check_classes(class_table, loaded.classes, loaded.source)
+            db_features = eval_features(args.retrieval_index, loaded.model, class_table.codes) \
+                if args.retrieval_index else None
         except (FileNotFoundError, ValueError, RuntimeError) as exc:
             print(f"patentclip-eval: {exc}", file=sys.stderr)
             return 2
@@ -172,7 +205,12 @@ def main(argv=None) -> int:
         train_counts = train_table.counts()
         is_head = class_table.head_mask(train_counts, train_table.categories())
         n_examples = args.report_examples if args.report else 0
-        result = _evaluate_cli_model(loaded, class_table, settings, args, device, is_head, train_counts, n_examples)
+        try:
+            result = _evaluate_cli_model(loaded, class_table, settings, args, device, is_head, train_counts,
+                                         n_examples, db_features)
+        except ValueError as exc:  # e.g. --relevance citation on shards without citations
+            print(f"patentclip-eval: {exc}", file=sys.stderr)
+            return 2
         label = os.path.basename(str(args.checkpoint).rstrip("/")) if args.checkpoint else loaded.source
         rows = {label: result.metrics}
         baseline = None

@@ -1,5 +1,6 @@
 """The in-training evaluation: every ``--val-frequency`` epochs rank 0 evaluates the engine's model on
-``--val-data`` (:func:`evaluate_during_training`), logs the metrics, writes them to tensorboard (``val/*``) and to
+``--val-data`` (:func:`evaluate_during_training`; the zero-shot metrics every ``--zeroshot-frequency`` epochs and in the
+last, as open_clip), logs the metrics, writes them to tensorboard (``val/*``) and to
 ``checkpoints/results.jsonl`` as open_clip does."""
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 from typing import Dict
 
 from patentclip.evaluation.classification import find_classification_head
+from patentclip.evaluation.extra_metrics import metric_names
 from patentclip.evaluation.run import evaluate_model
 from patentclip.evaluation.settings import DEFAULT_TEMPLATES, EvalSettings
 
@@ -25,7 +27,10 @@ def evaluate_during_training(engine, val_data, class_table, tokenizer, epoch, ar
     if args.rank != 0:
         return {}
     templates = args.eval_zeroshot_templates.split("|") if args.eval_zeroshot_templates else DEFAULT_TEMPLATES
-    settings = EvalSettings(templates=tuple(templates), seed=args.seed)
+    # open_clip's --zeroshot-frequency: zero-shot metrics every N-th epoch and the last (0: never)
+    zero_shot = args.zeroshot_frequency > 0 and (epoch % args.zeroshot_frequency == 0 or epoch == args.epochs)
+    settings = EvalSettings(templates=tuple(templates), seed=args.seed, zero_shot=zero_shot,
+                            extra_metrics=metric_names(args.eval_metrics))
     model = engine.module.clip
     head = find_classification_head(getattr(engine.module, "criterion", None))
     was_training = model.training

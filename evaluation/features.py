@@ -1,5 +1,5 @@
 """From a model and a loader to features: the L2-normalised image (and caption) embeddings of every drawing with
-its metadata (:func:`extract_features`), the zero-shot classifier of the class names (:func:`zero_shot_classifier`),
+its metadata and the id of its caption's token sequence, equal for identical captions (:func:`extract_features`), the zero-shot classifier of the class names (:func:`zero_shot_classifier`),
 and string metadata (patent ids) as integer ids (:func:`index_strings`)."""
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def extract_features(model, dataloader, device, input_dtype=torch.float32, max_b
     images are finished on ``device`` by the loader's image transport."""
     model.eval()
     transport = transport_of(dataloader)
-    out: Dict[str, List] = {"image_features": [], "text_features": [], "class_id": [], "grant_day": [],
-                            "patent_id": [], "view": [], "key": []}
+    out: Dict[str, List] = {"image_features": [], "text_features": [], "text_tokens": [], "class_id": [],
+                            "grant_day": [], "patent_id": [], "view": [], "key": []}
     for i, batch in enumerate(dataloader):
         if max_batches is not None and i >= max_batches:
             break
@@ -30,6 +30,7 @@ def extract_features(model, dataloader, device, input_dtype=torch.float32, max_b
         if with_text:
             feats = model(images, batch[B.TEXT].to(device=device))
             out["text_features"].append(F.normalize(feats["text_features"].float(), dim=-1).cpu())
+            out["text_tokens"].append(batch[B.TEXT].cpu())
         else:
             feats = {"image_features": model.encode_image(images, normalize=True)}  # as forward() does
         out["image_features"].append(F.normalize(feats["image_features"].float(), dim=-1).cpu())
@@ -42,6 +43,9 @@ def extract_features(model, dataloader, device, input_dtype=torch.float32, max_b
     for k in ("image_features", "class_id", "grant_day"):
         out[k] = torch.cat(out[k])
     out["text_features"] = torch.cat(out["text_features"]) if with_text else None
+    # identical captions (the same token sequence) get one id: they are one text for image-text retrieval
+    out["text_id"] = torch.unique(torch.cat(out["text_tokens"]), dim=0, return_inverse=True)[1] if with_text else None
+    del out["text_tokens"]
     return out
 
 

@@ -4,6 +4,7 @@
 classification head (:func:`load_for_eval`, :func:`build_model`)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -14,6 +15,27 @@ import torch
 
 from patentclip.launch.checkpoint_format import Checkpoint, build_head_module, load_open_clip_state_dict, read_checkpoint
 from patentclip.plugins.models import register_model_configs
+
+
+class _RandomInitWarning(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded for model ... Model initialized randomly" record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def weights_loaded_after():
+    """While a model is built whose weights are loaded right after (from a checkpoint): open_clip's factory logs
+    that it initialised the model randomly, which would be false for what the user gets, so that one record is
+    dropped (open_clip logs it on the root logger)."""
+    drop = _RandomInitWarning()
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def build_model(ck: Checkpoint, model_name: Optional[str] = None, device="cpu"):
@@ -28,9 +50,11 @@ def build_model(ck: Checkpoint, model_name: Optional[str] = None, device="cpu"):
         raise ValueError(f"{ck.source} does not record its model name: pass --model")
     if model_name and ck.model_name and model_name != ck.model_name:
         logging.warning("--model %s, but the checkpoint was trained as %s", model_name, ck.model_name)
-    model, _, preprocess = open_clip.create_model_and_transforms(name, precision="fp32", device="cpu",
-                                                                 output_dict=True, **ck.model_kwargs)
+    with weights_loaded_after():
+        model, _, preprocess = open_clip.create_model_and_transforms(name, precision="fp32", device="cpu",
+                                                                     output_dict=True, **ck.model_kwargs)
     load_open_clip_state_dict(model, ck.state_dict)
+    logging.info("Loaded the weights of %s from %s", name, ck.source)
     ctx = ck.model_kwargs.get("force_context_length")
     tokenizer = open_clip.get_tokenizer(name, context_length=ctx) if ctx else open_clip.get_tokenizer(name)
     return model.to(device).eval(), preprocess, tokenizer, name

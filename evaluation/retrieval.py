@@ -1,4 +1,5 @@
-"""Image-to-image retrieval of the evaluation drawings: the protocol (relevance by class or by patent, the
+"""Image-to-image retrieval of the evaluation drawings: the protocol (relevance by class, by patent or by the
+examiner's citations (:mod:`patentclip.evaluation.citations`), the
 prior-art filter, the query's own drawing or patent excluded, head / tail query groups) turned into the arguments
 of :func:`patentclip.evaluation.metrics.retrieval_metrics`, the flat ``i2i_*`` metrics, and retrieval examples
 (queries with their top results) for the report."""
@@ -9,6 +10,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from patentclip.evaluation import citations as C
 from patentclip.evaluation import metrics as M
 from patentclip.evaluation.features import index_strings
 from patentclip.evaluation.settings import EvalSettings
@@ -24,7 +26,7 @@ def retrieval_inputs(query: Dict, db: Optional[Dict], settings: EvalSettings, is
     same = db is None
     db = query if same else db
     n_q = len(query["key"])
-    if settings.relevance == "class":
+    if settings.relevance in ("class", "citation"):  # citation: the class only groups queries (mAP_macro)
         ql, dl = query["class_id"].long(), db["class_id"].long()
     else:
         ql, dl = index_strings(query["patent_id"], db["patent_id"])
@@ -41,9 +43,12 @@ def retrieval_inputs(query: Dict, db: Optional[Dict], settings: EvalSettings, is
     else:
         pos = {k: i for i, k in enumerate(db["key"])}
         kw["exclude"] = torch.tensor([pos.get(query["key"][i], -1) for i in qidx.tolist()], dtype=torch.long)
-    if settings.relevance == "class":
+    if settings.relevance in ("class", "citation"):
         qp, dp = index_strings(query["patent_id"], db["patent_id"])
         kw["query_patent_ids"], kw["db_patent_ids"] = qp[qidx], dp
+    if settings.relevance == "citation":  # query["citations"]: patent id -> cited numbers (run_evaluation)
+        kw["relevant"] = C.relevant_indices([query["patent_id"][i] for i in qidx.tolist()], db["patent_id"],
+                                            query["citations"])
     kw["query_labels"], kw["db_labels"] = ql[qidx], dl
     if is_head is not None:
         h = is_head[query["class_id"][qidx].long()]
@@ -61,7 +66,7 @@ def retrieval_from_features(query: Dict, db: Optional[Dict], settings: EvalSetti
     kw = {k: ({n: m for n, m in v.items()} if isinstance(v, dict) else v.to(dev)) for k, v in kw.items()}
     r = M.retrieval_metrics(query["image_features"][qidx].to(dev), dbf.to(dev), labels_q.to(dev), labels_db.to(dev),
                             ks=settings.ks, mrr_k=settings.mrr_k, max_chunk_bytes=settings.max_chunk_bytes,
-                            return_per_query=True, **kw)
+                            method=settings.ranking, return_per_query=True, **kw)
     pq = r.pop("per_query")
     out = {f"i2i_{k}": float(v) for k, v in r.items()}
     out["i2i_num_queries_unknown_date"] = float(len(query["key"]) - len(qidx))
@@ -98,7 +103,7 @@ def retrieval_examples(query: Dict, db: Optional[Dict], settings: EvalSettings, 
     _, kw = retrieval_inputs(query, db, settings, is_head)
     sub = {}
     for name, v in kw.items():
-        if name in ("query_times", "query_patent_ids", "query_labels", "exclude"):
+        if name in ("query_times", "query_patent_ids", "query_labels", "exclude", "relevant"):
             sub[name] = v[sel]
         elif name != "label_groups":
             sub[name] = v
@@ -110,6 +115,9 @@ def retrieval_examples(query: Dict, db: Optional[Dict], settings: EvalSettings, 
                             **{a: b.to(dev) for a, b in sub.items()})
     if settings.relevance == "class":
         rel = lambda qi, di: int(dbd["class_id"][di]) == int(query["class_id"][qi])  # noqa: E731
+    elif settings.relevance == "citation":
+        cited = C.cited_sets(query["citations"])
+        rel = lambda qi, di: C.canonical_patent_key(dbd["patent_id"][di]) in cited.get(query["patent_id"][qi], ())  # noqa: E731,E501
     else:
         rel = lambda qi, di: dbd["patent_id"][di] == query["patent_id"][qi]  # noqa: E731
     out = []
@@ -126,6 +134,6 @@ def retrieval_examples(query: Dict, db: Optional[Dict], settings: EvalSettings, 
         out.append({"key": query["key"][qi], "class_id": cid, "patent_id": query["patent_id"][qi],
                     "grant_day": int(query["grant_day"][qi]),
                     "is_head": None if is_head is None else bool(is_head[cid]),
-                    "ap": float(per_query["ap"][s]), "num_relevant": int(per_query["num_relevant"][s]),
+                    "ap": float(per_query["ap"][s]) if "ap" in per_query else None, "num_relevant": int(per_query["num_relevant"][s]),
                     "num_candidates": int(per_query["num_candidates"][s]), "results": results})
     return out

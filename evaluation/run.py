@@ -13,10 +13,12 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from patentclip.evaluation import citations as C
 from patentclip.evaluation.classification import classification_from_features
 from patentclip.evaluation.features import extract_features, zero_shot_classifier
 from patentclip.evaluation.image_text import image_text_from_features
 from patentclip.evaluation.retrieval import retrieval_examples, retrieval_from_features
+from patentclip.evaluation.extra_metrics import extra_from_features
 from patentclip.evaluation.settings import DEFAULT_TEMPLATES, EvalSettings
 
 # the headline metrics printed in tables, in this order
@@ -36,26 +38,35 @@ class EvalResult:
 
 def run_evaluation(model, dataloader, class_table, tokenizer, device, input_dtype=torch.float32,
                    settings: Optional[EvalSettings] = None, *, head: Optional[torch.nn.Module] = None,
-                   is_head: Optional[torch.Tensor] = None, train_counts=None, db_loader=None,
+                   is_head: Optional[torch.Tensor] = None, train_counts=None, db_loader=None, db_features=None,
                    probe_train_loader=None, examples: int = 0, example_k: int = 5,
-                   compute_device=None) -> EvalResult:
+                   compute_device=None, citations=None) -> EvalResult:
     """Every metric ``patentclip-eval`` reports for ``model`` on ``dataloader``'s drawings.
 
     ``is_head``: (C,) bool head-class mask (default: ``class_table.head_mask(train_counts)``, the class table's
     head / tail split of the training counts).
-    ``db_loader``: another split to search (default: the evaluation drawings themselves).
+    ``db_loader``: another split to search (default: the evaluation drawings themselves); ``db_features``: its
+    features as they are (e.g. a prior-art index's stored vectors, :func:`patentclip.evaluation.index.eval_features`).
     ``probe_train_loader``: training drawings for the linear probe (default: cross-validation).
     ``examples``: number of retrieval examples to keep for the report.
+    ``citations``: patent id -> the patent numbers its examiner cited (:func:`citations.load_citations`), needed
+    by ``settings.relevance == "citation"``.
     """
     settings = settings or EvalSettings()
+    if settings.relevance == "citation":
+        citations = C.require(citations, "the evaluation shards")
     compute_device = compute_device or device
     if is_head is None:
         is_head = class_table.head_mask(train_counts)
     feats = extract_features(model, dataloader, device, input_dtype)
-    db = extract_features(model, db_loader, device, input_dtype, with_text=False) if db_loader is not None else None
+    db = extract_features(model, db_loader, device, input_dtype, with_text=False) if db_loader is not None \
+        else db_features
+    if settings.relevance == "citation":
+        feats["citations"] = citations
     probe = (extract_features(model, probe_train_loader, device, input_dtype, with_text=False)
              if probe_train_loader is not None else None)
-    classifier = zero_shot_classifier(model, tokenizer, class_table.names, settings.templates, device, input_dtype)
+    classifier = zero_shot_classifier(model, tokenizer, class_table.names, settings.templates, device,
+                                      input_dtype) if settings.zero_shot else None
     n_cls = len(class_table)
 
     metrics: Dict[str, float] = {}
@@ -66,6 +77,7 @@ def run_evaluation(model, dataloader, class_table, tokenizer, device, input_dtyp
     metrics.update(cls_metrics)
     ret = retrieval_from_features(feats, db, settings, is_head, compute_device)
     metrics.update(ret["metrics"])
+    metrics.update(extra_from_features(settings.extra_metrics, feats, class_table))
     metrics["num_samples"] = float(len(feats["key"]))
     metrics = {k: float(v) for k, v in metrics.items()}
 
@@ -73,8 +85,11 @@ def run_evaluation(model, dataloader, class_table, tokenizer, device, input_dtyp
     pq, qidx = ret["per_query"], ret["qidx"]
     valid = pq["num_relevant"] > 0
     q_cls = feats["class_id"][qidx].long()
-    ap_sum = torch.zeros(n_cls, dtype=torch.float64).index_add_(0, q_cls[valid], pq["ap"][valid])
-    ap_cnt = torch.bincount(q_cls[valid], minlength=n_cls)
+    ap_sum = torch.zeros(n_cls, dtype=torch.float64)
+    ap_cnt = torch.zeros(n_cls, dtype=torch.long)
+    if "ap" in pq:  # not with --ranking topk
+        ap_sum.index_add_(0, q_cls[valid], pq["ap"][valid])
+        ap_cnt = torch.bincount(q_cls[valid], minlength=n_cls)
     eval_counts = torch.bincount(feats["class_id"].long(), minlength=n_cls)
     tc = class_table.counts() if train_counts is None else torch.as_tensor(train_counts, dtype=torch.float64)
     per_class = []
@@ -89,6 +104,8 @@ def run_evaluation(model, dataloader, class_table, tokenizer, device, input_dtyp
                   "retrieval_database": "evaluation split" if db is None else "separate split",
                   "head_classes": [c.id for c in class_table.classes if is_head[c.id]],
                   "classification_head": head is not None}
+    if settings.relevance == "citation":
+        settings_d["citations"] = C.describe(citations, feats["patent_id"], (db or feats)["patent_id"])
     ex = retrieval_examples(feats, db, settings, pq, qidx, is_head, examples, example_k, compute_device) \
         if examples else []
     return EvalResult(metrics=metrics, per_class=per_class, settings=settings_d, features=feats, db_features=db,

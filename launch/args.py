@@ -6,8 +6,8 @@ longer plugin flag), the rest goes unchanged to ``open_clip_train.params.parse_a
 Then :func:`validate_train_args` checks every value at start, before a process is launched or a folder made:
 each plugin flag and each open_clip flag the trainer uses against its range (:data:`RULES`), the registered
 names (--patent-dataset, --sampler, --loss), the files (--deepspeed-config), and the open_clip flags this trainer
-does not honour (:data:`UNSUPPORTED`). All problems are listed at once, each with its flag, and the exit code is
-2 (a usage error, as argparse's own).
+does not honour (the table of every open_clip flag: ``launch/openclip_flags.py``, docs/openclip_flags.md). All
+problems are listed at once, each with its flag, and the exit code is 2 (a usage error, as argparse's own).
 """
 from __future__ import annotations
 
@@ -19,19 +19,24 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from open_clip_train.params import parse_args as openclip_parse_args
 
+from patentclip.launch.openclip_flags import openclip_flag_problems
 from patentclip.launch.safe_load import TRUST_FLAG, TRUST_HELP
+from patentclip.plugins.arcface import add_arcface_args
 from patentclip.plugins.builtin import load_builtin_plugins
 from patentclip.plugins.data.tars import DEFAULT_MAX_UNREADABLE
 from patentclip.plugins.losses import parse_loss_spec
+from patentclip.plugins.pretrained import add_pretrained_args
 from patentclip.plugins.recipes import add_recipe_args, apply_recipe, flag_of, flags_given
 from patentclip.plugins.registry import DATASETS, LOSSES, SAMPLERS, import_plugin_modules
 
 DESCRIPTION = """\
 Train a CLIP model on design-patent shards with open_clip's training loop under DeepSpeed.
 
-Every open_clip_train flag keeps its meaning (--train-data, --val-data, --model, --pretrained, --batch-size,
---epochs, --lr, --warmup, --precision, --logs, --name, --resume latest, --local-loss, --gather-with-grad ...;
-listed below the plugin flags). Logs, tensorboard files and checkpoints go where open_clip puts them:
+Every open_clip_train flag (listed below the plugin flags) either keeps its meaning (--train-data, --val-data,
+--model, --pretrained, --batch-size, --epochs, --lr, --warmup, --precision, --logs, --name, --resume latest,
+--local-loss, --gather-with-grad, --siglip, --torchcompile, --report-to wandb ...) or, where patentclip cannot
+honour it (--horovod, --distill-model, --remote-sync ...), stops the run at start and says what to use instead:
+docs/openclip_flags.md. Logs, tensorboard files and checkpoints go where open_clip puts them:
 <logs>/<name>/{out.log, params.txt, tensorboard/, checkpoints/}.
 
 Examples:
@@ -125,16 +130,22 @@ def build_plugin_parser() -> argparse.ArgumentParser:
     g.add_argument("--nproc-per-node", type=int, default=1,
                    help="Start this many local processes with torchrun (CPU: gloo, GPU: NCCL). Leave at 1 "
                         "when already launched by torchrun or srun.")
+    g.add_argument("--eval-metrics", default="",
+                   help="Comma-separated registered extra metrics (patentclip.evaluation.extra_metrics) added to "
+                        "the per-epoch validation; --plugins can register your own (docs/extending.md).")
     g.add_argument("--eval-zeroshot-templates", default=None,
                    help="Zero-shot prompt templates separated by '|', with {} for the class name "
                         "(default: patentclip.evaluation.settings.DEFAULT_TEMPLATES).")
     add_recipe_args(p)  # --recipe, --loss-weighting, classification-head flags (patentclip.plugins.recipes)
+    add_pretrained_args(p)  # --pretrained-image-source, --pretrained-text (patentclip.plugins.pretrained)
+    add_arcface_args(p)  # --arcface-labels, --arcface-scale, --arcface-margin (patentclip.plugins.arcface)
     return p
 
 
 def _print_help(plugin_parser: argparse.ArgumentParser) -> None:
     plugin_parser.print_help()
-    print("\nopen_clip_train flags (all accepted unchanged):\n")
+    print("\nopen_clip_train flags (honoured, or refused at start with what to use instead: "
+          "docs/openclip_flags.md):\n")
     sys.stdout.flush()
     try:
         openclip_parse_args(["--help"])
@@ -228,24 +239,6 @@ RULES: Tuple[Tuple[str, Callable], ...] = (
 )
 
 #: open_clip flags whose feature patentclip-train does not have, refused rather than silently ignored.
-UNSUPPORTED = {
-    "--horovod": "DeepSpeed runs the ranks (--nproc-per-node, torchrun or srun)",
-    "--torchscript": "not supported under DeepSpeed",
-    "--trace": "not supported under DeepSpeed",
-    "--torchcompile": "not supported by patentclip-train",
-    "--distill-model": "distillation is not supported by patentclip-train",
-    "--distill-pretrained": "distillation is not supported by patentclip-train",
-    "--use-bnb-linear": "not supported by patentclip-train",
-    "--remote-sync": "use --checkpoint-dir s3://... (checkpoints are committed to object storage directly)",
-    "--siglip": "choose the loss with --loss (registered loss names)",
-    "--use-bn-sync": "not supported by patentclip-train",
-    "--imagenet-val": "patentclip-eval evaluates patent classes",
-    "--imagenet-v2": "patentclip-eval evaluates patent classes",
-    "--coca-caption-loss-weight": "CoCa losses are not supported; choose the loss with --loss",
-    "--coca-contrastive-loss-weight": "CoCa losses are not supported; choose the loss with --loss",
-}
-
-
 def validate_train_args(args: argparse.Namespace, argv: Sequence[str] = ()) -> List[str]:
     """Every problem with the flags, as ``--flag VALUE: what is wrong`` lines (empty: all fine)."""
     problems = []
@@ -255,15 +248,7 @@ def validate_train_args(args: argparse.Namespace, argv: Sequence[str] = ()) -> L
         if why:
             shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
             problems.append(f"{flag_of(attr)} {shown}: {why}")
-    given = flags_given(argv)
-    for flag, why in UNSUPPORTED.items():
-        if flag in given:
-            problems.append(f"{flag}: {why}")
-    if args.opt != "adamw":
-        problems.append(f"--opt {args.opt}: patentclip-train trains with AdamW (open_clip's default) only")
-    if args.dataset_type not in ("auto", "webdataset"):
-        problems.append(f"--dataset-type {args.dataset_type}: patentclip-train reads patent shards "
-                        f"(--patent-dataset); leave --dataset-type out")
+    problems += openclip_flag_problems(args)  # the open_clip flags patentclip-train refuses (docs/openclip_flags.md)
     if args.epochs_cooldown is not None and isinstance(args.epochs, int) and args.epochs_cooldown >= args.epochs:
         problems.append(f"--epochs-cooldown {args.epochs_cooldown}: must be less than --epochs {args.epochs}")
     if args.eval_zeroshot_templates is not None:
@@ -319,12 +304,30 @@ def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace
     args.precision_given = precision_given
     args.argv = argv
     apply_recipe(args, argv)  # --recipe NAME: its settings, except for flags given on the command line
-    problems = validate_train_args(args, argv)
+    problems = resolve_siglip(args, flags_given(argv)) + validate_train_args(args, argv)
     if problems:
         print("patentclip-train: invalid flags (nothing was started):\n" + "\n".join(f"  {p}" for p in problems)
               + "\n(patentclip-train --help explains every flag)", file=sys.stderr)
         raise SystemExit(2)
     return args
+
+
+def resolve_siglip(args: argparse.Namespace, given) -> List[str]:
+    """open_clip's ``--siglip``: the image-text loss is SigLIP (registered loss ``siglip``) and the model gets a
+    learned logit bias. Without ``--loss`` it selects ``--loss siglip`` (with no recipe or ``--recipe clip``);
+    with ``--loss`` the spec must name ``siglip``. (``--loss siglip`` without ``--siglip`` builds the same model:
+    the trainer asks the selected losses, ``losses.losses_need_logit_bias``.) Returns the problems, if any."""
+    if not args.siglip:
+        return []
+    if "--loss" not in given:
+        if args.recipe not in (None, "clip"):
+            return [f"--siglip: it replaces the image-text loss of --recipe clip; --recipe {args.recipe} has several "
+                    f"losses: name them with --loss (e.g. --loss siglip,...)"]
+        args.loss = "siglip"
+        args.recipe_settings.pop("loss", None)
+    elif "siglip" not in [name for name, _ in parse_loss_spec(args.loss)]:
+        return [f"--siglip: --loss {args.loss!r} has no siglip term: add siglip to --loss or drop --siglip"]
+    return []
 
 
 def default_args(**overrides) -> argparse.Namespace:

@@ -6,6 +6,7 @@ and field is defined in :mod:`patentclip.launch.checkpoint_format`, which also r
 
     epoch_<N>.pt            open_clip format {epoch, name, state_dict}: vanilla open_clip loads it
                             (``--pretrained epoch_N.pt``; logit_scale stored 0-dim as open_clip has it)
+    epoch_latest.pt         with ``--save-most-recent``: a copy of the newest epoch_<N>.pt (open_clip's name)
     deepspeed/<tag>/        DeepSpeed engine state: model, optimizer, ZeRO partitions (one file per rank),
                             plus ``meta.json`` (epoch, step, the size of every file) written last
     deepspeed/latest        the tag of the newest COMPLETE checkpoint
@@ -58,13 +59,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from patentclip.launch.checkpoint_format import (DS_SUBDIR, HEAD_KEY, META, MODEL_ARGS_KEY, deepspeed_dir,
+from patentclip.launch.checkpoint_format import (DS_SUBDIR, HEAD_KEY, LOSSES_KEY, META, MODEL_ARGS_KEY, deepspeed_dir,
                                                latest_tag, load_open_clip_state_dict, model_args,
                                                open_clip_checkpoint, read_meta, tag_complete)
 from patentclip.launch import safe_load
 from patentclip.launch.diskspace import free_bytes, human, is_disk_full, write_atomic
 from patentclip.plugins.remote_io import is_remote, retry
 
+LATEST_PT = "epoch_latest.pt"  # --save-most-recent
 # retries of a checkpoint upload, download or commit (default 5, fewer than the shard reader's
 # PATENTCLIP_IO_RETRIES: a checkpoint taken at a stop signal must be committed within the scheduler's grace time,
 # and 5 retries wait 15.5 s in all at the default backoff); the waits follow PATENTCLIP_IO_BACKOFF
@@ -87,12 +89,14 @@ def estimate_checkpoint_bytes(module: torch.nn.Module, zero_stage: int, with_ope
     """Bytes one checkpoint of ``module`` takes (all ranks together): the DeepSpeed model states (the module's
     tensors at their dtype), AdamW's two fp32 moments per trainable parameter, with ZeRO 1/2 also the fp32
     master copy, and the open_clip ``epoch_N.pt`` (fp32 CLIP weights); plus 1 MiB of pickling and metadata."""
-    tensors = list(module.state_dict().values())
+    # a module's extra state (e.g. ArcFace's label table, a dict) is not a tensor: counted in the 1 MiB below
+    tensors = [t for t in module.state_dict().values() if isinstance(t, torch.Tensor)]
     module_bytes = sum(t.numel() * t.element_size() for t in tensors)
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     optimizer = (8 if zero_stage == 0 else 12) * trainable
     clip = getattr(module, "clip", module)
-    open_clip_bytes = sum(t.numel() * 4 for t in clip.state_dict().values()) if with_open_clip_file else 0
+    open_clip_bytes = sum(t.numel() * 4 for t in clip.state_dict().values()
+                          if isinstance(t, torch.Tensor)) if with_open_clip_file else 0
     return module_bytes + optimizer + open_clip_bytes + (1 << 20)
 
 
@@ -225,7 +229,8 @@ class CheckpointStore:
 
     # -- save ------------------------------------------------------------------------------------------
     def save(self, engine, *, epoch: int, step: int, class_table, loader_states: list,
-             tag: Optional[str] = None, head_state: Optional[Dict] = None) -> str:
+             tag: Optional[str] = None, head_state: Optional[Dict] = None,
+             loss_states: Optional[Dict] = None) -> str:
         """Save the state to resume at (``epoch``, ``step``). Collective: call it on every rank."""
         args = self.args
         mid_epoch = tag is not None
@@ -255,10 +260,16 @@ class CheckpointStore:
                 oc = open_clip_checkpoint(engine.module.clip, epoch=epoch, name=args.name, model_name=args.model,
                                           classes=client_state["classes"], head_state=head_state,
                                           model_args=client_state[MODEL_ARGS_KEY])
+                if loss_states:
+                    oc[LOSSES_KEY] = loss_states
                 tmp = _unique(pt_file)
                 try:
                     torch.save(oc, tmp)
                     os.replace(tmp, pt_file)
+                    if args.save_most_recent:  # open_clip's --save-most-recent: the newest epoch as epoch_latest.pt
+                        tmp = _unique(os.path.join(self.local, LATEST_PT))
+                        shutil.copyfile(pt_file, tmp)
+                        os.replace(tmp, os.path.join(self.local, LATEST_PT))
                 except Exception as exc:
                     error = exc
                     _remove(tmp)
@@ -280,7 +291,8 @@ class CheckpointStore:
                 for name in mine:
                     _upload(os.path.join(local_tag, name), posixpath.join(self.remote_ds, tag, name), self.retries)
                 if args.rank == 0 and not mid_epoch:
-                    _upload(pt_file, posixpath.join(self.remote, f"epoch_{epoch}.pt"), self.retries)
+                    for name in [f"epoch_{epoch}.pt"] + ([LATEST_PT] if args.save_most_recent else []):
+                        _upload(os.path.join(self.local, name), posixpath.join(self.remote, name), self.retries)
         except CheckpointError as exc:
             ok, error = False, str(exc)
         oks = _gather((ok, error), args.world_size)

@@ -57,6 +57,7 @@ DS_SUBDIR = "deepspeed"
 META = "meta.json"
 PARAMS_NAME = "params.txt"
 HEAD_KEY = "patentclip_head"                   # the key of the head in epoch_N.pt / DeepSpeed client state
+LOSSES_KEY = "patentclip_losses"               # the other loss plugins' state (arcface) in epoch_N.pt
 WEIGHTS_NAME = "open_clip_model.safetensors"   # open_clip.constants.HF_SAFE_WEIGHTS_NAME
 CONFIG_NAME = "open_clip_config.json"          # open_clip.constants.HF_CONFIG_NAME
 HEAD_WEIGHTS_NAME = "patentclip_head.safetensors"
@@ -469,6 +470,7 @@ def read_checkpoint(path: str, workdir: Optional[str] = None, head_builder: Opti
         return ck
     if path.startswith("file://"):
         path = path[len("file://"):]
+    path = os.path.abspath(path)  # recorded as the source: it must name the checkpoint from any working directory
     if os.path.isfile(path):
         return _read_open_clip_file(path, trust)
     if os.path.isdir(path):

@@ -3,7 +3,8 @@ process group DeepSpeed uses, and the DeepSpeed config derived from the flags.
 
 A run is started one of three ways: by ``srun``/``torchrun`` (one process per rank, ``RANK`` etc. set), or by
 ``patentclip-train --nproc-per-node N`` outside them, which relaunches itself as N local ranks with torchrun's
-launcher (:func:`relaunch_with_torchrun`) and returns the ranks' exit code.
+launcher (:func:`relaunch_with_torchrun`) and returns the ranks' exit code: 0, the requeue code 3 when the run
+stopped on a signal with a committed checkpoint (:func:`stopped_with_checkpoint`), 1 when a rank failed.
 """
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import os
 import socket
 import sys
 import uuid
+from typing import Dict
 
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from patentclip.launch.args import strip_flag
+from patentclip.launch.signals import EXIT_REQUEUE
 
 
 def _free_port() -> int:
@@ -40,9 +43,26 @@ def relaunch_with_torchrun(args) -> int:
     try:
         elastic_launch(config, sys.executable)("-u", "-m", "patentclip.launch.train", *argv)
     except ChildFailedError as exc:
+        codes = {rank: failure.exitcode for rank, failure in exc.failures.items()}
+        if stopped_with_checkpoint(codes):
+            print(f"patentclip-train: the run stopped on a signal after writing and committing a checkpoint "
+                  f"(ranks exited with {EXIT_REQUEUE}, the requeue code); continue it with the same command and "
+                  f"--resume latest", file=sys.stderr)
+            return EXIT_REQUEUE
         print(f"patentclip-train: a rank failed:\n{exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def stopped_with_checkpoint(exit_codes: Dict[int, int]) -> bool:
+    """True when the ranks' non-zero exits are a stop, not a failure: some rank exited with the requeue code and
+    every other one either did too or was ended by a signal. A rank exits with the requeue code only after the
+    stop checkpoint is committed and the requeue marker written, both collective (``signals.stop_and_requeue``),
+    so the run is resumable; the torchrun agent then sends SIGTERM to the ranks still exiting, which can end them
+    by the signal (Python restores the default handlers as it shuts down). A rank that exited with any other
+    code failed."""
+    codes = list(exit_codes.values())
+    return EXIT_REQUEUE in codes and all(code == EXIT_REQUEUE or code < 0 for code in codes)
 
 
 def deepspeed_config(args) -> dict:

@@ -13,6 +13,13 @@ encoders equals that of one batch of ``accum_freq x batch_size``. Unlike open_cl
 loss plugins' own parameters (heads, learned weights) take their gradient in the last pass only (open_clip
 adds ``logit_scale``'s ``accum_freq`` times), so every gradient equals the big batch's exactly.
 
+``begin_step`` (called by the trainer before every optimizer step) makes every random draw of the model and loss
+side a pure function of (seed, step, rank): it seeds torch's global generator (CPU and CUDA) from them (open_clip's
+patch dropout, dropout layers, any loss drawing from torch) and tells the loss plugins the step (their own
+generators, e.g. the classification head's caption dropout). A resumed run thus draws what the uninterrupted
+run drew at the same step, whatever consumed the global generator in between (creating a data-loader iterator
+draws its base seed from it).
+
 ``prepare_engine`` (called by both) switches off DeepSpeed's gradient all-reduce where it is the identity (one
 rank, ZeRO 0, fp32, a plain torch optimizer).
 """
@@ -26,6 +33,7 @@ import torch
 from patentclip.launch.model import FEATURE_SCALARS, merge_batches
 from patentclip.plugins.data.batch import IMAGE, IMAGE_FIELDS, TEXT
 from patentclip.plugins.image_transport import FLOAT, ImageTransport
+from patentclip.plugins.seeding import stable_int
 
 
 # the module's copy of logit_scale differs from the fp32 master copy by at most the bf16/fp16 rounding
@@ -52,6 +60,19 @@ def clamp_logit_scale(engine, args) -> None:
     full = safe_get_full_fp32_param(p)
     if full is not None:
         safe_set_full_fp32_param(p, full.clamp(0, math.log(100)))
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of torch's global generator for optimizer step ``step`` on ``rank`` (see ``begin_step``)."""
+    return stable_int("step", seed, step, rank)
+
+
+def begin_step(engine, args, step: int) -> None:
+    """Before optimizer step ``step``: seed torch's global generator from (seed, step, rank) and tell the loss
+    plugins the step (module docstring)."""
+    torch.manual_seed(step_seed(args.seed, step, args.rank))
+    module = getattr(engine, "module", engine)
+    module.criterion.set_step(step)
 
 
 def move_batch(batch: Dict, device, input_dtype, image_transport: ImageTransport = FLOAT) -> Dict:

@@ -12,6 +12,7 @@ import argparse
 import atexit
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -20,34 +21,37 @@ from datetime import datetime
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
-from open_clip import create_model_and_transforms, get_input_dtype, get_tokenizer
+from open_clip import get_input_dtype, get_tokenizer
 from open_clip_train.distributed import broadcast_object, init_distributed_device, is_master
 from open_clip_train.logger import setup_logging
 from open_clip_train.main import random_seed
 from open_clip_train.scheduler import const_lr, const_lr_cooldown, cosine_lr
-from torch.utils.tensorboard import SummaryWriter
 
 from patentclip.launch import checkpoint as ckpt
 from patentclip.launch.args import parse_train_args
 from patentclip.evaluation.during_training import evaluate_during_training
+from patentclip.evaluation.extra_metrics import check_metric_names, metric_names
 from patentclip.launch.diskspace import DiskFullError, quiet_failing_log_files, write_atomic
-from patentclip.launch.model import (PatentTrainModule, head_state, load_head_state, lock_towers,
+from patentclip.launch.model import (PatentTrainModule, head_state, load_head_state, load_loss_states, loss_states,
+                                     lock_towers,
                                      make_logit_scale_nonscalar, optimizer_param_groups)
 from patentclip.launch.distributed import deepspeed_config, init_deepspeed, relaunch_with_torchrun
 from patentclip.launch.progress import StepLogger
 from patentclip.launch.runlock import LocalLock, ObjectLease, RunLockError, RunLocks
 from patentclip.launch.safe_load import UntrustedCheckpoint
+from patentclip.launch.scalars import ScalarLog, report_backends
 from patentclip.launch.signals import (EXIT_REQUEUE, RunAborted, StopSignal, mark_requeue, requeue_marker,
                                        synchronized)
-from patentclip.launch.step import accumulate_batches, train_step_accum
+from patentclip.launch.step import accumulate_batches, begin_step, train_step_accum
 from patentclip.plugins.augment import rrc_aug_cfg, with_patent_augmentations
 from patentclip.plugins.builtin import load_builtin_plugins
 from patentclip.plugins.classes import ClassMismatch, load_class_table
 from patentclip.plugins.data.stream import EmptyStream
 from patentclip.plugins.data.tars import UnreadableShards
 from patentclip.plugins.image_transport import transport_of
-from patentclip.plugins.losses import LossSet
+from patentclip.plugins.losses import LossSet, losses_need_logit_bias
 from patentclip.plugins.models import register_model_configs
+from patentclip.plugins.pretrained import check_start, create_model_for_run, fetch_start
 from patentclip.plugins.registry import DATASETS, import_plugin_modules
 from patentclip.plugins.remote_io import is_remote
 
@@ -135,7 +139,8 @@ def setup_run(args) -> Tuple[torch.device, Optional[RunLocks]]:
     quiet_library_loggers()
     for taken in (locks.took_over if locks is not None else []):
         logging.warning("%s", taken)
-    args.tensorboard = "tensorboard" in args.report_to or "all" in args.report_to
+    backends = report_backends(args.report_to)
+    args.tensorboard, args.wandb = "tensorboard" in backends, "wandb" in backends
     args.tensorboard_path = os.path.join(log_base_path, "tensorboard") if args.tensorboard and args.rank == 0 else ""
     os.makedirs(args.checkpoint_path, exist_ok=True)
     if args.tensorboard_path:
@@ -170,21 +175,46 @@ class Run:
     locks: Optional[RunLocks] = None
 
 
-def make_model(args, device):
-    """open_clip's model factory with the run's flags, and the patent augmentations on the train transform."""
+def make_model(args, device, start=None):
+    """open_clip's model factory with the run's flags and starting weights (``start``: plugins/pretrained.py), and
+    the patent augmentations on the train transform."""
     if isinstance(args.force_image_size, (tuple, list)) and len(args.force_image_size) == 1:
         args.force_image_size = args.force_image_size[0]
     rrc_aug_cfg(args)
     random_seed(args.seed, 0)
-    model, preprocess_train, preprocess_val = create_model_and_transforms(
-        args.model, args.pretrained, precision="fp32", device=device,
-        force_quick_gelu=args.force_quick_gelu, force_custom_text=args.force_custom_text,
-        force_patch_dropout=args.force_patch_dropout, force_image_size=args.force_image_size,
-        force_context_length=args.force_context_length, image_mean=args.image_mean, image_std=args.image_std,
-        image_interpolation=args.image_interpolation, image_resize_mode=args.image_resize_mode,
-        aug_cfg=args.aug_cfg, pretrained_image=args.pretrained_image, output_dict=True, cache_dir=args.cache_dir)
+    model_kwargs = {}
+    if args.siglip:  # open_clip_train.main's SigLIP initial values (and a learned logit bias)
+        model_kwargs = {"init_logit_scale": math.log(10), "init_logit_bias": -10}
+    model, preprocess_train, preprocess_val = create_model_for_run(args, device, start, **model_kwargs)
     make_logit_scale_nonscalar(model)
     return model, with_patent_augmentations(preprocess_train, args), preprocess_val
+
+
+#: torch.compile backend of --torchcompile (tests use aot_eager: the same graph capture without code generation)
+COMPILE_BACKEND_ENV = "PATENTCLIP_COMPILE_BACKEND"
+
+
+def apply_model_flags(model, args) -> None:
+    """open_clip's flags that change the model before the optimizer sees it, in open_clip_train.main's order:
+    --lock-image/--lock-text, --grad-checkpointing, --use-bn-sync (several ranks), --torchcompile (in place,
+    ``nn.Module.compile``: the state dict keeps its keys, so checkpoints are unchanged)."""
+    lock_towers(model, args)
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing()
+    if args.use_bn_sync and args.world_size > 1:
+        if not args.device.startswith("cuda"):
+            raise SystemExit("--use-bn-sync needs GPUs (torch's SyncBatchNorm runs on CUDA only); drop it on CPU")
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # converts the batch-norm layers in place
+    if args.torchcompile:
+        backend = os.environ.get(COMPILE_BACKEND_ENV, "inductor")
+        logging.info("Compiling the model (torch.compile, backend %s)", backend)
+        model.compile(backend=backend)
+
+
+def make_optimizer(module, args) -> torch.optim.Optimizer:
+    """open_clip's AdamW (--lr, --beta1, --beta2, --eps, --wd; no decay on gains, biases, norms, logit scale)."""
+    return torch.optim.AdamW(optimizer_param_groups(module, args.wd), lr=args.lr, betas=(args.beta1, args.beta2),
+                             eps=args.eps)
 
 
 def write_params(args) -> None:
@@ -230,12 +260,17 @@ def build_run(args) -> Run:
     register_model_configs()
     load_builtin_plugins()
     import_plugin_modules(args.plugins.split(","))
+    check_metric_names(metric_names(args.eval_metrics))  # before any folder is made
+    if not args.siglip and losses_need_logit_bias(args.loss):
+        args.siglip = True  # the model gets a learned logit bias and open_clip's SigLIP initial values
+    start = check_start(args)  # starting weights on disk or in the hub cache; offline and missing: stop here
     device, locks = setup_run(args)
+    start = fetch_start(start, args)
     deepspeed = init_deepspeed(args, device)
     class_table = load_class_table(args.train_data, args.classes_json)
     logging.info("%d classes from %s", len(class_table), class_table.source)
 
-    model, preprocess_train, preprocess_val = make_model(args, device)
+    model, preprocess_train, preprocess_val = make_model(args, device, start)
     store = ckpt.CheckpointStore(args, fence=locks.verify if locks is not None else None)
     resume_target = ckpt.resolve_resume(args, store)
     args.zero_stage = ckpt.resolve_zero_stage(args, resume_target)
@@ -243,9 +278,7 @@ def build_run(args) -> Run:
     if resume_target and resume_target[0] == "open_clip":
         start_epoch, oc = ckpt.load_weights_before_engine(model, resume_target, trust=args.trust_checkpoint)
     random_seed(args.seed, args.rank)
-    lock_towers(model, args)
-    if args.grad_checkpointing:
-        model.set_grad_checkpointing()
+    apply_model_flags(model, args)
 
     criterion = LossSet(args.loss, args, class_table)
     if criterion.needs_second_view and not args.multiview:
@@ -254,11 +287,12 @@ def build_run(args) -> Run:
     module = PatentTrainModule(model, criterion).to(device)
     if oc is not None:  # the classification head travels in epoch_N.pt
         load_head_state(module, oc.get("patentclip_head"))
+        load_loss_states(module, oc.get("patentclip_losses"))
     check_checkpoint_space(args, store, module)
 
-    optimizer = torch.optim.AdamW(optimizer_param_groups(module, args.wd), lr=args.lr,
-                                  betas=(args.beta1, args.beta2), eps=args.eps)
-    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=deepspeed_config(args))
+    ds_config = deepspeed_config(args)
+    logging.debug("DeepSpeed config: %s", json.dumps(ds_config))
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=make_optimizer(module, args), config=ds_config)
     logging.info("DeepSpeed engine: ZeRO stage %d, %s, world size %d", args.zero_stage,
                  "bf16" if engine.bfloat16_enabled() else ("fp16" if engine.fp16_enabled() else "fp32"),
                  args.world_size)
@@ -286,7 +320,7 @@ def build_run(args) -> Run:
     # the schedule sets the lr of the optimizer DeepSpeed steps (ZeRO wraps the client optimizer)
     scheduler = make_scheduler(args, engine.optimizer, steps_per_epoch)
 
-    writer = SummaryWriter(args.tensorboard_path) if args.save_logs and args.tensorboard else None
+    writer = ScalarLog.open(args)
     step_log = open(os.path.join(args.logs, args.name, "train_steps.jsonl"), "a") if args.save_logs else None
     input_dtype = torch.bfloat16 if engine.bfloat16_enabled() else (
         torch.float16 if engine.fp16_enabled() else get_input_dtype("fp32"))
@@ -303,7 +337,7 @@ def save(run: Run, epoch: int, step: int, tag: Optional[str] = None) -> None:
     """A checkpoint of the engine, the data-loader positions of every rank and the classification head."""
     run.store.save(run.engine, epoch=epoch, step=step, class_table=run.class_table,
                    loader_states=gather_loader_states(run.data["train"].dataloader, run.args), tag=tag,
-                   head_state=head_state(run.engine.module))
+                   head_state=head_state(run.engine.module), loss_states=loss_states(run.engine.module))
 
 
 def run_epoch(run: Run, epoch: int) -> Tuple[int, int, bool]:
@@ -331,6 +365,7 @@ def run_epoch(run: Run, epoch: int) -> Tuple[int, int, bool]:
         if not args.skip_scheduler:
             run.scheduler(step)
         logger.data_time_m.update(time.time() - end)
+        begin_step(run.engine, args, step)
         total_loss, terms, features = train_step_accum(run.engine, micro, args, run.device, run.input_dtype,
                                                        transport_of(dataloader))
         logger.batch_time_m.update(time.time() - end)

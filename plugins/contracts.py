@@ -38,8 +38,15 @@ class Loss(Protocol):
 
     ``needs_second_view``: True when it reads ``features["image2_features"]`` (the trainer then switches the
     pipeline to multi-view pairs). Parameters it owns (a classification head, class centres) are trained,
-    checkpointed and exported with the model. Random draws inside ``forward`` must come from a generator the
-    plugin owns and checkpoints, or be a pure function of (seed, step, rank), so that resume is exact.
+    checkpointed and exported with the model.
+
+    Random draws inside ``forward`` must be a pure function of (seed, step, rank), so that a resumed run draws
+    what the uninterrupted one drew. Two ways: define ``set_step(step)`` (optional; the trainer calls it through
+    ``LossSet.set_step`` before every optimizer step, and the micro-batch passes of ``--accum-freq`` share it)
+    and draw from a ``torch.Generator`` seeded from (seed, step, rank) (``losses.draw_seed``; as
+    ``class_aware_classification`` does), or draw from torch's global generator, which the trainer seeds from
+    (seed, step, rank) before every step (``launch/step.py: begin_step``). Python's ``random`` and NumPy's
+    global generators are not seeded per step: do not draw from them.
     """
 
     needs_second_view: bool

@@ -18,6 +18,12 @@ the image token alone (the text token is absent, so attention and pooling see on
 mode as well, ``text_dropout`` hides the text token of each training sample with that probability (attention
 key mask + pooling over the image token only); 0 trains the fused head only, as the paper describes.
 
+Random draws (which captions are hidden, attention/MLP dropout) never come from a hidden state of the head:
+``forward`` takes the mask (``text_hidden``) and/or the ``generator`` to draw from. The loss plugin passes a
+mask drawn from (seed, step, rank) (``losses.ClassAwareClassification``), so a resumed run hides the same
+captions as the uninterrupted one; called without either, the head draws from torch's global generator, which
+the trainer seeds from (seed, step, rank) before every step (``launch/step.py: begin_step``).
+
 The head lives in the loss plugin ``class_aware_classification`` (so it is trained, in the optimizer and in the
 DeepSpeed checkpoints); ``epoch_N.pt`` carries it under ``"patentclip_head": {"config", "state_dict"}``:
 
@@ -31,7 +37,6 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 HEAD_FORMAT_VERSION = 1
@@ -79,7 +84,16 @@ class AttentionFusionHead(nn.Module):
                 "num_classes": self.num_classes, "num_heads": self.num_heads, "mlp_ratio": self.mlp_ratio,
                 "dropout": self.dropout, "text_dropout": self.text_dropout}
 
-    def _attention(self, x: torch.Tensor, text_hidden: Optional[torch.Tensor]) -> torch.Tensor:
+    def _dropout(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        """Inverted dropout with probability ``self.dropout`` drawn from ``generator`` (training mode only)."""
+        if not (self.dropout and self.training):
+            return x
+        keep = torch.rand(x.shape, generator=generator, device=generator.device if generator is not None
+                          else x.device) >= self.dropout
+        return x * keep.to(device=x.device, dtype=x.dtype) / (1.0 - self.dropout)
+
+    def _attention(self, x: torch.Tensor, text_hidden: Optional[torch.Tensor],
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Multi-head self-attention over the tokens (B, T, D); a hidden text token is no key for any query."""
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
@@ -90,16 +104,17 @@ class AttentionFusionHead(nn.Module):
             hidden = torch.stack([torch.zeros_like(text_hidden), text_hidden], dim=1)[:, None, None, :]
             scores = scores.masked_fill(hidden, float("-inf"))
         attn = scores.softmax(dim=-1)
-        if self.dropout and self.training:
-            attn = F.dropout(attn, p=self.dropout)
+        attn = self._dropout(attn, generator)
         out = (attn[..., None] * v[:, :, None, :, :]).sum(-2)  # (B, H, T, dh)
         return self.proj(out.transpose(1, 2).reshape(b, t, d))
 
-    def _block(self, tokens: torch.Tensor, text_hidden: Optional[torch.Tensor]) -> torch.Tensor:
+    def _block(self, tokens: torch.Tensor, text_hidden: Optional[torch.Tensor],
+               generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """tokens (B, T, D); text_hidden (B,) bool: text token hidden for that sample (T == 2 only)."""
-        tokens = tokens + self._attention(self.ln_attn(tokens), text_hidden)
+        tokens = tokens + self._attention(self.ln_attn(tokens), text_hidden, generator)
         if self.mlp is not None:
-            tokens = tokens + self.mlp(self.ln_mlp(tokens))
+            fc1, act, _, fc2 = self.mlp
+            tokens = tokens + fc2(self._dropout(act(fc1(self.ln_mlp(tokens))), generator))
         if tokens.shape[1] == 1:
             pooled = tokens[:, 0]
         elif text_hidden is None:
@@ -109,18 +124,30 @@ class AttentionFusionHead(nn.Module):
             pooled = (tokens[:, 0] + keep * tokens[:, 1]) / (1 + keep)
         return self.classifier(self.ln_out(pooled))
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-        """Class logits (B, num_classes) from the fused image and text embeddings (B, D) each."""
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
+                text_hidden: Optional[torch.Tensor] = None,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Class logits (B, num_classes) from the fused image and text embeddings (B, D) each.
+
+        In training mode with ``text_dropout > 0``: ``text_hidden`` (B,) bool says which samples are seen without
+        their caption; if it is None it is drawn from ``generator`` (torch's global one if None). Attention and
+        MLP dropout draw from ``generator`` too."""
         if image_features.shape != text_features.shape or image_features.shape[-1] != self.embed_dim:
             raise ValueError(f"AttentionFusionHead(embed_dim={self.embed_dim}): image {tuple(image_features.shape)}"
                              f" and text {tuple(text_features.shape)} features must both be (B, {self.embed_dim})")
         dtype = self.modality.dtype
         tokens = torch.stack([image_features.to(dtype) + self.modality[0],
                               text_features.to(dtype) + self.modality[1]], dim=1)
-        text_hidden = None
-        if self.training and self.text_dropout > 0:
-            text_hidden = torch.rand(tokens.shape[0], device=tokens.device) < self.text_dropout
-        return self._block(tokens, text_hidden)
+        if not (self.training and self.text_dropout > 0):
+            text_hidden = None
+        elif text_hidden is None:
+            text_hidden = torch.rand(tokens.shape[0], generator=generator, device=generator.device
+                                     if generator is not None else tokens.device) < self.text_dropout
+        if text_hidden is not None:
+            if text_hidden.shape != (tokens.shape[0],):
+                raise ValueError(f"text_hidden must be ({tokens.shape[0]},) bool, got {tuple(text_hidden.shape)}")
+            text_hidden = text_hidden.to(device=tokens.device, dtype=torch.bool)
+        return self._block(tokens, text_hidden, generator)
 
     def classify_image(self, image_features: torch.Tensor) -> torch.Tensor:
         """Class logits (B, num_classes) from image embeddings alone (the documented evaluation mode).

@@ -16,6 +16,7 @@ Registered losses (formulas and sources in docs/losses.md):
     class_aware_classification  DesignCLIP LCACLS: attention-fusion head, class-weighted cross-entropy
     class_contrastive           LLM-informed L_cls (eq. 2): image-text pairs of the same class are positives
     category_contrastive        LLM-informed L_cat (eq. 2): pairs of the same head/tail category are positives
+    siglip                      open_clip's SigLipLoss (sigmoid loss, learned logit bias), unchanged (--siglip)
 
 Distributed use follows open_clip's ClipLoss exactly, for every loss: features are gathered across ranks
 (``--gather-with-grad`` keeps the gradient through the gather), ``--local-loss`` computes each rank's rows
@@ -33,15 +34,22 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from open_clip import ClipLoss
-from open_clip.loss import gather_features
+from open_clip.loss import SigLipLoss, gather_features
 from torch import nn
 
 from patentclip.plugins.classes import ClassTable, balance_weights, check_class_ids
 from patentclip.plugins.data.batch import CLASS_ID, HAS_VIEW2, IMAGE2
 from patentclip.plugins.heads import AttentionFusionHead
 from patentclip.plugins.registry import LOSSES
+from patentclip.plugins.seeding import stable_int
 
 WEIGHTINGS = ("fixed", "uncertainty")
+
+
+def draw_seed(*parts) -> int:
+    """A seed for a ``torch.Generator`` as a pure function of ``parts`` (e.g. salt, seed, step, rank): the
+    project's seeded hash (``seeding.stable_int``)."""
+    return stable_int(*parts)
 
 
 def parse_loss_spec(spec: str) -> List[Tuple[str, float]]:
@@ -312,21 +320,42 @@ class ClassAwareClassification(_ContrastiveBase):
     The head is a submodule of this loss (hence of ``PatentTrainModule.criterion``): its parameters are in
     the optimizer and in the checkpoints. Rows are the same as the contrastive losses' (gathered over ranks,
     or local with ``--local-loss``). Image-only evaluation: ``head.classify_image(v)`` (see heads.py).
+
+    Which samples the head sees without their caption (``text_dropout``) is a pure function of (seed, step,
+    rows): a generator seeded from (seed, step) for the gathered rows (the same mask on every rank, as one
+    process with the global batch would draw), and from (seed, step, rank) for the local rows of
+    ``--local-loss``. The trainer tells the loss the step (``set_step``) before every optimizer step, so the
+    micro-batch passes of ``--accum-freq`` share one mask and a resumed run draws what the uninterrupted one
+    drew. Outside the trainer (no ``set_step``), each training forward counts as the next step.
     """
 
     def __init__(self, class_table: ClassTable, beta: float, embed_dim: int, num_heads: int = 4,
-                 text_dropout: float = 0.0, gather: Gather = Gather()):
+                 text_dropout: float = 0.0, gather: Gather = Gather(), seed: int = 0):
         super().__init__(class_table, gather)
         self.beta = float(beta)
+        self.seed = int(seed)
         self.register_buffer("class_weights", class_balance_weights(class_table.counts(), self.beta),
                              persistent=False)
         self.head = AttentionFusionHead(int(embed_dim), len(class_table), num_heads=int(num_heads),
                                         text_dropout=float(text_dropout))
+        self.step: Optional[int] = None  # set by the trainer (set_step)
+        self._calls = 0  # training forwards, the step when nobody sets one
 
     @classmethod
     def from_args(cls, args, class_table: ClassTable):
         return cls(class_table, args.loss_beta, model_embed_dim(args), args.head_num_heads, args.head_text_dropout,
-                   Gather.from_args(args))
+                   Gather.from_args(args), seed=args.seed)
+
+    def set_step(self, step: int) -> None:
+        """The optimizer step the next forward passes belong to (called by the trainer before each step)."""
+        self.step = int(step)
+
+    def draw_generator(self) -> torch.Generator:
+        """The CPU generator of this step's draws: seeded from (seed, step) for gathered rows, plus the rank for
+        the local rows of ``--local-loss``."""
+        step = self.step if self.step is not None else self._calls
+        rows = f"rank{self.rank}" if (self.local_loss and self.world_size > 1) else "global"
+        return torch.Generator().manual_seed(draw_seed("head_text_dropout", self.seed, step, rows))
 
     def forward(self, features: Dict, batch: Dict) -> Dict[str, torch.Tensor]:
         v, t = features["image_features"], features["text_features"]
@@ -335,7 +364,13 @@ class ClassAwareClassification(_ContrastiveBase):
             v, t = self._memo(("rows", "image_features", "text_features"), lambda: gather_features(
                 v, t, local_loss=False, gather_with_grad=self.gather_with_grad, rank=self.rank,
                 world_size=self.world_size))
-        logits = self.head(v, t).float()
+        hidden, gen = None, None
+        if self.training:
+            gen = self.draw_generator()
+            self._calls += 1
+            if self.head.text_dropout > 0:
+                hidden = torch.rand(v.shape[0], generator=gen) < self.head.text_dropout
+        logits = self.head(v, t, text_hidden=hidden, generator=gen).float()
         w = self.class_weights[cls]
         return {"class_aware_classification": (w * F.cross_entropy(logits, cls, reduction="none")).mean()}
 
@@ -396,6 +431,42 @@ class CategoryContrastive(_GroupContrastive):
         return class_categories(class_table)
 
 
+@LOSSES.register("siglip")
+class SigLIP(nn.Module):
+    """open_clip's ``SigLipLoss`` (Zhai et al. 2023), unchanged: the same numbers as ``open_clip_train --siglip``.
+
+        L = -1/B sum_i sum_j log sigmoid(z_ij (s v_i . t_j + b)),   z_ij = 1 if i == j else -1
+
+    over this rank's images against the texts of every rank (open_clip exchanges the text features between
+    neighbouring ranks, ``--loss-dist-impl`` bidir/shift/reduce/gather). ``b`` is the model's learned
+    ``logit_bias``: the trainer builds the model with one (and open_clip's SigLIP initial values, logit scale
+    ln 10 and bias -10) when this loss is selected, as ``--siglip`` does.
+    """
+
+    needs_second_view = False
+    needs_logit_bias = True
+
+    def __init__(self, gather: Gather = Gather(), dist_impl: Optional[str] = None):
+        super().__init__()
+        self.loss = SigLipLoss(rank=gather.rank, world_size=gather.world_size, dist_impl=dist_impl)
+
+    @classmethod
+    def from_args(cls, args, class_table: ClassTable):
+        return cls(Gather.from_args(args), args.loss_dist_impl)
+
+    def forward(self, features: Dict, batch: Dict) -> Dict[str, torch.Tensor]:
+        if features.get("logit_bias") is None:
+            raise KeyError("loss siglip needs the model's logit_bias (features['logit_bias']): build the model with "
+                           "init_logit_bias, as patentclip-train does with --siglip or --loss siglip")
+        return {"siglip": self.loss(features["image_features"], features["text_features"], features["logit_scale"],
+                                    features["logit_bias"])}
+
+
+def losses_need_logit_bias(spec: str) -> bool:
+    """True when a loss named in ``spec`` (``--loss``) needs a model with a learned logit bias (SigLIP)."""
+    return any(getattr(LOSSES.get(name), "needs_logit_bias", False) for name, _ in parse_loss_spec(spec))
+
+
 class LossSet(nn.Module):
     """The combination of the selected loss plugins; its parameters (heads, learned weights) are trained.
 
@@ -425,6 +496,18 @@ class LossSet(nn.Module):
     def needs_second_view(self) -> bool:
         """True when a selected loss needs the second view, ``IMAGE2`` (the trainer then sets ``args.multiview``)."""
         return any(getattr(loss, "needs_second_view", False) for loss in self.losses.values())
+
+    def set_step(self, step: int) -> None:
+        """Tell every loss that draws random numbers (it defines ``set_step``) which optimizer step comes next."""
+        for loss in self.losses.values():
+            if hasattr(loss, "set_step"):
+                loss.set_step(step)
+
+    @property
+    def needs_text(self) -> bool:
+        """False when no selected loss uses the text embeddings (``needs_text = False`` on the plugin, e.g.
+        ``arcface``): the training step then does not run the text tower."""
+        return any(getattr(loss, "needs_text", True) for loss in self.losses.values())
 
     def forward(self, features: Dict, batch: Dict) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         parts: Dict[str, torch.Tensor] = {}

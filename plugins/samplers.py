@@ -28,18 +28,30 @@ shards.
 
 Repeats and the batch
 ---------------------
-After the group shuffle, :func:`spread_repeats` moves the repeats of one drawing at least a batch apart, so no
-batch holds the same drawing twice: two copies in one batch would be negatives of each other in every
-contrastive term (same drawing, same caption list, only the augmentation differs). With beta 1.2 a tail drawing
-is used up to ~5 times per epoch, and a plain shuffle of a 1000-example group puts two of its copies in one
-batch of 64 with probability ~0.5. The spread is deterministic (a function of the shuffled order and the batch
-size), so exact resume is unaffected. It works within a shard group, where all copies of a drawing are: a
-worker that rolls over into a second pass of its shards to fill its batch quota (open_clip's "repeat a few
-samples"), or ``--dataset-resampled`` drawing a shard twice in a row, can still put a drawing next to its copy
-from the pass before, at a group boundary.
+After the group shuffle, :func:`spread_repeats` reorders the group so that the copies of one drawing are at least
+a batch (B examples) apart, so no batch holds the same drawing twice: two copies in one batch would be negatives
+of each other in every contrastive term (same drawing, same caption list, only the augmentation differs). With
+beta 1.2 a tail drawing is used up to ~5 times per epoch on a 1:10 tail, and ~70 times on a 1:100 tail.
+
+When it cannot be done. Copies B apart need room: a group of n examples whose most used drawings have M copies
+each (c_M such drawings) allows it exactly when ``(M - 1) B + c_M <= n`` (each of the c_M drawings needs M - 1
+gaps of B; :func:`repeat_distance`). Otherwise the copies are kept as far apart as the group allows,
+``d = floor((n - c_M) / (M - 1))`` examples (the largest distance any order achieves), so a batch holds at most
+``ceil(B / d)`` copies of a drawing, and the loader logs a warning naming the drawing, its copies, the group
+size and the group size it would need (raise ``--shuffle-group-shards`` or lower ``--sampler-beta``). Example:
+beta 1.2 on a 1:100 tail uses each tail drawing ~72 times per epoch; with batches of 64 its copies fit a batch
+apart only in groups of >= 4545 examples (e.g. 5 shards of 1000 drawings).
+
+The order is deterministic (a function of the shuffled order and B), so exact resume is unaffected. It holds
+within a shard group, where all copies of a drawing are (the batch boundaries may fall anywhere in the group: the
+guarantee is on any B consecutive examples); a corrupt drawing skipped by the loader shortens the gap around
+it by one. A worker that rolls over into a second pass of its shards to fill its batch quota (open_clip's
+"repeat a few samples"), or ``--dataset-resampled`` drawing a shard twice in a row, can still put a drawing next
+to its copy from the pass before, at a group boundary.
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from typing import Callable, Hashable, List, Sequence, TypeVar
@@ -51,17 +63,37 @@ from patentclip.plugins.registry import SAMPLERS
 from patentclip.plugins.seeding import uniform01
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+
+def repeat_distance(copies: Sequence[int], n: int, distance: int) -> int:
+    """The largest gap ``<= distance`` at which every drawing's copies can stand in a list of ``n`` items, where
+    ``copies`` are the drawings' copy counts: ``(M - 1) d + c_M <= n`` with M the largest count and c_M the
+    number of drawings that have it (module docstring). ``distance`` when no drawing repeats."""
+    top = max(copies, default=1)
+    if top <= 1:
+        return distance
+    c_top = sum(1 for m in copies if m == top)
+    return max(1, min(distance, (n - c_top) // (top - 1)))
+
+
+_warned_tight_group = False
 
 
 def spread_repeats(items: Sequence[T], key: Callable[[T], Hashable], distance: int) -> List[T]:
-    """``items`` reordered so that items with the same key are at least ``distance`` positions apart, where the
-    list allows it; otherwise as far apart as a greedy pass gets them.
+    """``items`` reordered so that items with the same key are at least ``distance`` positions apart, or, when
+    the list cannot allow it, :func:`repeat_distance` apart (the most any order achieves; a warning says so).
 
-    First the ``m`` copies of a key are spread evenly over the list, keeping its random order otherwise: copy
-    ``j`` of a key first seen at position ``p`` of ``n`` is placed at ``n (p / n + j) / m`` (a single item keeps
-    ``p``), ties in list order. Then one greedy pass fixes what is still too close: an item whose key was
-    placed fewer than ``distance`` positions ago waits, and at every position the first waiting item that is
-    allowed again goes before the next new one. A list without repeats is returned unchanged. Deterministic."""
+    Construction (with d the achievable distance): cut the list into rows of d positions, the first row holding
+    the remainder (r = n - (R - 1) d items, R = ceil(n / d) rows). (1) Every repeated key gets distinct rows:
+    keys by decreasing copy count, each copy into the row with the most room left (Ryser's construction of a 0-1
+    matrix with given row and column sums; it finds an assignment whenever one exists, which is when
+    ``repeat_distance`` allows d), ties broken in a row order that strides through the list (R / golden ratio),
+    so one drawing's copies spread over the whole group. (2) Drawings used once fill the room left, in their
+    shuffled order. (3) Within a row, the keys also in the previous row go last, in the order of their columns
+    there: a key at column x of row i and column y of row i + 1 is then ``d + y - x >= d`` positions apart.
+    A list without repeats is returned unchanged. Deterministic."""
+    global _warned_tight_group
     n = len(items)
     if distance <= 1 or n < 2:
         return list(items)
@@ -71,42 +103,55 @@ def spread_repeats(items: Sequence[T], key: Callable[[T], Hashable], distance: i
         where.setdefault(k, []).append(i)
     if len(where) == n:
         return list(items)
-    target = [0.0] * n
-    for k, idx in where.items():
-        m, p = len(idx), idx[0]
-        for j, i in enumerate(idx):
-            target[i] = n * (p / n + j) / m if m > 1 else float(p)
-    order = sorted(range(n), key=lambda i: (target[i], i))
-    last: dict = {}
+    d = repeat_distance([len(idx) for idx in where.values()], n, distance)
+    if d < distance:
+        top = max(where.values(), key=len)
+        c_top = sum(1 for idx in where.values() if len(idx) == len(top))
+        message = (f"a shard group of {n} examples cannot keep every drawing's copies a batch ({distance}) apart: "
+                   f"{keys[top[0]]!r} is used {len(top)} times ({c_top} drawing(s) that often), which needs >= "
+                   f"{(len(top) - 1) * distance + c_top} examples per group; copies are kept {d} apart, so a batch "
+                   f"can hold up to {math.ceil(distance / d)} copies of a drawing. Raise --shuffle-group-shards or "
+                   f"lower --sampler-beta (plugins/samplers.py)")
+        (logger.debug if _warned_tight_group else logger.warning)(message)
+        _warned_tight_group = True
+    if d <= 1:
+        return list(items)
+    rows_n = -(-n // d)
+    first = n - (rows_n - 1) * d
+    room = [first] + [d] * (rows_n - 1)
+    stride = max(1, round(rows_n * 0.6180339887))
+    while math.gcd(stride, rows_n) != 1:
+        stride += 1
+    by_room: dict = {}  # room left -> rows with that much room, in stride order
+    for r in ((i * stride) % rows_n for i in range(rows_n)):
+        by_room.setdefault(room[r], deque()).append(r)
+    rows: List[List[int]] = [[] for _ in range(rows_n)]
+    for idx in sorted((idx for idx in where.values() if len(idx) > 1), key=lambda idx: (-len(idx), idx[0])):
+        todo = list(idx)
+        while todo:  # one round: distinct rows, the roomiest first (one round suffices when d is achievable)
+            chosen: List[int] = []
+            for left in sorted((c for c, q in by_room.items() if c > 0 and q), reverse=True):
+                queue = by_room[left]
+                while queue and len(chosen) < len(todo):
+                    chosen.append(queue.popleft())
+                if len(chosen) == len(todo):
+                    break
+            for r, i in zip(chosen, todo):
+                rows[r].append(i)
+                room[r] -= 1
+                by_room.setdefault(room[r], deque()).append(r)
+            todo = todo[len(chosen):]
+    singles = iter(sorted(idx[0] for idx in where.values() if len(idx) == 1))
+    for r in range(rows_n):
+        rows[r].extend(next(singles) for _ in range(room[r]))
     out: List[T] = []
-    waiting: deque = deque()  # (item, key) in the order they were held back
-    nxt = 0
-    while nxt < n or waiting:
-        pos = len(out)
-        placed = False
-        for w, (x, k) in enumerate(waiting):
-            if pos - last[k] >= distance:
-                del waiting[w]
-                out.append(x)
-                last[k] = pos
-                placed = True
-                break
-        while not placed and nxt < n:
-            i = order[nxt]
-            nxt += 1
-            x, k = items[i], keys[i]
-            if k in last and pos - last[k] < distance:
-                waiting.append((x, k))
-                continue
-            out.append(x)
-            last[k] = pos
-            placed = True
-        if not placed:  # only held-back items remain and none is allowed yet: the one placed longest ago goes
-            w = min(range(len(waiting)), key=lambda j: last[waiting[j][1]])
-            x, k = waiting[w]
-            del waiting[w]
-            out.append(x)
-            last[k] = pos
+    previous: dict = {}  # key -> its column in the previous row
+    for r, row in enumerate(rows):
+        carried = sorted((i for i in row if keys[i] in previous), key=lambda i: (previous[keys[i]], i))
+        row = sorted(i for i in row if keys[i] not in previous) + carried
+        offset = d - len(row)  # the first row is right-aligned: its columns end where a full row's do
+        previous = {keys[i]: offset + j for j, i in enumerate(row)}
+        out.extend(items[i] for i in row)
     return out
 
 

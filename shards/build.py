@@ -33,6 +33,7 @@ up) are ``head``, the rest ``tail``.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import io
@@ -57,10 +58,12 @@ from .captions import (DEFAULT_MAX_CHARS, DEFAULT_TEMPLATES, JOIN_MODES, Caption
                        clean_captions, clean_captions_traced, drawing_fields, join_captions, line_provenance,
                        load_templates, parse_templates, render_templates)
 from . import sample_format as SF
+from .contact_sheet import write_contact_sheet
 from .head_tail import HEAD_FRACTION, head_tail_split
 from .images import DEFAULT_MAX_SIDE, ImageError, ImageOptions, normalize_image
-from .importers import ImportOptions, import_records
+from .importers import ImportOptions, canonical_patent_key, import_records
 from .manifest import PatentRecord, Problem
+from .pool import ignore_sigint
 
 BUILD_DIR = ".build"
 #: Bumped when the shard contents for the same input and flags change (3: caption_provenance from captions files;
@@ -456,7 +459,7 @@ def run_job(job: ShardJob, settings: BuildSettings) -> Dict[str, Any]:
                     for d in r.drawings:
                         key = SF.sample_key(r.patent_id, d.index)
                         try:
-                            data, orig, size = normalize_image(r.image_path(d), settings.image)
+                            data, orig, size = normalize_image(r.image_source(d, settings.image), settings.image)
                         except ImageError as exc:
                             problems.append(_drawing_problem(r, d, f"{exc.kind.replace('_', ' ')} ({exc})", exc.kind,
                                                              "drawing"))
@@ -567,13 +570,6 @@ def commit_staged(out: Output, stats: Dict[str, Any]) -> Dict[str, Any]:
     return stats
 
 
-def _ignore_sigint():
-    """Pool workers leave Ctrl-C to the main process, which stops the pool and reports how far the build got."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _run_job_star(args):
     job, settings = args
     return run_job(job, settings)
@@ -596,7 +592,7 @@ def build_shards(manifest_path, out_dir, *, samples_per_shard: int = 1000,
                  quality: Optional[int] = None, captions: Optional[str] = None, captions_join: str = "replace",
                  templates: Optional[Sequence[str]] = None, templates_file: Optional[str] = None,
                  max_caption_chars: int = DEFAULT_MAX_CHARS, storage_options: Optional[Dict[str, Any]] = None,
-                 resume: bool = True) -> Dict:
+                 resume: bool = True, contact_sheet: int = 0) -> Dict:
     """Build shards; returns the build report (also written to ``out_dir/build_report.json``).
 
     Args:
@@ -618,6 +614,8 @@ def build_shards(manifest_path, out_dir, *, samples_per_shard: int = 1000,
         max_caption_chars: longer captions are cut at a word boundary (0 = no limit).
         storage_options: fsspec options of the output (e.g. :func:`storage_options_from`).
         resume: skip shards a previous run completed with the same plan (False rebuilds everything).
+        contact_sheet: write ``build_report_contact_sheet.png`` of the first this many drawings into the output
+            (0 = none; :mod:`.contact_sheet`).
     """
     t0 = time.time()
     if samples_per_shard < 1:
@@ -647,7 +645,9 @@ def build_shards(manifest_path, out_dir, *, samples_per_shard: int = 1000,
 
     # 1. read
     paths = manifest_path if isinstance(manifest_path, (list, tuple)) else [manifest_path]
-    records, problems, in_stats = import_records(input_format, [str(p) for p in paths], import_options)
+    iopts = dataclasses.replace(import_options or ImportOptions(), workers=workers, progress=progress)
+    records, problems, in_stats = import_records(input_format, [str(p) for p in paths], iopts)
+    report_lines = in_stats.pop("report_lines", [])
     problems = [p.to_dict() for p in problems]
 
     # captions file
@@ -657,10 +657,17 @@ def build_shards(manifest_path, out_dir, *, samples_per_shard: int = 1000,
     if captions:
         index = CaptionIndex(captions)
         used = set()
+        # a key that is a patent number (any spelling: D0909824, USD0909824) captions all drawings of the patent,
+        # e.g. a per-patent LLM caption
+        by_patent: Dict[str, str] = {}
+        for k in index.offsets:
+            by_patent.setdefault(canonical_patent_key(k), k)
         for r in records:
             for d in r.drawings:
                 key = f"{r.patent_id}_{d.index:02d}"
                 k = next((c for c in (key, d.path, d.extra.get("_input_path")) if c in index.offsets), None)
+                if k is None:
+                    k = by_patent.get(canonical_patent_key(r.patent_id))
                 if k is not None:
                     caption_offsets[(r.patent_id, d.index)] = index.offsets[k]
                     used.add(k)
@@ -767,7 +774,7 @@ def build_shards(manifest_path, out_dir, *, samples_per_shard: int = 1000,
                 handle(run_job(j, settings))
         else:
             ctx = mp.get_context("spawn")
-            pool = ctx.Pool(min(workers, len(todo)), initializer=_ignore_sigint)
+            pool = ctx.Pool(min(workers, len(todo)), initializer=ignore_sigint)
             # biggest jobs first (better balance at the end); the output does not depend on the order
             order = sorted(todo, key=lambda j: (-j.planned, j.split, j.index))
             for st in pool.imap_unordered(_run_job_star, [(j, settings) for j in order], chunksize=1):
@@ -803,6 +810,7 @@ def build_shards(manifest_path, out_dir, *, samples_per_shard: int = 1000,
                    "shards_reused": len(done), "shards_written": len(todo), "stale_shards_removed": stale,
                    "elapsed_s": round(time.time() - t0, 3)})
     report["drawings_per_s"] = round(report["drawings_written_total"] / max(1e-9, report["elapsed_s"]), 2)
+    report["importer_summary"] = report_lines
     all_counts = report.pop("_all_counts")
     for n in names:
         sizes = {s["name"]: s["count"] for s in (results[(j.split, j.index)] for j in jobs if j.split == n)
@@ -811,6 +819,8 @@ def build_shards(manifest_path, out_dir, *, samples_per_shard: int = 1000,
         out.write_json([n, "classes.json"], _classes(codes, class_name, report["class_counts_by_split"][n],
                                                       categories))
     out.write_json(["classes.json"], _classes(codes, class_name, all_counts, categories))
+    if contact_sheet:
+        report["contact_sheet"] = write_contact_sheet(out, names, report["shards"], contact_sheet)
     out.write_json(["build_report.json"], report)
     out.write_bytes(["build_report.txt"], (summary(report) + "\n").encode("utf-8"))
     return report
@@ -893,6 +903,7 @@ def summary(report: Dict) -> str:
             lines.append(f"  {v:8d}  {k}" + (f"  [{cats.get(k.split(' ', 1)[0])}]" if cats else ""))
         if len(hist) > 15:
             lines.append(f"  ... {len(hist) - 15} more in build_report.json")
+    lines.extend(report.get("importer_summary") or [])
     if report.get("captions"):
         c = report["captions"]
         lines.append(f"captions file: {c['drawings_matched']} drawings matched, {c['keys_unmatched']} keys unmatched")

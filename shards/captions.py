@@ -4,9 +4,9 @@ Where a drawing's captions come from (docs/importers.md, "Captions"):
 
 1. A **captions file** (``--captions FILE``), JSON Lines ``{"key": ..., "captions": [...]}``, e.g. captions an LLM
    wrote offline (both seed papers do this; ``patentclip-caption`` writes them). ``key`` is the drawing's sample
-   key ``<patent_id>_<NN>`` or its image path exactly as the input names it. ``--captions-join`` says what happens
-   to the drawing's own captions: ``replace`` (default: only the file's), ``prepend`` (the file's first) or
-   ``append``. An optional ``"provenance"`` list, one object per caption (``patentclip-caption`` writes engine,
+   key ``<patent_id>_<NN>``, its image path exactly as the input names it, or a patent number in any spelling
+   (all the patent's drawings). ``--captions-join`` says what happens to the drawing's own captions: ``replace``
+   (default: only the file's), ``prepend`` (the file's first) or ``append``. An optional ``"provenance"`` list, one object per caption (``patentclip-caption`` writes engine,
    model, instruction version and seed), goes into the shards as ``caption_provenance``, aligned with
    ``captions`` (``null`` for a drawing's own captions); other fields of the line are ignored.
 2. Otherwise the drawing's own captions: the manifest's, or, for the importers, **templates** (``{title}``,

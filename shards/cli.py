@@ -41,6 +41,13 @@ def add_import_arguments(g) -> None:
         g.add_argument(f"--{col}-column", default=default, help=f"CSV: column of the {what}"
                        + (f" (default: {default})" if default else ""))
     g.add_argument("--delimiter", default=None, help="CSV delimiter (default: tab if the header has one, else ',')")
+    g.add_argument("--uspto-images", choices=["figures", "sheets", "both"], default="figures",
+                   help="USPTO: the figures cut from the drawing sheets (default), the whole sheets, or both")
+    g.add_argument("--no-ocr", action="store_true",
+                   help="USPTO: do not read the FIG. labels with tesseract; figures are numbered in reading order")
+    g.add_argument("--segment-cache", default=None, metavar="DIR",
+                   help="USPTO: cache of the sheet segmentation, so that a rerun does not segment again "
+                        "(default: $XDG_CACHE_HOME/patentclip/uspto-segments; 'none' for no cache)")
 
 
 def import_options_from(args):
@@ -53,7 +60,8 @@ def import_options_from(args):
                          class_column=args.class_column, id_column=args.id_column, date_column=args.date_column,
                          title_column=args.title_column, view_column=args.view_column,
                          caption_column=args.caption_column, class_name_column=args.class_name_column,
-                         delimiter=args.delimiter)
+                         delimiter=args.delimiter, uspto_images=args.uspto_images, ocr=not args.no_ocr,
+                         segment_cache=args.segment_cache)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pack design-patent drawings into WebDataset shards split by patent, with sizes.json, "
                     "classes.json, build_report.json and build_report.txt.\n\n"
                     "Inputs (--format): the project's manifest (docs/manifest.md), DeepPatent2 figure JSON, DeepPatent "
-                    "split lists, or a CSV (docs/importers.md). Output: a folder or any fsspec URL (s3://bucket/prefix; "
+                    "split lists, a CSV, or the USPTO's design grants (XML + TIFF sheets, cut into figures) "
+                    "(docs/importers.md). Output: a folder or any fsspec URL (s3://bucket/prefix; "
                     "endpoint, credentials and region from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
                     "AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION / AWS_PROFILE, or the flags below).\n\n"
                     "The shards are the same for any --workers. A rerun of the same command after a crash or Ctrl-C "
@@ -91,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated Python modules to import first: they register their own input formats "
                         "(docs/extending.md)")
     b.add_argument("--manifest", "--input", dest="inputs", action="append", required=True, metavar="FILE",
-                   help="input file; repeat for several (DeepPatent2 JSON files, DeepPatent lists, CSVs)")
+                   help="input file; repeat for several (DeepPatent2 JSON files, DeepPatent lists, CSVs; uspto: "
+                        "folders, per-patent zips, weekly .tar archives)")
     b.add_argument("--out", required=True, help="output folder or URL (one sub-folder per split)")
     b.add_argument("--samples-per-shard", type=int, default=1000,
                    help="maximum drawings per shard; a patent is never split (default: %(default)s)")
@@ -136,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL)")
     g.add_argument("--region", default=None, help="S3 region (default: AWS_DEFAULT_REGION)")
     g.add_argument("--profile", default=None, help="AWS credentials profile (default: AWS_PROFILE / environment)")
+    b.add_argument("--contact-sheet", type=int, default=48, metavar="N",
+                   help="write build_report_contact_sheet.png, the first N drawings as written into the shards, "
+                        "to look at (0 = none; default: %(default)s)")
     b.add_argument("--no-resume", action="store_true", help="rebuild every shard even if a previous run completed it")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -198,7 +211,7 @@ def main(argv=None) -> int:
                               image_mode=args.image_mode, quality=args.quality, captions=args.captions,
                               captions_join=args.captions_join, templates_file=args.caption_templates,
                               max_caption_chars=args.max_caption_chars, storage_options=so,
-                              resume=not args.no_resume)
+                              resume=not args.no_resume, contact_sheet=max(0, args.contact_sheet))
     except KeyboardInterrupt as exc:
         print(f"\n{exc or 'interrupted'}", file=sys.stderr)
         return 130

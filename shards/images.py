@@ -164,7 +164,15 @@ def decode_drawing(source, mode: str = "L", max_side: int = DEFAULT_MAX_SIDE) ->
     """Decode ``source`` (a path or bytes) completely and normalise it (module docstring): flattened onto white,
     converted to ``mode``, shrunk to ``max_side`` (0 = keep the size), in bounded memory. Returns
     ``(image, original (w, h))``. Raises :class:`ImageError`. The shard builder encodes the result; the captioner
-    shows it to a model."""
+    shows it to a model.
+
+    ``source`` may also be a PIL image an importer made (a figure cut from a USPTO drawing sheet, already at the
+    training size): it is normalised the same way, and its original size is its ``info["orig_size"]``."""
+    if isinstance(source, Image.Image):
+        w, h = source.size
+        if w < 1 or h < 1:
+            raise ImageError("unreadable_image", f"image has no pixels ({w}x{h})")
+        return _shrink(_flatten(source, mode), max_side), tuple(source.info.get("orig_size", (w, h)))
     if isinstance(source, (bytes, bytearray)):
         data = bytes(source)
     else:
@@ -210,8 +218,15 @@ def decode_drawing(source, mode: str = "L", max_side: int = DEFAULT_MAX_SIDE) ->
     return out, orig
 
 
+def _shrink(out: Image.Image, max_side: int) -> Image.Image:
+    """An image already in memory shrunk to ``max_side`` by the same rule (:func:`target_size`, Lanczos)."""
+    target = target_size(out.size, max_side)
+    return out.resize(target, Image.LANCZOS) if target is not None else out
+
+
 def normalize_image(source, opts: ImageOptions) -> Tuple[bytes, Tuple[int, int], Tuple[int, int]]:
-    """Decode ``source`` (a path or bytes), normalise it (:func:`decode_drawing`) and encode it.
+    """Decode ``source`` (a path, bytes or an importer's PIL image), normalise it (:func:`decode_drawing`) and
+    encode it.
 
     Returns ``(encoded bytes, original (w, h), written (w, h))``. Raises :class:`ImageError`.
     """

@@ -178,6 +178,12 @@ class PatentRecord:
         """Absolute location of ``drawing``'s image file."""
         return self.root / drawing.path
 
+    def image_source(self, drawing: Drawing, opts: Any = None) -> Any:
+        """What the shard builder decodes for ``drawing``: its file (:meth:`image_path`). Importers whose
+        drawings are not files of their own (figures cut from USPTO drawing sheets) return a PIL image made for
+        the image options ``opts`` instead."""
+        return self.image_path(drawing)
+
     def to_dict(self) -> dict[str, Any]:
         """The record as a manifest line object (only the drawings that were kept)."""
         d: dict[str, Any] = {

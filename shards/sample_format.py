@@ -47,6 +47,8 @@ CAPTIONS = "captions"          # every caption of the drawing; the .txt is the f
 ORIG_SIZE = "orig_size"        # [w, h] of the input drawing
 SIZE = "size"                  # [w, h] in the shard
 CAPTION_PROVENANCE = "caption_provenance"  # optional: where each caption came from (captions joined from a file)
+CITATIONS_EXAMINER = "citations_examiner"  # optional: the patents the examiner cited, [{number, country, kind, date}]
+                                           # (--format uspto; patentclip-eval --relevance citation reads it)
 META_FIELDS = (PATENT_ID, DRAWING_INDEX, NUM_DRAWINGS, VIEW, CLASS_ID, CLASS_CODE, CLASS_NAME, CATEGORY, GRANT_DATE,
                TITLE, CAPTIONS, ORIG_SIZE, SIZE)   # always written, in this order (then the optional ones)
 CHECKED_META_FIELDS = (CLASS_CODE, GRANT_DATE, NUM_DRAWINGS, VIEW)   # inspect reports a sample without one

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from realdata import realdata_dir
+
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture(scope="session")
+def impact_sample() -> Path:
+    """The 50 real 2021 USPTO design grants (one folder per patent: grant XML + TIFF sheets)."""
+    return realdata_dir() / "impact_sample"
 
 
 def data_args(train=None, val=None, **kw):

@@ -147,11 +147,11 @@ def test_schema_fields():
 
 
 def test_consumers_name_batch_fields_through_the_schema():
-    """No string literal of a batch field indexes a batch in the product code (plugins, launch, benchmarks)."""
+    """No string literal of a batch field indexes a batch in the product code (plugins, launch, evaluation, benchmarks)."""
     names = "|".join(re.escape(f) for f in B.FIELDS)
     literal = re.compile(rf"""\b(batch|b|micro|mb|u|f)\[\s*["']({names})["']\s*\]""")
     offenders = []
-    for folder in ("plugins", "launch", "benchmarks"):
+    for folder in ("plugins", "launch", "evaluation", "benchmarks"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             for n, line in enumerate(path.read_text().splitlines(), 1):
                 if literal.search(line):

@@ -383,7 +383,7 @@ def test_cli_matches_in_training_evaluation_and_deepspeed_folder(run_dir, synthe
     assert "linear_probe_top1" not in m2
 
 
-def test_protocol_on_real_features_against_brute_force(run_dir, synthetic_shards):
+def test_protocol_on_real_features_against_brute_force(run_dir, synthetic_shards, monkeypatch):
     """i2i metrics of the trained model recomputed from its features with plain Python loops + scikit-learn AP,
     in both relevance settings, with and without the prior-art filter."""
     import argparse
@@ -403,6 +403,18 @@ def test_protocol_on_real_features_against_brute_force(run_dir, synthetic_shards
     loader = DATASETS.get("patent-wds")(data_args, loaded.preprocess, False, tokenizer=loaded.tokenizer,
                                         class_table=ct).dataloader
     f = EF.extract_features(loaded.model, loader, "cpu")
+    # the ranking methods give the same numbers, bit for bit, on the model's own (float32) features (counting
+    # whatever the database size: small ones are otherwise sorted)
+    from patentclip.evaluation.metrics import ranks
+
+    monkeypatch.setattr(ranks, "COUNT_MIN_DB", 0)
+    for relevance in ("class", "patent"):
+        by = {m: ERT.retrieval_from_features(f, None, ES.EvalSettings(relevance=relevance, ranking=m)) for m in
+              ("count", "sort", "topk")}
+        assert by["count"]["metrics"] == by["sort"]["metrics"]
+        assert {k: v for k, v in by["sort"]["metrics"].items() if "mAP" not in k} == by["topk"]["metrics"]
+        for k, v in by["sort"]["per_query"].items():
+            assert torch.equal(by["count"]["per_query"][k], v), k
     # float64 features on both sides, so that both see the same scores (and the same exact ties: two views of a
     # body of revolution are the same drawing)
     f["image_features"] = f["image_features"].double()

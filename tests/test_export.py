@@ -240,3 +240,36 @@ def test_export_errors(run_dir, tmp_path):
                    "--model", "patentclip-tiny", "--classes-json", str(classes)]) == 0
     assert not (tmp_path / "o" / "patentclip_head.json").exists()
     assert X.main(["--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_loading_an_epoch_file_says_loaded_not_random_and_records_the_absolute_path(synthetic_shards, tmp_path):
+    """patentclip-export and patentclip-eval on an epoch_N.pt: no "Model initialized randomly" (open_clip logs it
+    while the model is built, before the checkpoint's weights are loaded) but the load itself; and the export's
+    open_clip_config.json names the checkpoint by its absolute path though --checkpoint was relative."""
+    import open_clip
+
+    from patentclip.launch.checkpoint_format import open_clip_state_dict
+    from patentclip.plugins.models import register_model_configs
+
+    register_model_configs()
+    torch.manual_seed(4)
+    model = open_clip.create_model("patentclip-tiny")
+    classes = json.loads((synthetic_shards["train_dir"] / "classes.json").read_text())
+    classes = classes["classes"] if isinstance(classes, dict) else classes
+    (tmp_path / "run").mkdir()
+    torch.save({"epoch": 1, "name": "t", "state_dict": open_clip_state_dict(model), "model": "patentclip-tiny",
+                "classes": classes}, tmp_path / "run" / "epoch_1.pt")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    r = subprocess.run([sys.executable, "-m", "patentclip.evaluation.export", "--checkpoint", "run/epoch_1.pt", "--out",
+                        "folder"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = r.stdout + r.stderr
+    assert "initialized randomly" not in log and "Loaded the weights of patentclip-tiny from" in log
+    config = json.loads((tmp_path / "folder" / "open_clip_config.json").read_text())
+    assert config["patentclip"]["source"] == str(tmp_path / "run" / "epoch_1.pt")
+    r = subprocess.run([sys.executable, "-m", "patentclip.evaluation.cli", "--val-data", synthetic_shards["val"],
+                        "--checkpoint", "run/epoch_1.pt", "--workers", "0", "--linear-probe", "off", "--out", "m.json"],
+                       cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = r.stdout + r.stderr
+    assert "initialized randomly" not in log and "Loaded the weights of patentclip-tiny from" in log

@@ -26,7 +26,7 @@ def members(tar):
 
 
 def test_code_and_id_normalisation():
-    for v in ("07-01", "0701", "7-1", "07.01", "LOC (13) Cl. 07-01", "D07/01", " 07 - 01 "):
+    for v in ("07-01", "0701", "7-1", "07.01", "LOC (13) Cl. 07-01", " 07 - 01 "):
         assert normalize_locarno(v) == "07-01", v
     assert normalize_locarno("7") == "07-00" and normalize_locarno("cups") is None and normalize_locarno(None) is None
     for v in ("USD0836880-20190101", "D836,880 S", "D0836880", "usd836880", "USD0836880"):
@@ -260,3 +260,79 @@ def test_csv_patent_from_folder_and_no_guessing_by_ambiguous_name(tmp_path):
         ("USD0900007", ["USD0900007/D00002.png"])]
     missing = [p for p in problems if p.kind == "missing_file"]
     assert len(missing) == 1 and missing[0].patent_id == "USD0900006"
+
+
+def test_locarno_codes_are_range_checked_and_us_classes_reported(tmp_path):
+    """Locarno codes are classes 01-32 with the subclasses of LOC (14) (plus -99 and a main class -00); US
+    national design classes written as the USPTO does (D15 86, D 8403, D7/1) are reported as such instead of
+    being read as Locarno 15-86 or 84-03; so are out-of-range codes."""
+    from patentclip.shards.importers.common import parse_locarno
+
+    assert parse_locarno("06-13") == ("06-13", None) and parse_locarno("LOC (14) Cl. 12-16")[0] == "12-16"
+    assert parse_locarno("32") == ("32-00", None) and parse_locarno("03-99")[0] == "03-99"
+    for value, why in (("D15 86", "US national design class"), ("D 8403", "US national design class"),
+                       ("D7/1", "US national design class"), ("15-86", "class 15 has no subclass 86"),
+                       ("84-03", "there is no class 84"), ("33", "there is no class 33"),
+                       ("32-01", "only 32-00"), ("00-01", "there is no class 00")):
+        code, reason = parse_locarno(value)
+        assert code is None and why in reason, (value, reason)
+    root = tmp_path / "csv"
+    paths = [png(root / f"USD090001{i}-20200101-D00001.png") for i in range(5)]
+    (root / "c.csv").write_text("full_path,cat\n" + "".join(
+        f"{p},{c}\n" for p, c in zip(paths, ("07-01", "D15 86", "D 8403", "15-86", "NULL"))))
+    records, problems, _ = import_csv([root / "c.csv"], ImportOptions())
+    assert [(r.patent_id, r.class_code) for r in records] == [("USD0900010", "07-01")]
+    by_patent = {p.patent_id: p for p in problems}
+    assert by_patent["USD0900011"].kind == "not_locarno" and "'D15 86' looks like a US national design class" \
+        in by_patent["USD0900011"].reason and "line 3" in by_patent["USD0900011"].reason
+    assert by_patent["USD0900012"].kind == "not_locarno" and "'D 8403'" in by_patent["USD0900012"].reason
+    assert "class 15 has no subclass 86" in by_patent["USD0900013"].reason
+    assert by_patent["USD0900014"].kind == "unknown_class"  # NULL: no class at all, not a class named "NULL"
+    # the Locarno table reports the same, row by row, and keeps the good rows
+    (tmp_path / "loc.csv").write_text("patent_id,class\nD1,D15 86\nD2,99-05\nD3,26-05\n")
+    t = LocarnoTable.load(tmp_path / "loc.csv")
+    assert t.lookup("USD0000003") == "26-05" and t.lookup("USD0000001") is None
+    assert "line 2" in t.problems[0] and "US national design class" in t.problems[0]
+    assert "there is no class 99" in t.problems[1]
+
+
+def test_literal_null_is_missing_in_deeppatent2(tmp_path):
+    """DeepPatent2's producer writes a missing object, aspect, title or caption as the string NULL: it is a missing
+    value (no 'NULL' object in titles or captions, the view unspecified), not text."""
+    root = tmp_path / "dp2"
+    png(root / "USD0836890-20190101-D00001_1.png")
+    png(root / "USD0836890-20190101-D00002_1.png")
+    recs = [{"patentID": "USD0836890-20190101", "patentdate": "NULL", "figid": "1", "caption": "NULL",
+             "object": "NULL", "aspect": "NULL", "object_title": "NULL", "figure_file": "NULL",
+             "subfigure_file": "USD0836890-20190101-D00001_1.png"},
+            {"patentID": "USD0836890-20190101", "patentdate": "20190101", "figid": "2", "caption": "FIG. 2 is a top view",
+             "object": "null", "aspect": "top view", "object_title": "Null", "locarno": "NULL",
+             "subfigure_file": "USD0836890-20190101-D00002_1.png"}]
+    (root / "design2019.json").write_text(json.dumps(recs))
+    (root / "loc.csv").write_text("patent_id,class\nUSD0836890,07-01\n")
+    records, problems, _ = import_deeppatent2([root / "design2019.json"],
+                                              ImportOptions(locarno_table=str(root / "loc.csv")))
+    assert len(records) == 1 and problems == []
+    r = records[0]
+    assert r.title == "Design USD0836890" and r.grant_date == "2019-01-01" and "object" not in r.extra
+    assert [d.view for d in r.drawings] == ["unspecified", "top"]
+    assert "caption" not in r.drawings[0].extra and "aspect" not in r.drawings[0].extra
+    assert "null" not in json.dumps([d.extra for d in r.drawings]).lower()
+
+
+def test_a_too_long_image_path_is_reported_for_its_row(tmp_path):
+    """A path longer than the file system allows ('File name too long') is a problem of its row, in the build
+    report with its line; the build goes on and writes the other rows."""
+    from patentclip.shards.cli import main
+
+    root = tmp_path / "csv"
+    good = png(root / "USD0900020-20200101-D00001.png")
+    long_path = "USD0900021-20200101-" + "x" * 5000 + ".png"
+    (root / "c.csv").write_text(f"full_path,cat\n{good},07-01\n{long_path},07-01\n")
+    rc = main(["build", "--format", "csv", "--input", str(root / "c.csv"), "--out", str(tmp_path / "o"),
+               "--split", "train=1", "--no-progress", "--workers", "1", "--default-date", "2020-01-01"])
+    assert rc == 0
+    report = json.loads((tmp_path / "o" / "build_report.json").read_text())
+    assert report["records_written"] == 1
+    text = (tmp_path / "o" / "build_report.txt").read_text()
+    assert "line 3" in text and "USD0900021" in text and "the path cannot be used (File name too long)" in text

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from patentclip.evaluation import metrics
-from patentclip.evaluation.metrics import ranking
 from patentclip.plugins.classes import head_class_mask
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
@@ -291,14 +290,16 @@ def test_auto_chunk_size_and_memory_budget():
 
 def test_auto_chunk_size_bounds_work_per_chunk(monkeypatch):
     """The chunk loop really works on ceil(Q / chunk) chunks of at most `chunk` queries each."""
+    from patentclip.evaluation.metrics import ranks
+
     seen = []
-    real = ranking._rank_chunk
+    real = ranks.chunk_statistics
 
-    def spy(order, cand_s, rel_s, ks, top_k=0):
-        seen.append(tuple(order.shape))
-        return real(order, cand_s, rel_s, ks, top_k)
+    def spy(scores, cand, rel, ks, top=0, method="count"):
+        seen.append(tuple(scores.shape))
+        return real(scores, cand, rel, ks, top, method)
 
-    monkeypatch.setattr(ranking, "_rank_chunk", spy)
+    monkeypatch.setattr(ranks, "chunk_statistics", spy)
     qf = torch.nn.functional.normalize(torch.randn(50, 4), dim=1)
     dbf = torch.nn.functional.normalize(torch.randn(30, 4), dim=1)
     lab_q, lab_db = torch.zeros(50, dtype=torch.long), torch.zeros(30, dtype=torch.long)
@@ -435,6 +436,13 @@ def test_half_precision_and_input_validation():
         metrics.retrieval_metrics(qf, qf, lab.float(), lab)
     with pytest.raises(ValueError):
         metrics.retrieval_metrics(qf, qf, lab, lab, exclude=torch.full((6,), 6))
+    for bad in (float("nan"), float("inf")):  # a bad value in the database or the queries: a clear error
+        broken = qf.clone()
+        broken[3, 5] = bad
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            metrics.retrieval_metrics(qf, broken, lab, lab)
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            metrics.retrieval_metrics(broken, qf, lab, lab)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
@@ -576,3 +584,73 @@ def test_zero_shot_equals_classification_and_topk_oracle():
     sk_bal = sklearn_metrics.balanced_accuracy_score(y, logits.argmax(1))
     # sklearn's balanced accuracy averages recall over classes present in y_true -- same definition
     assert r["balanced_top1"] == pytest.approx(sk_bal, abs=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# ranking methods: counting and topk against the full stable sort (bit for bit)
+# ---------------------------------------------------------------------------------------
+def method_case(seed):
+    """Query/database features and retrieval_metrics arguments: filters, exclusions, groups, and (odd seeds)
+    features on a coarse grid, so that many scores tie exactly, also across the top-K cut."""
+    g = torch.Generator().manual_seed(100 + seed)
+    dtype = torch.float64 if seed % 3 == 0 else torch.float32
+    nq, ndb, dim = 37, 260, 8
+    qf = torch.randn(nq, dim, generator=g, dtype=dtype)
+    dbf = torch.randn(ndb, dim, generator=g, dtype=dtype)
+    if seed % 2:
+        qf, dbf = qf.round(), dbf.clamp(-1, 1).round()
+    else:
+        qf = torch.nn.functional.normalize(qf, dim=1)
+        dbf = torch.nn.functional.normalize(dbf, dim=1)
+    ql = torch.randint(0, 3 + seed, (nq,), generator=g)
+    dl = torch.randint(0, 3 + seed, (ndb,), generator=g)
+    kw = dict(query_times=torch.randint(0, 40, (nq,), generator=g), db_times=torch.randint(0, 40, (ndb,), generator=g),
+              exclude=torch.stack([torch.randint(-1, ndb, (nq,), generator=g) for _ in range(2)], 1),
+              query_patent_ids=torch.randint(0, 50, (nq,), generator=g),
+              db_patent_ids=torch.randint(0, 50, (ndb,), generator=g),
+              label_groups={"head": ql < 2, "tail": ql >= 2})
+    if seed % 4 == 3:
+        kw = {}
+    return qf, dbf, ql, dl, kw
+
+
+@pytest.fixture()
+def count_small_databases(monkeypatch):
+    """Rank by counting whatever the database size (small ones are otherwise sorted: cheaper there)."""
+    from patentclip.evaluation.metrics import ranks
+
+    monkeypatch.setattr(ranks, "COUNT_MIN_DB", 0)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_counting_and_topk_equal_the_full_sort_bit_for_bit(seed, count_small_databases):
+    qf, dbf, ql, dl, kw = method_case(seed)
+    run = {m: metrics.retrieval_metrics(qf, dbf, ql, dl, ks=(1, 5, 10), mrr_k=10, chunk_size=6, method=m,
+                                        return_per_query=True, return_top_k=7, **kw)
+           for m in ("sort", "count", "topk")}
+    assert_same(run["count"], run["sort"])  # every metric, per-query value and top index, bit for bit
+    sort, topk = run["sort"], run["topk"]
+    assert "mAP" not in topk and "head/mAP" not in topk and "ap" not in topk["per_query"]
+    for k, v in sort.items():
+        if "mAP" not in k and k != "per_query":
+            assert_same({k: topk[k]}, {k: v})
+    pq_s, pq_t = sort["per_query"], topk["per_query"]
+    for k in ("num_relevant", "num_candidates", "hits@1", "hits@5", "hits@10"):
+        assert torch.equal(pq_t[k], pq_s[k]), k
+    first = pq_s["first_relevant_rank"]
+    assert torch.equal(pq_t["first_relevant_rank"], torch.where(first > 10, torch.full_like(first, -1), first))
+    if seed % 2:  # the grid really ties: many equal scores among the candidates of a query
+        s = (qf @ dbf.T)[0]
+        assert s.unique().numel() < s.numel() / 4
+
+
+def test_counting_on_the_hand_worked_cases(count_small_databases):
+    # the hand-worked examples above, through every method: the same numbers
+    for scores, ql, dl in (([0.9, 0.8, 0.7], [0], [0, 1, 0]), ([0.5, 0.5, 0.5], [0], [1, 0, 1]),
+                           ([[0.9, 0.8, 0.7, 0.6], [0.9, 0.8, 0.7, 0.6]], [0, 1], [0, 1, 0, 1])):
+        q, db = feats_from_scores(scores)
+        res = [metrics.retrieval_metrics(q, db, torch.tensor(ql), torch.tensor(dl), ks=(1, 2), method=m)
+               for m in ("sort", "count")]
+        assert_same(res[0], res[1])
+    with pytest.raises(ValueError, match="unknown ranking method 'radix'"):
+        metrics.retrieval_metrics(q, db, torch.tensor(ql), torch.tensor(dl), method="radix")

@@ -10,7 +10,7 @@ import conftest
 from patentclip.plugins.classes import load_class_table
 from patentclip.plugins.builtin import load_builtin_plugins
 from patentclip.plugins.registry import DATASETS
-from patentclip.plugins.samplers import ClassAwareSampler, spread_repeats, uniform01
+from patentclip.plugins.samplers import ClassAwareSampler, repeat_distance, spread_repeats, uniform01
 
 load_builtin_plugins()
 
@@ -123,18 +123,100 @@ def test_spread_repeats_keeps_copies_a_batch_apart(seed):
     assert out == spread_repeats(items, lambda x: x, 16)  # deterministic
     unique = [f"u{i}" for i in range(50)]
     assert spread_repeats(unique, lambda x: x, 16) == unique  # nothing to spread: order unchanged
-    # infeasible (a key in more than half of a 10-item list at distance 4): everything kept, spread greedily
-    tight = ["a"] * 6 + ["b", "c", "d", "e"]
-    out = spread_repeats(tight, lambda x: x, 4)
-    assert sorted(out) == sorted(tight) and out[:5] == ["a", "b", "c", "d", "a"]
+    # tight but possible: 10 keys x 8 copies in 80 items at distance 8 (every gap exactly 8), and a key with as
+    # many copies as the list has batches
+    tight = [f"t{i}" for i in range(10)] * 8
+    rng.shuffle(tight)
+    assert min_repeat_distance(spread_repeats(tight, lambda x: x, 8)) == 8
+    edge = ["a"] * 5 + [f"s{i}" for i in range(60)]
+    rng.shuffle(edge)
+    assert min_repeat_distance(spread_repeats(edge, lambda x: x, 16)) >= 16  # 4 x 16 + 1 = 65 items: fits
 
 
-@pytest.mark.parametrize("workers,kw", [(0, {}), (2, {"train_num_samples": 128})])
+def test_spread_repeats_is_optimal_against_brute_force():
+    """On every small list (exhaustive search over its orders) spread_repeats reaches the largest possible
+    distance between copies, capped at the batch size, and repeat_distance's formula ((M-1) d + c_M <= n) names
+    it exactly."""
+    import itertools
+
+    rng = random.Random(0)
+    for _ in range(400):
+        n = rng.randint(2, 7)
+        seq = [rng.randrange(rng.randint(1, n)) for _ in range(n)]
+        distance = rng.randint(2, 5)
+        best = max(min(min_repeat_distance(p), distance) for p in set(itertools.permutations(seq)))
+        out = spread_repeats(seq, lambda x: x, distance)
+        assert sorted(out) == sorted(seq)
+        assert min(min_repeat_distance(out), distance) == best, (seq, distance, out)
+        counts = [seq.count(k) for k in set(seq)]
+        assert repeat_distance(counts, n, distance) == best
+
+
+@pytest.fixture(scope="module")
+def tail_1_to_100(tmp_path_factory):
+    """Two classes of 100 and 1 patents (4 views each) in one training split, 50 drawings per shard."""
+    from conftest import shard_pattern
+    from patentclip.shards.build import build_shards
+    from patentclip.shards.synth import generate_synthetic_patents
+
+    root = tmp_path_factory.mktemp("tail100")
+    m = generate_synthetic_patents(root / "p", num_patents=101, num_classes=2, image_size=32, seed=3,
+                                   zipf_exponent=30.0, min_patents_per_class=1)
+    build_shards(m, root / "s", samples_per_shard=50, splits=(("train", 1.0),), progress=False)
+    pattern = shard_pattern(root / "s" / "train")
+    table = load_class_table(pattern)
+    assert sorted(table.counts().tolist()) == [4, 400]
+    return pattern, table
+
+
+@pytest.mark.parametrize("batch_size", [4, 16])
+def test_repeats_of_a_1_to_100_tail_at_beta_1_2(tail_1_to_100, parts, batch_size, caplog, monkeypatch):
+    """beta 1.2 on a 1:100 tail: each of the 4 tail drawings is used ~72 times in an epoch of ~400 examples (one
+    shard group), so the tail is ~70% of the stream. With batches of 4 all copies fit a batch apart ((72 - 1) x 4
+    + 4 <= 400): no window of 4 consecutive examples, hence no batch, holds a drawing twice. With batches of 16
+    they cannot (a batch of 16 needs ~11 tail examples from 4 drawings): the copies are kept repeat_distance
+    apart, the most any order allows, a batch holds at most ceil(16 / d) copies, and the loader warns with the
+    numbers. The plain shuffle does worse in both cases."""
+    from patentclip.plugins import samplers
+    from patentclip.plugins.data import patents
+
+    pattern, table = tail_1_to_100
+    # the group's copies, from the sampler (a pure function of seed, epoch, key)
+    natural = [(k, int(c)) for b in loader(data_args(pattern, batch_size=1), parts, table).dataloader
+               for k, c in zip(b["key"], b["class_id"])]
+    sampler = ClassAwareSampler(table.counts(), 1.2)
+    copies = {k: sampler.multiplicity(0, 0, k, c) for k, c in natural}
+    n = sum(copies.values())
+    tail = [k for k, m in copies.items() if m > 1]
+    assert len(tail) == 4 and all(65 <= copies[k] <= 80 for k in tail) and 380 <= n <= 430, (copies, n)
+    d = repeat_distance([m for m in copies.values() if m], n, batch_size)
+    monkeypatch.setattr(samplers, "_warned_tight_group", False)
+    # one shard group holding every copy, and an epoch of n examples: no second pass over the shards
+    args = data_args(pattern, sampler="class_aware", sampler_beta=1.2, batch_size=batch_size,
+                     shuffle_group_shards=100, train_num_samples=n)
+    with caplog.at_level("WARNING", logger="patentclip.plugins.samplers"):
+        batches = list(loader(args, parts, table).dataloader)
+    keys = [k for b in batches for k in b["key"]]
+    assert n - batch_size < len(keys) <= n
+    assert min_repeat_distance(keys) >= d
+    worst = max(max(b["key"].count(k) for k in set(b["key"])) for b in batches)
+    if batch_size == 4:
+        assert d == 4 and worst == 1 and "cannot keep" not in caplog.text
+    else:
+        assert d < 16 and 1 < worst <= math.ceil(16 / d)
+        assert "cannot keep every drawing's copies a batch (16) apart" in caplog.text
+        assert f"copies are kept {d} apart" in caplog.text and "lower --sampler-beta" in caplog.text
+    monkeypatch.setattr(patents, "spread_repeats", lambda items, key, distance: list(items))
+    plain = [k for b in loader(args, parts, table).dataloader for k in b["key"]]
+    assert min_repeat_distance(plain) < d
+
+
+@pytest.mark.parametrize("workers,kw", [(0, {"train_num_samples": 176}), (2, {"train_num_samples": 128})])
 def test_no_batch_holds_a_drawing_twice(synthetic_shards, parts, workers, kw, monkeypatch):
     """With beta 1.2 tail drawings are repeated within the epoch; the repeats never meet in one batch (they
-    would be each other's negatives), while the plain group shuffle does put some in one batch. (With 2
-    workers the epoch is shortened so that no worker rolls over into a second pass of its shards, where a
-    drawing can meet its copy from the first pass at a group boundary: documented in samplers.py.)"""
+    would be each other's negatives), while the plain group shuffle does put some in one batch. (The epoch is
+    shortened so that no worker rolls over into a second pass of its shards, where a drawing can meet its copy
+    from the first pass at a group boundary: documented in samplers.py.)"""
     from patentclip.plugins.data import patents
 
     table = load_class_table(synthetic_shards["train"])

@@ -92,3 +92,27 @@ def test_classes_are_learnable_by_a_simple_classifier(corpus):
     acc = float((pred == yte).mean())
     majority = float(np.bincount(yte).max() / len(yte))
     assert acc > max(0.5, majority + 0.15), (acc, majority)
+
+
+def test_captions_describe_each_patents_own_design(corpus):
+    """Captions carry the shape words of each patent's drawn parameters (the family's Traits, read again from the
+    same per-patent generator), so patents of one class get different captions: the image-text metrics measure
+    the model, not ties between identical captions."""
+    from patentclip.shards.synth.geometry import _Model
+
+    m, recs = corpus
+    by_class = {}
+    for i, r in enumerate(recs):
+        dc = next(c for c in DESIGN_CLASSES if c.code == r["class"])
+        traits = dc.builder(_Model(), np.random.default_rng([3, i, 0xD35]))  # the corpus's seed 3, patent i
+        assert traits.adjectives or traits.features
+        text = " ".join(c for d in r["drawings"] for c in d["captions"])
+        for word in traits.adjectives:
+            assert word in text, (r["patent_id"], word, text)
+        assert any(f in text for f in traits.features), (r["patent_id"], traits.features)
+        by_class.setdefault(r["class"], []).append(tuple(sorted(set(c for d in r["drawings"] for c in d["captions"]))))
+    for code, caption_sets in by_class.items():
+        assert len(set(caption_sets)) == len(caption_sets), code  # no two patents share their captions
+    front = [d["captions"] for r in recs for d in r["drawings"] if d["view"] == "front"]
+    flat = [c for cs in front for c in cs]
+    assert len(set(flat)) > 0.9 * len(flat)  # front-view captions are nearly all distinct across the corpus

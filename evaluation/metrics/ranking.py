@@ -6,7 +6,8 @@ Definitions
 :func:`retrieval_metrics` -- image retrieval as in "Large Language Model Informed Patent Image
 Retrieval" (sec. 3.4).  For a query ``q`` let ``C_q`` be its *candidate set* (the database,
 minus items removed by the prior-art time filter, ``exclude`` and the same-patent exclusion),
-ranked by similarity, and ``Rel_q`` the relevant candidates (``db_label == query_label``).  A
+ranked by similarity, and ``Rel_q`` the relevant candidates (``db_label == query_label``, or
+the database items listed for ``q`` in ``relevant``, e.g. its examiner's citations).  A
 query with ``|Rel_q| = 0`` is *not valid*: it is left out of every average and counted in
 ``num_queries_without_relevant``.  For a valid query, with ``rel(i)`` = 1 if the candidate at
 rank ``i`` is relevant:
@@ -33,99 +34,59 @@ rank ``i`` is relevant:
   "per-class" mAP; equals ``mAP`` when every label has the same number of valid queries).
 
 :func:`image_text_recall` -- DesignCLIP-style image<->text retrieval R@1/5/10, the hit-rate
-definition (``HitRate@K`` above; sample ``i``'s image and text are the positive pair by default).
+definition (``HitRate@K`` above; sample ``i``'s image and text are the positive pair by default;
+identical texts count as one text, whose positives are all the drawings it describes, when
+``text_ids`` says which texts are identical).
 
 Memory and cost
 ---------------
 :func:`retrieval_metrics` works on ``chunk_size`` queries at a time against the whole database:
-one ``(chunk_size, N)`` score matrix, its stable sort and a few masks of the same shape, about
+one ``(chunk_size, N)`` score matrix and a few masks and index arrays of the same shape, at most
 :data:`BYTES_PER_SCORE` bytes per (query, database item) pair of the chunk.  Without an explicit
 ``chunk_size`` the chunk is sized from ``max_chunk_bytes`` (default 1 GiB), so peak memory is
-bounded whatever the number of queries; work is one dot product and one sort per pair, i.e.
-``O(Q * N * D + Q * N log N)``, linear in ``Q x N`` up to the log factor of the sort
-(``benchmarks/eval_scaling.py`` measures it).
+bounded whatever the number of queries.  Work: one dot product per pair, then the ranking of
+:mod:`patentclip.evaluation.metrics.ranks` (``method``): by default the top K by ``torch.topk``
+and the ranks of the relevant items by counting, linear in ``N`` (no row is sorted whole; small
+databases excepted, where sorting is cheaper); ``method="sort"``, the former path, sorts every
+row.  ``benchmarks/eval_scaling.py`` measures all three in one run.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Mapping, Optional, Sequence
+from typing import Dict, Iterable, Mapping, Optional
 
 import torch
 
+from patentclip.evaluation.metrics import ranks as R
 from patentclip.evaluation.metrics.inputs import NAN, as_tensor, cutoffs, feature_matrix, mean, vector
 
 #: Bytes of working memory per (query, database item) pair of a chunk in :func:`retrieval_metrics`
-#: (an upper estimate): at the sort, fp32 scores (4) + sorted values and int64 indices (12) + the
-#: sort's own scratch (up to 12) + candidate / relevance masks (2); afterwards int64 order (8) +
-#: masks in rank order (2) + int32 candidate ranks (4) + about 40 bytes per *relevant* pair for
-#: the AP bookkeeping.  48 covers a relevant fraction up to ~0.8.
+#: (an upper estimate).  method "sort": fp32 scores (4) + sorted values and int64 indices (12) +
+#: the sort's scratch (up to 12) + masks (2), then masks in rank order and int32 ranks (6) and about
+#: 40 bytes per *relevant* pair for the AP bookkeeping.  method "count": scores (4) + masks (3) +
+#: int64 cell indices (8) and their float source (4) + a histogram of at most one int64 per item
+#: (8) + the sorted subset (~16 per subset pair); measured 40 at an 823K database.
 BYTES_PER_SCORE = 48
-
-
-def _rank_chunk(order: torch.Tensor, cand_s: torch.Tensor, rel_s: torch.Tensor, ks: Sequence[int], top_k: int = 0):
-    """Rank statistics of one chunk of queries.
-
-    order (c, N) int64: database indices by decreasing score (stable sort, ties by index);
-    cand_s / rel_s (c, N) bool: the candidate / relevant masks in that order (rel_s within
-    cand_s).  Returns per-query tensors: AP (float64, 0 for queries without relevant), rank of
-    the first relevant candidate (int64, 0 = none), #relevant candidates, #candidates, for
-    every K in ``ks`` the number of relevant items among the top-K candidates, and
-    (``top_k`` > 0) the database indices of the ``top_k`` best candidates, ``(c, top_k)``
-    int64 padded with -1.
-    """
-    c, n = order.shape
-    dev = order.device
-    # Rank of each position among the *candidates* (non-candidates may sit anywhere in the
-    # sorted row; they do not count, so no score masking is needed).
-    cand_rank = torch.cumsum(cand_s, dim=1, dtype=torch.int32)
-    top = None
-    if top_k > 0:
-        top = torch.full((c, top_k), -1, dtype=torch.int64, device=dev)
-        tr, tc = (cand_s & (cand_rank <= top_k)).nonzero(as_tuple=True)
-        top[tr, cand_rank[tr, tc].to(torch.int64) - 1] = order[tr, tc]
-        del tr, tc
-    rows, cols = rel_s.nonzero(as_tuple=True)  # row-major => relevant items in rank order
-    rank_of_rel = cand_rank[rows, cols].to(torch.int64)  # candidate rank of each relevant item
-    del cols
-    num_cand = cand_rank[:, -1].to(torch.int64) if n else torch.zeros(c, dtype=torch.int64, device=dev)
-    del cand_rank
-    num_rel = torch.bincount(rows, minlength=c)
-    # j-th relevant item of its query (1-based) = #relevant at or above it.
-    starts = torch.cumsum(num_rel, 0) - num_rel
-    j = torch.arange(rows.numel(), device=dev) - starts[rows] + 1
-    prec = j.double() / rank_of_rel.double()
-    del j
-    ap = torch.zeros(c, dtype=torch.float64, device=dev).index_add_(0, rows, prec)
-    del prec
-    ap = ap / num_rel.clamp_min(1).double()
-    big = torch.iinfo(torch.int64).max
-    first = torch.full((c,), big, dtype=torch.int64, device=dev)
-    first = first.scatter_reduce(0, rows, rank_of_rel, reduce="amin", include_self=True)
-    first = torch.where(first == big, torch.zeros_like(first), first)
-    hits = {}
-    for k in ks:
-        hits[k] = torch.zeros(c, dtype=torch.int64, device=dev).index_add_(
-            0, rows, (rank_of_rel <= k).to(torch.int64))
-    return ap, first, num_rel, num_cand, hits, top
 
 
 def _aggregate(pq: Mapping[str, torch.Tensor], mask: Optional[torch.Tensor], ks, mrr_k,
                labels: torch.Tensor, prefix: str = "") -> Dict[str, float]:
-    n_total = pq["ap"].shape[0]
+    n_total = pq["num_relevant"].shape[0]
     if mask is None:
         mask = torch.ones(n_total, dtype=torch.bool)
     valid = mask & (pq["num_relevant"] > 0)
     out: Dict[str, float] = {}
-    ap = pq["ap"][valid]
-    out[f"{prefix}mAP"] = mean(ap)
-    # per-label (macro) mAP
-    if ap.numel():
-        lab = labels[valid]
-        uniq, inv = torch.unique(lab, return_inverse=True)
-        sums = torch.zeros(uniq.numel(), dtype=torch.float64).index_add_(0, inv, ap)
-        cnts = torch.bincount(inv, minlength=uniq.numel()).double()
-        out[f"{prefix}mAP_macro"] = float((sums / cnts).mean())
-    else:
-        out[f"{prefix}mAP_macro"] = NAN
+    if "ap" in pq:  # not with method="topk"
+        ap = pq["ap"][valid]
+        out[f"{prefix}mAP"] = mean(ap)
+        # per-label (macro) mAP
+        if ap.numel():
+            lab = labels[valid]
+            uniq, inv = torch.unique(lab, return_inverse=True)
+            sums = torch.zeros(uniq.numel(), dtype=torch.float64).index_add_(0, inv, ap)
+            cnts = torch.bincount(inv, minlength=uniq.numel()).double()
+            out[f"{prefix}mAP_macro"] = float((sums / cnts).mean())
+        else:
+            out[f"{prefix}mAP_macro"] = NAN
     for k in ks:
         h = pq[f"hits@{k}"][valid]
         out[f"{prefix}R@{k}"] = mean(h.double() / pq["num_relevant"][valid].double())
@@ -136,7 +97,8 @@ def _aggregate(pq: Mapping[str, torch.Tensor], mask: Optional[torch.Tensor], ks,
         h = pq[f"hits@{k}"][valid]
         out[f"{prefix}P@{k}"] = mean(h.double() / k)
     first = pq["first_relevant_rank"][valid]
-    rr = torch.where(first <= mrr_k, 1.0 / first.double(), torch.zeros_like(first, dtype=torch.float64))
+    rr = torch.where((first >= 1) & (first <= mrr_k), 1.0 / first.double(),
+                     torch.zeros_like(first, dtype=torch.float64))
     out[f"{prefix}MRR@{mrr_k}"] = mean(rr)
     n_q = int(mask.sum())
     n_valid = int(valid.sum())
@@ -171,6 +133,8 @@ def retrieval_metrics(
     label_groups: Optional[Mapping[str, torch.Tensor]] = None,
     return_per_query: bool = False,
     return_top_k: int = 0,
+    method: str = "count",
+    relevant: Optional[torch.Tensor] = None,
 ) -> Dict[str, object]:
     """Image-retrieval metrics (mAP, R@K, HitRate@K, P@K, MRR@K) with the optional prior-art time filter.
 
@@ -205,6 +169,17 @@ def retrieval_metrics(
         return_top_k: also return ``top_indices``: a ``(Q, return_top_k)`` CPU int64 tensor of
             the database indices of each query's best candidates in rank order (``-1`` where a
             query has fewer candidates).
+        method: how rows are ranked (:mod:`patentclip.evaluation.metrics.ranks`; same results):
+            ``"count"`` (default) ranks the relevant items by counting and the top K by
+            ``torch.topk``, without sorting whole rows; ``"sort"`` sorts every row (the reference);
+            ``"topk"`` computes the top-K metrics only (R@K, HitRate@K, P@K, MRR@K; no ``mAP`` keys,
+            and ``first_relevant_rank`` is -1 for a first relevant item below the top ``max(ks,
+            mrr_k)``).
+        relevant: optional ``(Q, M)`` integer tensor of the database indices relevant to each
+            query, padded with ``-1``; when given it **replaces** label equality as the
+            relevance rule (e.g. the drawings of the patents an examiner cited against the
+            query's patent); the labels then only group queries for ``mAP_macro``. A relevant
+            item must still be a candidate (time filter and exclusions apply).
 
     Returns:
         dict with ``mAP``, ``R@K``, ``HitRate@K`` and ``P@K`` for each K in ``ks``,
@@ -219,6 +194,8 @@ def retrieval_metrics(
     mrr_k = int(mrr_k)
     if mrr_k < 1:
         raise ValueError("mrr_k must be >= 1")
+    if method not in R.METHODS:
+        raise ValueError(f"unknown ranking method {method!r}; choose one of {', '.join(R.METHODS)}")
     return_top_k = int(return_top_k)
     if return_top_k < 0:
         raise ValueError("return_top_k must be >= 0")
@@ -228,6 +205,9 @@ def retrieval_metrics(
     if q.shape[1] != db.shape[1]:
         raise ValueError(f"feature dims differ: {q.shape[1]} vs {db.shape[1]}")
     n_q, n_db = q.shape[0], db.shape[0]
+    # a NaN or infinity anywhere in a row makes its sum non-finite: one value per row, no (N, D) temporary
+    if not (bool(torch.isfinite(q.sum(1)).all()) and bool(torch.isfinite(db.sum(1)).all())):
+        raise ValueError("NaN or infinite values in the features")
     if chunk_size is None:
         chunk_size = auto_chunk_size(n_db, max_chunk_bytes)
     if chunk_size < 1:
@@ -262,6 +242,17 @@ def retrieval_metrics(
         if ex.numel() and (int(ex.max()) >= n_db or int(ex.min()) < -1):
             raise ValueError("exclude indices must be in [-1, N)")
 
+    rel_idx = None
+    if relevant is not None:
+        rel_idx = as_tensor(relevant, dev)
+        if rel_idx.is_floating_point() or rel_idx.dtype == torch.bool or rel_idx.dim() != 2 or \
+                rel_idx.shape[0] != n_q:
+            raise ValueError(f"relevant must be a ({n_q}, M) integer tensor, got "
+                             f"{tuple(rel_idx.shape)} {rel_idx.dtype}")
+        rel_idx = rel_idx.to(torch.int64)
+        if rel_idx.numel() and (int(rel_idx.max()) >= n_db or int(rel_idx.min()) < -1):
+            raise ValueError("relevant indices must be in [-1, N)")
+
     groups = {}
     if label_groups:
         for name, m in label_groups.items():
@@ -275,12 +266,9 @@ def retrieval_metrics(
     for s in range(0, n_q, chunk_size):
         e = min(s + chunk_size, n_q)
         c = e - s
-        scores = q[s:e] @ db.T  # (c, N)
-        if torch.isnan(scores).any():
-            raise ValueError("NaN similarity scores (NaN in the features?)")
-        cand = torch.ones((c, n_db), dtype=torch.bool, device=dev)
-        if q_t is not None:
-            cand &= db_t[None, :] < q_t[s:e, None]
+        scores = q[s:e] @ db.T  # (c, N); finite: the features were checked
+        cand = db_t[None, :] < q_t[s:e, None] if q_t is not None else \
+            torch.ones((c, n_db), dtype=torch.bool, device=dev)
         if q_pid is not None:
             cand &= db_pid[None, :] != q_pid[s:e, None]
         if ex is not None:
@@ -288,17 +276,23 @@ def retrieval_metrics(
             ok = exc >= 0
             r = torch.arange(c, device=dev)[:, None].expand_as(exc)[ok]
             cand[r, exc[ok]] = False
-        # Stable descending sort: equal scores keep database-index order (tie-break by index).
-        order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-        del scores
-        rel = (db_lab[None, :] == q_lab[s:e, None]) & cand
-        rel_s = rel.gather(1, order)
-        del rel
-        cand_s = cand.gather(1, order)
-        del cand
-        ap, first, nrel, ncand, hits, top = _rank_chunk(order, cand_s, rel_s, ks, return_top_k)
-        del order, cand_s, rel_s
-        ap_l.append(ap.cpu())
+        if rel_idx is None:
+            rel = (db_lab[None, :] == q_lab[s:e, None]) & cand
+        else:  # the given relevant items (citations) instead of label equality, still only candidates
+            rel = torch.zeros((c, n_db), dtype=torch.bool, device=dev)
+            ri = rel_idx[s:e]
+            ok = ri >= 0
+            rel[torch.arange(c, device=dev)[:, None].expand_as(ri)[ok], ri[ok]] = True
+            rel &= cand
+        # the metrics' statistics of the chunk (ties: the smaller database index first)
+        st = R.chunk_statistics(scores, cand, rel, sorted(set(ks) | {mrr_k}) if method == "topk" else ks,
+                                return_top_k, method)
+        del scores, cand, rel
+        ap, first, nrel, ncand, top = (st["ap"], st["first_relevant_rank"], st["num_relevant"],
+                                       st["num_candidates"], st["top"])
+        hits = {k: st[f"hits@{k}"] for k in ks}
+        if ap is not None:
+            ap_l.append(ap.cpu())
         first_l.append(first.cpu())
         nrel_l.append(nrel.cpu())
         ncand_l.append(ncand.cpu())
@@ -311,7 +305,7 @@ def retrieval_metrics(
         return torch.cat(xs) if xs else torch.zeros(0, dtype=dtype)
 
     pq = {
-        "ap": cat(ap_l, torch.float64),
+        **({"ap": cat(ap_l, torch.float64)} if method != "topk" else {}),
         "first_relevant_rank": cat(first_l, torch.int64),
         "num_relevant": cat(nrel_l, torch.int64),
         "num_candidates": cat(ncand_l, torch.int64),
@@ -331,6 +325,19 @@ def retrieval_metrics(
 
 
 @torch.no_grad()
+def merge_identical_texts(text_features: torch.Tensor, text_ids) -> tuple:
+    """``(features of each distinct text, index of each sample's text among them)`` for ``text_ids[j]`` = an id
+    that is equal for identical texts (e.g. the row index of text j's token sequence among the distinct ones).
+    The features of a distinct text are those of its first sample (identical texts have identical features)."""
+    dev = text_features.device
+    ids = vector(text_ids, text_features.shape[0], "text_ids", dev)
+    _, inverse = torch.unique(ids, return_inverse=True)
+    n_u = int(inverse.max()) + 1 if inverse.numel() else 0
+    first = torch.full((n_u,), text_features.shape[0], dtype=torch.long, device=dev)
+    first = first.scatter_reduce(0, inverse, torch.arange(ids.shape[0], device=dev), reduce="amin")
+    return text_features[first], inverse
+
+
 def image_text_recall(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
@@ -338,6 +345,7 @@ def image_text_recall(
     *,
     image_groups: Optional[torch.Tensor] = None,
     text_groups: Optional[torch.Tensor] = None,
+    text_ids: Optional[torch.Tensor] = None,
     chunk_size: Optional[int] = None,
     max_chunk_bytes: int = 1 << 30,
 ) -> Dict[str, float]:
@@ -355,6 +363,15 @@ def image_text_recall(
     * ``text_to_image_R@K`` = fraction of texts for which at least one positive image is among
       the K images most similar to the text.
 
+    **Identical texts** (``text_ids``: equal ids for identical captions, with sample ``i``'s image and
+    text the pair): an evaluation set often holds the same caption for several drawings, and
+    identical texts have bit-identical features, so with one text per sample the rank of a
+    drawing's own copy among them, hence R@K, would depend on the order of the samples. With
+    ``text_ids`` they are one text: the gallery of image->text holds each distinct text once, and
+    its positives for an image are that image's caption; text->image has one query per distinct
+    text, whose positives are all the drawings it describes. ``text_to_image_R@K`` is then a
+    fraction of the distinct texts. The result does not depend on the order of the samples.
+
     Similarity = dot product (features assumed L2-normalised); ties broken by index.  An image
     (text) that has no positive text (image) at all is left out of the fraction.  Same code
     path as :func:`retrieval_metrics` (its ``HitRate@K``), chunked the same way.
@@ -363,6 +380,13 @@ def image_text_recall(
     img = feature_matrix(image_features, "image_features")
     dev = img.device
     txt = feature_matrix(text_features, "text_features", dev).to(img.dtype)
+    if text_ids is not None:
+        if image_groups is not None or text_groups is not None:
+            raise ValueError("text_ids pairs image i with text i: give it without image_groups/text_groups")
+        if img.shape[0] != txt.shape[0]:
+            raise ValueError(f"{img.shape[0]} images vs {txt.shape[0]} texts: text_ids needs one text per image")
+        txt, image_groups = merge_identical_texts(txt, text_ids)
+        text_groups = torch.arange(txt.shape[0], device=dev)
     n_i, n_t = img.shape[0], txt.shape[0]
     ig = torch.arange(n_i, device=dev) if image_groups is None else vector(image_groups, n_i, "image_groups", dev)
     tg = torch.arange(n_t, device=dev) if text_groups is None else vector(text_groups, n_t, "text_groups", dev)

@@ -11,7 +11,7 @@ Stages, each a generator over the previous one (webdataset style), composed by :
    ``multiplicity(seed, epoch, key, class_id)``; the repeats are numbered by ``copy``.
 5. :func:`shuffle_group` (training): a permutation seeded by (seed, epoch, group index, first shard's name); then
    the repeats of one drawing are moved at least a batch apart (``samplers.spread_repeats``): no batch holds a
-   drawing twice.
+   drawing twice, wherever the group has room for it (else as far apart as any order allows, with a warning).
 
 A group's examples are a list (the shuffle needs all of them), and a position in it is what the loader's resume
 state records.

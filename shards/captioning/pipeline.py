@@ -30,7 +30,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from ..images import ImageError, decode_drawing
+from ..images import ImageError, ImageOptions, decode_drawing
 from .engines import Engine, Request, Result
 from .instructions import Instruction
 from .parsing import clean_description, clean_generated
@@ -70,7 +70,8 @@ class CaptionSettings:
 def load_image(task: DrawingTask, max_side: int):
     """The drawing as an RGB PIL image (longest side ``max_side``), or the :class:`ImageError` that stops it."""
     try:
-        return decode_drawing(task.image_path, "RGB", max_side)[0]
+        src = task.source(ImageOptions(mode="RGB", max_side=max_side)) if task.source else task.image_path
+        return decode_drawing(src, "RGB", max_side)[0]
     except ImageError as exc:
         return exc
 

@@ -15,10 +15,11 @@ vLLM and HTTP endpoints).
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
 from patentclip.plugins.seeding import stable_int
 
@@ -47,6 +48,9 @@ class DrawingTask:
     line: int = 0
     path: str = ""
     extra: Dict[str, object] = field(default_factory=dict)
+    #: what to decode when the drawing is not a file of its own (a figure cut from a USPTO sheet): called with
+    #: the ImageOptions, it returns the image (the record's ``image_source``)
+    source: Optional[Callable] = None
 
 
 def drawing_tasks(records: Iterable) -> List[DrawingTask]:
@@ -61,7 +65,7 @@ def drawing_tasks(records: Iterable) -> List[DrawingTask]:
                     f["object"], f["a_object"] = obj, article(obj)
             f["grant_date"] = r.grant_date
             out.append(DrawingTask(len(out), sample_key(r.patent_id, d.index), r.image_path(d), f,
-                                   d.extra.get("_line", r.line), d.path))
+                                   d.extra.get("_line", r.line), d.path, source=functools.partial(r.image_source, d)))
     return out
 
 

@@ -46,23 +46,72 @@ _ID_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _DESIGN_NO = re.compile(r"(?<![A-Za-z0-9])(?:US)?D0*([1-9]\d{5,6})(?![0-9])(?:-(\d{8})(?![0-9]))?", re.IGNORECASE)
 
 
-def normalize_locarno(value: Any) -> Optional[str]:
-    """A Locarno code as ``CC-SS``: ``07-01``, ``0701``, ``7-1``, ``07.01``, ``LOC (13) Cl. 07-01`` all give
-    ``07-01``; a main class alone (``07``) gives ``07-00``. None when the value is not a code."""
+#: Locarno edition whose subclasses :data:`LOCARNO_SUBCLASSES` lists.
+LOCARNO_EDITION = 14
+#: Class -> its highest numbered subclass in LOC (14) (2023). Every class also has subclass 99 (miscellaneous),
+#: except 31 and 32, which have no subclasses (only ``31-00``, ``32-00``). A code ``CC-00`` names a main class.
+#: Vacant subclasses (e.g. 03-02) are accepted: older editions used them. Class 99 is not Locarno's: it is this
+#: project's "miscellaneous" for records without a class (``--missing-class other``: ``99-00`` only).
+LOCARNO_SUBCLASSES = {
+    "01": 6, "02": 7, "03": 5, "04": 4, "05": 6, "06": 13, "07": 10, "08": 11, "09": 10, "10": 7, "11": 5,
+    "12": 17, "13": 3, "14": 6, "15": 10, "16": 6, "17": 5, "18": 4, "19": 8, "20": 3, "21": 4, "22": 6, "23": 9,
+    "24": 4, "25": 4, "26": 6, "27": 7, "28": 5, "29": 2, "30": 15, "31": 0, "32": 0,
+}
+#: A US national design class written as the USPTO does (``D15/86``, ``D 8/403``, ``D15 86``): "D", the class
+#: number 1-99, a subclass. Never a Locarno code (Locarno codes carry no "D").
+_USPC_DESIGN = re.compile(r"D\s*\d{1,2}\s*([-/.,_ ]\s*)?\d{1,4}[A-Z]?")
+
+
+def parse_locarno(value: Any) -> Tuple[Optional[str], Optional[str]]:
+    """(``CC-SS`` code, None) for a Locarno code, or (None, why it is not one).
+
+    Spellings: ``07-01``, ``0701``, ``7-1``, ``07.01``, ``LOC (14) Cl. 07-01`` give ``07-01``; a main class alone
+    (``07``) gives ``07-00``. Refused: classes outside 01-32, subclasses the class does not have in LOC (14)
+    (:data:`LOCARNO_SUBCLASSES`), and US national design classes (``D15/86``, ``D 8403``: a ``D`` prefix, which
+    Locarno codes never have), whose digits would otherwise read as a wrong Locarno code (15-86, 84-03)."""
     if value is None:
+        return None, "no class"
+    raw = str(value).strip()
+    s = raw.upper()
+    if not s or s in MISSING_VALUES:
+        return None, "no class"
+    if _USPC_DESIGN.fullmatch(s):
+        return None, (f"{raw!r} looks like a US national design class (USPC D<class>/<subclass>), not a Locarno "
+                      f"code")
+    s = re.sub(r"^(LOC\s*(\(\d+\))?\s*(CL\.?)?|CL\.?)\s*", "", s).strip()
+    m = (re.fullmatch(r"(\d{1,2})\s*[-./_ ]\s*(\d{1,2})", s) or re.fullmatch(r"(\d{2})(\d{2})", s)
+         or re.fullmatch(r"(\d{1,2})()", s))
+    if not m:
+        return None, f"{raw!r} is not a Locarno class code"
+    cls, sub = int(m.group(1)), int(m.group(2) or 0)
+    code = f"{cls:02d}-{sub:02d}"
+    if code == "99-00":
+        return code, None
+    top = LOCARNO_SUBCLASSES.get(f"{cls:02d}")
+    if top is None:
+        return None, f"{raw!r}: Locarno classes are 01-32, there is no class {cls:02d}"
+    if not (sub == 0 or (top > 0 and (sub == 99 or 1 <= sub <= top))):
+        have = f"{cls:02d}-01 to {cls:02d}-{top:02d} and {cls:02d}-99" if top else f"only {cls:02d}-00"
+        return None, f"{raw!r}: Locarno class {cls:02d} has no subclass {sub:02d} (LOC ({LOCARNO_EDITION}): {have})"
+    return code, None
+
+
+def normalize_locarno(value: Any) -> Optional[str]:
+    """The ``CC-SS`` code of a Locarno code, None when the value is not one (:func:`parse_locarno` says why)."""
+    return parse_locarno(value)[0]
+
+
+#: Values that mean "no value" in the source tables (DeepPatent2's producer writes the string ``NULL``).
+MISSING_VALUES = frozenset({"NULL"})
+
+
+def present(value: Any) -> Optional[str]:
+    """A field's text, stripped, or None when it is absent, not text, empty or a missing-value marker
+    (:data:`MISSING_VALUES`, compared in upper case: ``NULL``, ``null``)."""
+    if not isinstance(value, str):
         return None
-    s = str(value).strip().upper()
-    s = re.sub(r"^(LOC\s*(\(\d+\))?\s*(CL\.?)?|CL\.?|D)\s*", "", s).strip()
-    m = re.fullmatch(r"(\d{1,2})\s*[-./_ ]\s*(\d{1,2})", s)
-    if m:
-        return f"{int(m.group(1)):02d}-{int(m.group(2)):02d}"
-    m = re.fullmatch(r"(\d{2})(\d{2})", s)
-    if m:
-        return f"{m.group(1)}-{m.group(2)}"
-    m = re.fullmatch(r"(\d{1,2})", s)
-    if m:
-        return f"{int(m.group(1)):02d}-00"
-    return None
+    s = value.strip()
+    return s if s and s.upper() not in MISSING_VALUES else None
 
 
 def canonical_patent_key(value: Any) -> str:
@@ -184,9 +233,10 @@ class ClassNames:
     def load(cls, path) -> "ClassNames":
         names = {}
         for line, (code, name), problem in table_rows(path, [None, None]):
-            c = normalize_locarno(code)
+            c, why = parse_locarno(code)
             if problem or not c or not name or not str(name).strip():
-                raise ValueError(f"{path}: line {line}: expected a Locarno code and a name, got {code!r}, {name!r}")
+                raise ValueError(f"{path}: line {line}: expected a Locarno code and a name, got {code!r}, {name!r}"
+                                 + (f" ({why})" if code and why else ""))
             names[c] = str(name).strip()
         return cls(names)
 
@@ -236,14 +286,14 @@ class LocarnoTable:
             if name_column and name_column not in [h.strip() for h in header]:
                 cols = cols[:2]
         for line, vals, problem in table_rows(path, cols):
-            pid, raw_code = vals[0], vals[1]
+            pid, raw_code = present(str(vals[0]) if vals[0] is not None else None), vals[1]
             name = vals[2] if len(vals) > 2 else None
-            if problem or pid in (None, "") or raw_code in (None, ""):
+            if problem or pid is None or present(str(raw_code) if raw_code is not None else None) is None:
                 t.problems.append(f"{path}: line {line}: {problem or 'missing patent id or class'}")
                 continue
-            code = normalize_locarno(raw_code)
+            code, why = parse_locarno(raw_code)
             if code is None:
-                t.problems.append(f"{path}: line {line}: patent {pid}: {raw_code!r} is not a Locarno class code")
+                t.problems.append(f"{path}: line {line}: patent {pid}: {why}; row skipped")
                 continue
             for key in dict.fromkeys((str(pid).strip(), canonical_patent_key(pid))):
                 if key in t.classes and t.classes[key] != code:
@@ -288,6 +338,13 @@ class ImportOptions:
     caption_column: Optional[str] = None
     class_name_column: Optional[str] = None
     delimiter: Optional[str] = None
+    # uspto (shards/uspto): figures, sheets or both; read figure labels with OCR; segmentation processes;
+    # segmentation cache folder (None: the default, "none": no cache); progress bar
+    uspto_images: str = "figures"
+    ocr: bool = True
+    workers: int = 1
+    segment_cache: Optional[str] = None
+    progress: bool = False
 
     def __post_init__(self):
         if self.missing_class not in ("skip", "other"):
@@ -324,14 +381,19 @@ class Collector:
         self.problems.append(Problem(line, pid, f"{self.source} line {line}: {msg}", kind, scope, source=self.source,
                                      **kw))
 
-    def resolve(self, rel: str) -> Optional[str]:
-        """The image's path relative to the root (or absolute) if the file exists, else None. Files not at
-        ``root/rel`` are looked up by name anywhere under the root (an index built once); a name that occurs more
-        than once there is not resolved. A file that resolves outside the root and ``allowed_roots`` (a symlink,
-        an absolute path elsewhere) raises :class:`OutsideRoot`."""
+    def resolve(self, rel: str) -> Tuple[Optional[str], str]:
+        """(the image's path relative to the root, or absolute, if the file exists, else None; why not). Files not
+        at ``root/rel`` are looked up by name anywhere under the root (an index built once); a name that occurs
+        more than once there is not resolved. A path the operating system refuses (a name longer than the file
+        system allows, an invalid byte) is reported for its row, not raised. A file that resolves outside the
+        root and ``allowed_roots`` (a symlink, an absolute path elsewhere) raises :class:`OutsideRoot`."""
         p = Path(rel)
         full = p if p.is_absolute() else self.root / p
-        if full.is_file():
+        try:
+            is_file = full.is_file()
+        except (OSError, ValueError) as exc:
+            return None, f"the path cannot be used ({getattr(exc, 'strerror', None) or exc})"
+        if is_file:
             found = str(rel)
         else:
             if self._basename_index is None:
@@ -343,12 +405,12 @@ class Collector:
                         self._basename_index[f] = None if f in self._basename_index else rel_f
             found = self._basename_index.get(p.name)
             if found is None:
-                return None
+                return None, f"file not found under {self.root}"
             full = self.root / found
         real = outside_roots(full, [self.root, *self.opts.allowed_roots])
         if real is not None:
             raise OutsideRoot(real)
-        return found
+        return found, ""
 
     def add(self, line: int, pid: str, *, date: Optional[str], code: Optional[str], title: Optional[str],
             obj: Optional[str], path: str, view: str, captions: Tuple[str, ...], extra: Dict[str, Any],
@@ -412,15 +474,16 @@ class Collector:
             ordered = sorted(p["drawings"], key=lambda d: d[0]) if any(d[0] for d in p["drawings"]) else p["drawings"]
             for order, dline, rel, view, captions, extra in ordered:
                 try:
-                    found = self.resolve(rel)
+                    found, why = self.resolve(rel)
                 except OutsideRoot as real:
                     self.problem(dline, pid, "outside_root", "drawing", f"patent {pid}: image {rel!r} resolves to "
                                  f"{real}, outside {self.root} (a symlink?); refused (--allow-root DIR admits "
                                  f"another folder)", path=rel)
                     continue
                 if found is None:
-                    self.problem(dline, pid, "missing_file", "drawing", f"patent {pid}: image {rel!r}: file not found "
-                                 f"under {self.root}", path=rel)
+                    shown = rel if len(rel) <= 200 else f"{rel[:120]}...{rel[-60:]} ({len(rel)} characters)"
+                    self.problem(dline, pid, "missing_file", "drawing", f"patent {pid}: image {shown!r}: {why}; "
+                                 "drawing skipped", path=rel)
                     continue
                 if found != rel:
                     extra = {**extra, "_input_path": rel}  # a captions file may name the image as the input did

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 from ..manifest import PatentRecord, Problem
-from .common import Collector, ImportOptions, normalize_locarno, parse_date, patent_id_from_path, view_name
+from .common import (Collector, ImportOptions, normalize_locarno, parse_date, parse_locarno, patent_id_from_path,
+                     present, view_name)
 from .registry import IMPORTERS
 
 
@@ -50,7 +51,7 @@ def import_csv(paths: Sequence, opts: ImportOptions) -> Tuple[List[PatentRecord]
                 col.problem(lineno, None, "bad_line", "record", f"{len(row)} fields, the header has {len(header)}; "
                             "row skipped")
                 continue
-            get = {k: (row[i].strip() or None) for k, i in pos.items()}
+            get = {k: present(row[i]) for k, i in pos.items()}  # empty or NULL: missing
             rel = get.get("path")
             if not rel:
                 col.problem(lineno, None, "schema", "record", f"empty {opts.path_column!r}; row skipped")
@@ -68,7 +69,11 @@ def import_csv(paths: Sequence, opts: ImportOptions) -> Tuple[List[PatentRecord]
             code = None
             raw_cls = get.get("class")
             if raw_cls:
-                code = normalize_locarno(raw_cls) or col.names.by_name(raw_cls)
+                code, why = parse_locarno(raw_cls)
+                code = code or col.names.by_name(raw_cls)
+                if code is None and re.search(r"\d", raw_cls):  # code-like: out of range, or a US class
+                    col.problem(lineno, pid, "not_locarno", "record", f"patent {pid}: class {why}; row skipped")
+                    continue
                 if code is None:
                     col.problem(lineno, pid, "unknown_class", "record", f"patent {pid}: class {raw_cls!r} is neither "
                                 "a Locarno code nor a known class name (give --class-names); row skipped")

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..manifest import PatentRecord, Problem
-from .common import Collector, ImportOptions, figure_order, normalize_locarno, parse_date, patent_id_from, read_text_lines, view_name
+from .common import (Collector, ImportOptions, figure_order, parse_date, parse_locarno, patent_id_from, present,
+                     read_text_lines, view_name)
 from .registry import IMPORTERS
 
 
@@ -82,11 +83,12 @@ def import_deeppatent2(paths: Sequence, opts: ImportOptions) -> Tuple[List[Paten
                 continue
             pid, id_date = patent_id_from(raw_id)
             pid = pid or raw_id.strip().split("-")[0]
-            date = parse_date(rec.get("patentdate")) or id_date
-            if rec.get("patentdate") and parse_date(rec.get("patentdate")) is None:
+            raw_date = present(rec.get("patentdate")) if isinstance(rec.get("patentdate"), str) else rec.get("patentdate")
+            date = parse_date(raw_date) or id_date
+            if raw_date and parse_date(raw_date) is None:
                 col.problem(n, pid, "bad_date", "repair", f"patent {pid}: patentdate {rec.get('patentdate')!r} is "
                             f"not a date; {'the date in the patentID is used' if id_date else 'ignored'}")
-            sub, whole = rec.get("subfigure_file"), rec.get("figure_file")
+            sub, whole = present(rec.get("subfigure_file")), present(rec.get("figure_file"))
             fig = (sub or whole) if opts.image_field == "subfigure" else (whole or sub)
             if not isinstance(fig, str) or not fig.strip():
                 col.problem(n, pid, "schema", "drawing", f"patent {pid}: no 'figure_file'/'subfigure_file'; figure "
@@ -94,20 +96,25 @@ def import_deeppatent2(paths: Sequence, opts: ImportOptions) -> Tuple[List[Paten
                 continue
             code = None
             for k in ("locarno", "class", "locarno_class"):
-                if rec.get(k):
-                    code = normalize_locarno(rec[k])
-            caption = rec.get("caption") if isinstance(rec.get("caption"), str) else rec.get("description")
-            obj = rec.get("object") if isinstance(rec.get("object"), str) and rec.get("object").strip() else None
-            extra = {k: rec[k] for k in ("figid", "aspect") if rec.get(k) not in (None, "")}
-            if isinstance(caption, str) and caption.strip():
-                extra["caption"] = caption.strip()
+                raw_code = rec.get(k)
+                if raw_code in (None, "") or (isinstance(raw_code, str) and present(raw_code) is None):
+                    continue
+                code, why = parse_locarno(raw_code)
+                if code is None:
+                    col.problem(n, pid, "not_locarno", "repair", f"patent {pid}: {k!r}: {why}; ignored"
+                                + (" (the --locarno-table is looked up)" if opts.locarno_table else ""))
+            # the producer's database writes a missing value as the string NULL
+            caption = present(rec.get("caption")) or present(rec.get("description"))
+            obj = present(rec.get("object"))
+            aspect = present(rec.get("aspect"))
+            extra = {k: v for k, v in (("figid", rec.get("figid")), ("aspect", aspect)) if v not in (None, "")}
+            if caption:
+                extra["caption"] = caption
             if obj:
-                extra["object"] = obj.strip()
+                extra["object"] = obj
             extra["source_id"] = raw_id.strip()
-            title = rec.get("object_title") if isinstance(rec.get("object_title"), str) else None
-            col.add(n, pid, date=date, code=code, title=title.strip() if title and title.strip() else None,
-                    obj=obj.strip() if obj else None, path=fig.strip(), view=view_name(rec.get("aspect")), captions=(),
-                    extra=extra, order=(figure_order(rec.get("figid")), fig.strip()))
+            col.add(n, pid, date=date, code=code, title=present(rec.get("object_title")), obj=obj, path=fig,
+                    view=view_name(aspect), captions=(), extra=extra, order=(figure_order(rec.get("figid")), fig))
     records = col.records()
     problems.extend(col.problems)
     return records, problems, {"rows_read": col.rows, "patents_read": len(col.patents)}

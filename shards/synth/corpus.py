@@ -17,9 +17,11 @@ exercised without downloading anything:
   side, top, ...) or with a mild perspective, then drawn with PIL as black lines on a
   white canvas, centred and scaled with a margin;
 * class sizes are long-tailed (Zipf-like), like real design-patent corpora;
-* every drawing gets several captions built from templates that mention the object
-  noun and/or the class name, so that zero-shot classification with class-name prompts
-  is learnable.
+* every drawing gets several captions built from templates that describe the design with
+  the patent's own shape words (proportions, parts and details read off its drawn
+  parameters: "a tall flared cup with an angular handle and a foot ring"), so that captions
+  differ from patent to patent as DesignCLIP's generated captions do, and mostly name the
+  class too, so that zero-shot classification with class-name prompts is learnable.
 
 Everything is seeded: the same arguments give a byte-identical ``manifest.jsonl`` and
 identical PNG files.  The public entry point is :func:`generate_synthetic_patents`;
@@ -157,7 +159,7 @@ def generate_synthetic_patents(
         dc = DESIGN_CLASSES[int(classes[i])]
         prng = np.random.default_rng([int(seed), i, 0xD35])
         model = _Model()
-        dc.builder(model, prng)
+        traits = dc.builder(model, prng)
         yaw, pitch = _camera_jitter(prng)
         patent_id = f"USD{int(numbers[i]):07d}"
         title = f"Ornamental design for {_article(dc.noun)} {dc.noun}"
@@ -171,7 +173,7 @@ def generate_synthetic_patents(
             drawings.append({
                 "path": rel,
                 "view": view,
-                "captions": make_captions(dc.noun, dc.code, dc.name, title, view, prng),
+                "captions": make_captions(dc.noun, dc.code, dc.name, title, view, prng, traits=traits),
             })
         records.append({
             "patent_id": patent_id,
