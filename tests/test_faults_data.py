@@ -147,7 +147,8 @@ def test_training_skips_damage_counts_it_in_tensorboard_and_an_empty_stream_ends
     path = folder / names[3]
     path.write_bytes(path.read_bytes()[:3000])  # truncated inside its first members
     base = ["--model", "patentclip-tiny", "--batch-size", "8", "--epochs", "1", "--workers", "1", "--val-frequency",
-            "0", "--logs", tmp_path, "--seed", "0", "--log-every-n-steps", "1"]
+            "0", "--logs", tmp_path, "--seed", "0", "--log-every-n-steps", "1",
+            "--shuffle-group-shards", "6"]  # one group of all six shards: both damaged shards are read
     r = run_cli("patentclip.launch.train", "--train-data", pattern, "--train-num-samples", "32", "--name", "damaged",
                 *base)
     assert r.returncode == 0, r.stderr[-3000:]
