@@ -172,3 +172,14 @@ def test_training_skips_damage_counts_it_in_tensorboard_and_an_empty_stream_ends
                 "--name", "empty", *base, timeout=300)
     assert r.returncode == 1 and "found no sample to train on" in r.stderr, r.stderr[-3000:]
     assert time.time() - t0 < 120
+
+
+def test_a_first_shard_that_is_not_a_tar_does_not_stop_the_start(shards, parts, caplog):
+    """The start-of-training probe of the stored drawing size reads the first shard: damage there is the stream's
+    to skip, count and name, not a crash of the probe."""
+    folder, pattern, sizes = shards
+    names = sorted(sizes)
+    (folder / names[0]).write_bytes(b"not a tar at all" * 64)
+    with caplog.at_level(logging.WARNING):
+        keys, ld = read_all(pattern, parts, sum(sizes.values()), max_unreadable_shards=0.2)
+    assert len(keys) == sum(sizes.values()) and f"skipped unreadable shard {folder / names[0]}" in caplog.text
