@@ -25,7 +25,7 @@ from patentclip.plugins.arcface import add_arcface_args
 from patentclip.plugins.builtin import load_builtin_plugins
 from patentclip.plugins.data.tars import DEFAULT_MAX_UNREADABLE
 from patentclip.plugins.losses import parse_loss_spec
-from patentclip.plugins.pretrained import add_pretrained_args
+from patentclip.plugins.pretrained import add_pretrained_args, timm_weights_problem
 from patentclip.plugins.recipes import add_recipe_args, apply_recipe, flag_of, flags_given
 from patentclip.plugins.registry import DATASETS, LOSSES, SAMPLERS, import_plugin_modules
 
@@ -249,6 +249,9 @@ def validate_train_args(args: argparse.Namespace, argv: Sequence[str] = ()) -> L
             shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
             problems.append(f"{flag_of(attr)} {shown}: {why}")
     problems += openclip_flag_problems(args)  # the open_clip flags patentclip-train refuses (docs/openclip_flags.md)
+    timm_problem = timm_weights_problem(args)  # timm image weights on a tower that is not timm's
+    if timm_problem:
+        problems.append(timm_problem)
     if args.epochs_cooldown is not None and isinstance(args.epochs, int) and args.epochs_cooldown >= args.epochs:
         problems.append(f"--epochs-cooldown {args.epochs_cooldown}: must be less than --epochs {args.epochs}")
     if args.eval_zeroshot_templates is not None:

@@ -45,20 +45,23 @@ import json
 import logging
 import math
 import os
-import tarfile
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Sequence
 
 import fsspec
-import open_clip
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from open_clip_train.data import expand_urls
 from torch import nn
+from tqdm import tqdm
 
-from patentclip.plugins import remote_io
 from patentclip.plugins.classes import ClassTable
+from patentclip.plugins.data.batch import CLASS_ID, PATENT_ID
+from patentclip.plugins.data.keys import patent_of
+from patentclip.plugins.data.tars import SkipCounter, tar_samples
+from patentclip.plugins.losses import model_embed_dim
 from patentclip.plugins.registry import LOSSES
+from patentclip.shards import sample_format as SF
 
 LABEL_KINDS = ("patent", "class")
 LABELS_FILE = "arcface_labels.json"
@@ -135,54 +138,29 @@ class LabelTable:
         return cls("patent", sorted(set(names)), path)
 
 
-def patent_of(key: str, meta: Dict) -> str:
-    """A drawing's patent: its json ``patent_id``, else the sample key without its ``_NN`` drawing suffix (the
-    same rule as the patent-wds pipeline)."""
-    return str(meta.get("patent_id") or key.rsplit("_", 1)[0])
-
-
-def _member_key(name: str) -> Optional[str]:
-    base = os.path.basename(name)
-    return name[: len(name) - len(base)] + base.split(".", 1)[0] if "." in base else None
-
-
-def shard_patents(url: str) -> List[str]:
-    """The patent ids of one shard, in order of first appearance, from its ``.json`` members (read through the
-    pipeline's shard opener, with its retries for remote URLs)."""
-    stream = remote_io.open_shard(url)
+def shard_patents(url: str, skips: SkipCounter) -> List[str]:
+    """The patent ids of one shard, in order of first appearance, read as the patent-wds pipeline reads shards
+    (its tar reader, retries and skip counting; its patent rule, ``plugins/data/keys.patent_of``)."""
     seen: Dict[str, None] = {}
-    try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
-            for member in tar:
-                key = _member_key(member.name)
-                if key is None or not member.isfile():
-                    continue
-                if member.name.endswith(".json"):
-                    try:
-                        meta = json.loads(tar.extractfile(member).read().decode("utf-8"))
-                    except (ValueError, UnicodeDecodeError) as exc:
-                        raise ValueError(f"{url}: member {member.name}: unreadable json ({exc})") from None
-                    seen.setdefault(patent_of(key, meta if isinstance(meta, dict) else {}), None)
-    finally:
+    for sample in tar_samples(url, skips):
+        raw = sample.get(SF.JSON)
         try:
-            stream.close()
-        except Exception:
-            pass
+            meta = json.loads(raw.decode("utf-8")) if raw else {}
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{url}: sample {sample['__key__']}: unreadable json ({exc})") from None
+        seen.setdefault(patent_of(sample["__key__"], meta if isinstance(meta, dict) else {}), None)
     return list(seen)
 
 
 def patent_table_from_shards(train_data: str, progress: bool = True) -> LabelTable:
     """The sorted patent ids of all training shards (``--train-data`` as open_clip expands it)."""
     urls, _ = expand_urls(train_data)
-    ids = set()
-    it = urls
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(urls, desc="ArcFace label table: listing patents", unit="shard", leave=False)
-    for url in it:
-        ids.update(shard_patents(url))
-    return LabelTable("patent", sorted(ids), f"{len(urls)} shard(s) of --train-data")
+    ids, skips = set(), SkipCounter()
+    for url in tqdm(urls, desc="ArcFace label table: listing patents", unit="shard", leave=False,
+                    disable=not progress):
+        ids.update(shard_patents(url, skips))
+    source = f"{len(urls)} shard(s) of --train-data" + (f", {skips.count} sample(s) skipped" if skips.count else "")
+    return LabelTable("patent", sorted(ids), source)
 
 
 def build_label_table(args, class_table: ClassTable) -> LabelTable:
@@ -190,19 +168,21 @@ def build_label_table(args, class_table: ClassTable) -> LabelTable:
     if args.arcface_labels == "class":
         return LabelTable.of_classes(class_table)
     table = None
-    rank = getattr(args, "rank", 0)
-    if rank == 0:
+    if args.rank == 0:
         if args.arcface_label_table:
             table = LabelTable.load_patents(args.arcface_label_table)
+        elif not args.train_data:
+            raise ValueError("arcface with --arcface-labels patent needs the training shards (--train-data) or a "
+                             "label table (--arcface-label-table)")
         else:
             table = patent_table_from_shards(args.train_data)
-    if getattr(args, "world_size", 1) > 1 and dist.is_initialized():
+    if args.world_size > 1 and dist.is_initialized():
         box = [table.to_json() if table is not None else None, table.source if table is not None else ""]
         dist.broadcast_object_list(box, src=0)
         table = LabelTable.from_json(box[0], box[1])
     logging.info("ArcFace labels: %d patents (%s)", len(table), table.source)
-    log_dir = os.path.join(args.logs, args.name) if getattr(args, "logs", None) and getattr(args, "name", None) else None
-    if rank == 0 and log_dir and os.path.isdir(log_dir):
+    log_dir = os.path.join(args.logs, args.name) if args.logs and args.name else None
+    if args.rank == 0 and log_dir and os.path.isdir(log_dir):
         with open(os.path.join(log_dir, LABELS_FILE), "w") as f:
             json.dump(table.to_json(), f)
     return table
@@ -228,33 +208,40 @@ class ArcFaceLoss(nn.Module):
     """``arcface``: additive angular margin softmax over learned label centres (module docstring)."""
 
     needs_text = False
+    needs_second_view = False
 
-    def __init__(self, args, class_table: ClassTable, table: Optional[LabelTable] = None):
+    def __init__(self, table: LabelTable, embed_dim: int, scale: float = 64.0, margin: float = 0.5):
         super().__init__()
-        self.scale = float(args.arcface_scale)
-        self.margin = float(args.arcface_margin)
+        self.scale = float(scale)
+        self.margin = float(margin)
         if self.scale <= 0:
             raise ValueError(f"--arcface-scale must be > 0, got {self.scale}")
         if not 0 <= self.margin < math.pi / 2:
             raise ValueError(f"--arcface-margin must be in [0, pi/2) radians, got {self.margin}")
-        self.table = table if table is not None else build_label_table(args, class_table)
-        centres = torch.empty(len(self.table), _embed_dim(args))
+        self.table = table
+        centres = torch.empty(len(self.table), int(embed_dim))
         nn.init.xavier_uniform_(centres)
         self.centres = nn.Parameter(centres)
 
+    @classmethod
+    def from_args(cls, args, class_table: ClassTable) -> "ArcFaceLoss":
+        """The registered factory: the label table of the run (the classes, or the training shards' patents)."""
+        return cls(build_label_table(args, class_table), model_embed_dim(args), args.arcface_scale,
+                   args.arcface_margin)
+
     def labels(self, batch: Dict, device) -> torch.Tensor:
         if self.table.kind == "class":
-            if "class_id" not in batch:
-                raise KeyError("arcface with --arcface-labels class needs batch['class_id']")
-            labels = batch["class_id"].to(device=device, dtype=torch.long)
+            if CLASS_ID not in batch:
+                raise KeyError(f"arcface with --arcface-labels class needs batch[{CLASS_ID!r}]")
+            labels = batch[CLASS_ID].to(device=device, dtype=torch.long)
             bad = (labels < 0) | (labels >= len(self.table))
             if bool(bad.any()):
                 raise ValueError(f"class ids {sorted(set(labels[bad].tolist()))[:5]} are outside the ArcFace label "
                                  f"table ({len(self.table)} classes of {self.table.source})")
             return labels
-        if "patent_id" not in batch:
-            raise KeyError("arcface with --arcface-labels patent needs batch['patent_id'] (the patent pipeline's)")
-        return self.table.lookup(batch["patent_id"]).to(device)
+        if PATENT_ID not in batch:
+            raise KeyError(f"arcface with --arcface-labels patent needs batch[{PATENT_ID!r}] (the patent pipeline's)")
+        return self.table.lookup(batch[PATENT_ID]).to(device)
 
     def forward(self, features: Dict, batch: Dict) -> Dict[str, torch.Tensor]:
         x = features["image_features"]
@@ -287,9 +274,3 @@ class ArcFaceLoss(nn.Module):
         with torch.no_grad():
             self.centres.copy_(state["centres"].to(self.centres))
 
-
-def _embed_dim(args) -> int:
-    cfg = open_clip.get_model_config(args.model)
-    if cfg is None:
-        raise ValueError(f"arcface: cannot tell the embedding width of model {args.model!r}")
-    return int(cfg["embed_dim"])

@@ -50,8 +50,10 @@ import timm
 
 from patentclip.evaluation.export import final_model_config
 from patentclip.launch.checkpoint_format import _read_params_txt as read_params_txt
+from patentclip.launch import safe_load
 from patentclip.launch.checkpoint_format import model_kwargs_from_params
 from patentclip.plugins import timm_compat as tc
+from patentclip.plugins.models import register_model_configs
 from patentclip.plugins.timm_compat import LocalEntryNotFoundError, hf_constants, hf_hub_download
 
 CLIP_CONFIG = tc.OPENCLIP_CONFIG_NAME
@@ -319,6 +321,20 @@ def timm_tower_name(model_cfg: Optional[Dict]) -> Optional[str]:
     return ((model_cfg or {}).get("vision_cfg") or {}).get("timm_model_name")
 
 
+def timm_weights_problem(args) -> Optional[str]:
+    """Why ``--pretrained-image`` / ``--pretrained-image-source`` cannot apply to ``--model`` (None when they can or
+    are not given): timm weights fit timm towers only (open_clip ignores ``--pretrained-image`` elsewhere)."""
+    if not (args.pretrained_image or args.pretrained_image_source) or str(args.model).startswith(HF_HUB):
+        return None
+    register_model_configs()
+    cfg = open_clip.get_model_config(args.model)
+    if cfg is None or timm_tower_name(cfg) is not None:
+        return None  # an unknown model is reported where the model is made
+    flag = "--pretrained-image-source" if args.pretrained_image_source else "--pretrained-image"
+    return (f"{flag}: {args.model}'s image tower is not a timm backbone (no vision_cfg.timm_model_name); timm image "
+            f"weights apply to timm towers only (patentclip-resnet50, patentclip-swinv2-b ...)")
+
+
 def resolve_timm_weights(timm_name: str, spec: Optional[str], cache_dir: Optional[str] = None) -> Weights:
     """The pretrained weights of timm backbone ``timm_name``: its default tag (``spec`` None), another tag of it,
     ``hf-hub:timm/REPO``, or a file. timm fetches hub files from the hub cache, URL-only weights into torch's hub
@@ -366,8 +382,6 @@ def _given(args, flag: str) -> bool:
 def plan_start(args) -> StartPlan:
     """Resolve ``--pretrained``, ``--pretrained-image[-source]`` and ``--pretrained-text`` of ``args`` (without
     downloading). Sets ``args.model`` from an exported folder when ``--model`` is not given."""
-    from patentclip.plugins.models import register_model_configs
-
     register_model_configs()
     cache_dir = args.cache_dir
     plan = StartPlan()
@@ -381,17 +395,17 @@ def plan_start(args) -> StartPlan:
     if model_cfg is None:
         raise ValueError(f"unknown model {args.model!r}; registered models include "
                          f"{', '.join(m for m in open_clip.list_models() if m.startswith('patentclip'))} and open_clip's own")
-    image_source = getattr(args, "pretrained_image_source", None)
+    image_source = args.pretrained_image_source
     if args.pretrained_image or image_source:
+        problem = timm_weights_problem(args)
+        if problem:
+            raise ValueError(problem)
         timm_name = timm_tower_name(model_cfg)
-        if timm_name is None:
-            raise ValueError(f"--pretrained-image: {args.model}'s image tower is not a timm backbone (no "
-                             f"vision_cfg.timm_model_name); timm image weights apply to timm towers only")
         if args.pretrained:
             raise ValueError("--pretrained-image with --pretrained: the whole-model checkpoint already holds an image "
                              "tower; give one of them")
         plan.image = resolve_timm_weights(timm_name, image_source, cache_dir)
-    text_source = getattr(args, "pretrained_text", None)
+    text_source = args.pretrained_text
     if text_source:
         src_model, tag = split_model_tag(text_source)
         plan.text = resolve_clip_weights(tag if src_model else text_source, src_model, cache_dir, "text tower")
@@ -433,7 +447,7 @@ def fetch_start(plan: StartPlan, args) -> StartPlan:
 
     if not plan.missing():
         return plan
-    if int(getattr(args, "local_rank", 0) or 0) == 0:
+    if int(args.local_rank) == 0:
         for w in plan.missing():
             logging.info("Downloading the %s weights %s", w.role, w.spec)
             try:
@@ -494,7 +508,7 @@ def reconcile_config(args, w: Weights) -> None:
             continue
         attr = CONFIG_OVERRIDES.get(key)
         if attr and w.role == "model":
-            if not getattr(args, attr, None):
+            if not getattr(args, attr):
                 logging.info("--pretrained %s: %s = %s (the folder's model) -> --%s", w.spec, ".".join(key), b,
                              attr.replace("_", "-"))
                 setattr(args, attr, b)
@@ -584,7 +598,9 @@ def create_model_for_run(args, device, plan: Optional[StartPlan] = None, **model
         logging.info("Image tower %s starts from timm weights %s (%s)", timm_tower_name(model_cfg), plan.image.spec,
                      plan.image.file)
     if plan.text:
-        sd = open_clip.factory.load_state_dict(plan.text.file, device="cpu", weights_only=False)
+        # open_clip's reader (safetensors, 'state_dict', 'module.'), weights-only like every patentclip load
+        with safe_load.weights_only_loads(plan.text.file, trust=args.trust_checkpoint):
+            sd = open_clip.factory.load_state_dict(plan.text.file, device="cpu", weights_only=True)
         n = load_text_tower(model, sd, plan.text.spec)
         logging.info("Text tower (%d tensors) starts from %s (%s)", len(n), plan.text.spec, plan.text.file)
     return model, preprocess_train, preprocess_val

@@ -13,12 +13,11 @@ import torch
 
 from conftest import read_jsonl, run_cli
 
-from patentclip.launch.args import parse_train_args
+from patentclip.launch.args import default_args, parse_train_args
 from patentclip.plugins import arcface as A
 from patentclip.plugins.classes import ClassInfo, ClassTable
 from patentclip.plugins.losses import LossSet
 from patentclip.plugins.models import register_model_configs
-from patentclip.launch.args import default_args
 from patentclip.plugins.builtin import load_builtin_plugins
 from patentclip.plugins.registry import LOSSES
 
@@ -117,10 +116,8 @@ def test_patent_table_from_the_shards(synthetic_shards):
 
 
 def loss_args(**kw):
-    base = dict(model="patentclip-tiny", arcface_labels="patent", arcface_scale=64.0, arcface_margin=0.5,
-                arcface_label_table=None, train_data=None, rank=0, world_size=1, logs=None, name=None)
-    base.update(kw)
-    return default_args(**base)
+    """patentclip-train's flags at their defaults (one process), with ``kw``."""
+    return default_args(**{"model": "patentclip-tiny", "logs": None, "name": None, **kw})
 
 
 def test_plugin_in_a_loss_set(tmp_path):
@@ -149,6 +146,8 @@ def test_plugin_in_a_loss_set(tmp_path):
     assert c.table.names == classes.codes and c.labels({"class_id": torch.tensor([3, 0])}, "cpu").tolist() == [3, 0]
     with pytest.raises(ValueError, match="outside"):
         c.labels({"class_id": torch.tensor([4])}, "cpu")
+    with pytest.raises(ValueError, match="--train-data"):
+        LossSet("arcface", loss_args(), classes)
     with pytest.raises(ValueError, match="margin"):
         LossSet("arcface", loss_args(arcface_labels="class", arcface_margin=2.0), classes)
 
