@@ -18,6 +18,7 @@ from patentclip.evaluation import retrieval as ERT
 from patentclip.evaluation import run as ERUN
 from patentclip.evaluation import settings as ES
 from patentclip.evaluation import linear_probe as LP
+from patentclip.evaluation import report as R
 from patentclip.evaluation import metrics as M
 from patentclip.plugins.classes import ClassInfo, ClassTable, head_class_mask
 
@@ -294,7 +295,7 @@ def test_format_table_and_nan():
     t = ERUN.format_table({"a": {"zeroshot_top1": 0.5, "i2i_mAP": float("nan")}, "b": {"i2i_R@10": 0.25}})
     lines = t.splitlines()
     assert "50.0%" in lines[2] and "25.0%" in lines[3] and "nan" not in t.lower()
-    assert ECLI._jsonable({"x": float("nan"), "y": [1.0, float("inf")]}) == {"x": None, "y": [1.0, None]}
+    assert R.jsonable({"x": float("nan"), "y": [1.0, float("inf")]}) == {"x": None, "y": [1.0, None]}
 
 
 # ---------------------------------------------------------------------------------------------------------------

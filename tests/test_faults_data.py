@@ -147,7 +147,8 @@ def test_training_skips_damage_counts_it_in_tensorboard_and_an_empty_stream_ends
     path = folder / names[3]
     path.write_bytes(path.read_bytes()[:3000])  # truncated inside its first members
     base = ["--model", "patentclip-tiny", "--batch-size", "8", "--epochs", "1", "--workers", "1", "--val-frequency",
-            "0", "--logs", tmp_path, "--seed", "0", "--log-every-n-steps", "1"]
+            "0", "--logs", tmp_path, "--seed", "0", "--log-every-n-steps", "1",
+            "--shuffle-group-shards", "6"]  # one group of all six shards: both damaged shards are read
     r = run_cli("patentclip.launch.train", "--train-data", pattern, "--train-num-samples", "32", "--name", "damaged",
                 *base)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -189,3 +190,14 @@ def test_a_resume_at_the_end_of_a_group_is_not_an_empty_pass():
         list(progressing(iter([(1, 0, None), (2, 0, None)]), 1, "w", ["a.tar"], start=Cursor(group=0, offset=8)))
     with pytest.raises(EmptyStream):  # without a resume position the empty group counts
         list(progressing(iter([(1, 0, None)]), 1, "w", ["a.tar"]))
+
+
+def test_a_first_shard_that_is_not_a_tar_does_not_stop_the_start(shards, parts, caplog):
+    """The start-of-training probe of the stored drawing size reads the first shard: damage there is the stream's
+    to skip, count and name, not a crash of the probe."""
+    folder, pattern, sizes = shards
+    names = sorted(sizes)
+    (folder / names[0]).write_bytes(b"not a tar at all" * 64)
+    with caplog.at_level(logging.WARNING):
+        keys, ld = read_all(pattern, parts, sum(sizes.values()), max_unreadable_shards=0.2)
+    assert len(keys) == sum(sizes.values()) and f"skipped unreadable shard {folder / names[0]}" in caplog.text

@@ -184,7 +184,7 @@ def test_object_store_down_during_the_commit_keeps_local_and_remote_latest_equal
     ("--log-every-n-steps", "0"), ("--train-num-samples", "0"), ("--lock-stale-after", "0"),
     ("--max-unreadable-shards", "2"), ("--keep-checkpoints", "-1"), ("--save-every-n-steps", "-2"),
     ("--head-text-dropout", "1"), ("--sampler", "nope"), ("--loss", "clip,nope"), ("--patent-dataset", "nope"),
-    ("--opt", "sgd"), ("--horovod",), ("--siglip",), ("--deepspeed-config", "/nonexistent.json"),
+    ("--opt", "sgd"), ("--horovod",), ("--torchscript",), ("--deepspeed-config", "/nonexistent.json"),
     ("--eval-zeroshot-templates", "a photo"),
 ])
 def test_every_flag_is_checked_at_start_and_named(flag, capsys):

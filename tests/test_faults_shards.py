@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from conftest import run_cli
 from patentclip.shards.build import build_shards, shard_pattern
-from patentclip.shards.images import ImageOptions, _flatten, normalize_image
+from patentclip.shards.images import DEFAULT_MAX_SIDE, ImageOptions, _flatten, normalize_image
 from patentclip.shards.inspect import inspect_shards
 from patentclip.shards.manifest import write_manifest
 
@@ -122,7 +122,7 @@ def test_a_huge_drawing_is_decoded_in_bounded_memory(tmp_path):
     assert r.returncode == 0, r.stderr
     peak, w, h, ow, oh = map(int, r.stdout.split())
     decoded = n * n * 4
-    assert (w, h, ow, oh) == (n, n, 512, 512)
+    assert (w, h, ow, oh) == (n, n, DEFAULT_MAX_SIDE, DEFAULT_MAX_SIDE)
     assert peak < 1.25 * decoded, f"peak {peak / 2**20:.0f} MiB for a {decoded / 2**20:.0f} MiB decode"
 
 

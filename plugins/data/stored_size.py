@@ -38,13 +38,15 @@ def model_image_size(preprocess: Callable) -> Optional[int]:
 def stored_side(url: str, probe: int = PROBE) -> Optional[int]:
     """Median longest side (px) of the first ``probe`` drawings of the shard (None when it has none)."""
     sides = []
-    skips = tars.SkipCounter()
-    for sample in tars.tar_samples(url, skips):
-        ext = SF.image_ext_of(sample)
+    for sample in tars.tar_samples(url, tars.GroupSkips()):  # damage is the stream's to count and name, not this
+        ext = SF.image_ext_of(sample)                        # probe's: an unreadable shard or image is passed over
         if ext is None:
             continue
-        with Image.open(io.BytesIO(sample[ext])) as im:  # reads the header only
-            sides.append(max(im.size))
+        try:
+            with Image.open(io.BytesIO(sample[ext])) as im:  # reads the header only
+                sides.append(max(im.size))
+        except (OSError, SyntaxError):  # an undecodable drawing: the stream skips and counts it
+            continue
         if len(sides) >= probe:
             break
     return int(statistics.median(sides)) if sides else None

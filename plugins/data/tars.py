@@ -107,11 +107,39 @@ class _Damage:
         self.error: Optional[BaseException] = None
 
 
+class _Tail:
+    """A read-only stream that keeps the last ``keep`` bytes it delivered, so that the block at a given offset can
+    be looked at after the tar reader has passed it (the end-of-archive check of :func:`_members`)."""
+
+    def __init__(self, raw, keep: int = 1 << 16):
+        self.raw, self.keep = raw, keep
+        self.buf = bytearray()
+        self.end = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.end += len(data)
+        self.buf += data
+        if len(self.buf) > 2 * self.keep:
+            del self.buf[:-self.keep]
+        return data
+
+    def block(self, offset: int, size: int = tarfile.BLOCKSIZE) -> Optional[bytes]:
+        """The ``size`` bytes at ``offset``, if they were delivered and are still kept."""
+        start = self.end - len(self.buf)
+        if offset < start or offset + size > self.end:
+            return None
+        return bytes(self.buf[offset - start:offset - start + size])
+
+
 def _members(stream, url: str, skips: GroupSkips, damage: _Damage) -> Iterator[Dict]:
     """The regular members of a tar stream as webdataset's file samples; a damaged one ends the stream, noted in
-    ``damage``. A stream that is not a tar at all is an unreadable shard."""
+    ``damage``. A stream that is not a tar at all is an unreadable shard. A tar that stops without its end-of-archive
+    block (zeros) was truncated at a header or has a damaged header there (Python's tarfile ends such a stream
+    silently): noted as damage too, so the samples lost after it are not lost unsaid."""
+    tail = _Tail(stream)
     try:
-        tar = tarfile.open(fileobj=stream, mode="r|*")
+        tar = tarfile.open(fileobj=tail, mode="r|*")
     except remote_io.ShardReadError:
         raise
     except TAR_DAMAGE as exn:
@@ -123,6 +151,10 @@ def _members(stream, url: str, skips: GroupSkips, damage: _Damage) -> Iterator[D
         try:
             info = tar.next()
             if info is None:
+                if getattr(tar.fileobj, "comptype", "tar") == "tar" and tail.block(tar.offset) != bytes(
+                        tarfile.BLOCKSIZE):  # an uncompressed tar ends with a zero block at tar.offset
+                    raise tarfile.ReadError(f"no end-of-archive block at byte {tar.offset}: the shard is truncated "
+                                            f"or a header is damaged there")
                 return
             if not info.isreg() or _SKIP_META.match(info.name):
                 continue
