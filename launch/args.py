@@ -21,9 +21,11 @@ from open_clip_train.params import parse_args as openclip_parse_args
 
 from patentclip.launch.openclip_flags import openclip_flag_problems
 from patentclip.launch.safe_load import TRUST_FLAG, TRUST_HELP
+from patentclip.plugins.arcface import add_arcface_args
 from patentclip.plugins.builtin import load_builtin_plugins
 from patentclip.plugins.data.tars import DEFAULT_MAX_UNREADABLE
 from patentclip.plugins.losses import parse_loss_spec
+from patentclip.plugins.pretrained import add_pretrained_args
 from patentclip.plugins.recipes import add_recipe_args, apply_recipe, flag_of, flags_given
 from patentclip.plugins.registry import DATASETS, LOSSES, SAMPLERS, import_plugin_modules
 
@@ -135,6 +137,8 @@ def build_plugin_parser() -> argparse.ArgumentParser:
                    help="Zero-shot prompt templates separated by '|', with {} for the class name "
                         "(default: patentclip.evaluation.settings.DEFAULT_TEMPLATES).")
     add_recipe_args(p)  # --recipe, --loss-weighting, classification-head flags (patentclip.plugins.recipes)
+    add_pretrained_args(p)  # --pretrained-image-source, --pretrained-text (patentclip.plugins.pretrained)
+    add_arcface_args(p)  # --arcface-labels, --arcface-scale, --arcface-margin (patentclip.plugins.arcface)
     return p
 
 

@@ -59,7 +59,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from patentclip.launch.checkpoint_format import (DS_SUBDIR, HEAD_KEY, META, deepspeed_dir, latest_tag,
+from patentclip.launch.checkpoint_format import (DS_SUBDIR, HEAD_KEY, LOSSES_KEY, META, deepspeed_dir, latest_tag,
                                                load_open_clip_state_dict, open_clip_checkpoint, read_meta,
                                                tag_complete)
 from patentclip.launch import safe_load
@@ -242,7 +242,8 @@ class CheckpointStore:
 
     # -- save ------------------------------------------------------------------------------------------
     def save(self, engine, *, epoch: int, step: int, class_table, loader_states: list,
-             tag: Optional[str] = None, head_state: Optional[Dict] = None) -> str:
+             tag: Optional[str] = None, head_state: Optional[Dict] = None,
+             loss_states: Optional[Dict] = None) -> str:
         """Save the state to resume at (``epoch``, ``step``). Collective: call it on every rank."""
         args = self.args
         mid_epoch = tag is not None
@@ -272,6 +273,8 @@ class CheckpointStore:
                 oc = open_clip_checkpoint(engine.module.clip, epoch=epoch, name=args.name, model_name=args.model,
                                           classes=client_state["classes"], head_state=head_state)
                 oc["model_args"] = client_state["model_args"]
+                if loss_states:
+                    oc[LOSSES_KEY] = loss_states
                 tmp = _unique(pt_file)
                 try:
                     torch.save(oc, tmp)

@@ -52,6 +52,7 @@ DS_SUBDIR = "deepspeed"
 META = "meta.json"
 PARAMS_NAME = "params.txt"
 HEAD_KEY = "patentclip_head"                   # the key of the head in epoch_N.pt / DeepSpeed client state
+LOSSES_KEY = "patentclip_losses"               # the other loss plugins' state (arcface) in epoch_N.pt
 WEIGHTS_NAME = "open_clip_model.safetensors"   # open_clip.constants.HF_SAFE_WEIGHTS_NAME
 CONFIG_NAME = "open_clip_config.json"          # open_clip.constants.HF_CONFIG_NAME
 HEAD_WEIGHTS_NAME = "patentclip_head.safetensors"

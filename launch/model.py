@@ -3,10 +3,12 @@
 DeepSpeed trains one ``nn.Module``. ``PatentTrainModule`` holds the open_clip model under ``.clip`` and the
 ``LossSet`` under ``.criterion`` (so loss parameters, e.g. learned loss weights or a classification head,
 are trained, checkpointed and restored with the model). ``head_state`` gives the classification head that
-``epoch_N.pt`` carries beside the open_clip weights (the file format: :mod:`patentclip.launch.checkpoint_format`).
+``epoch_N.pt`` carries beside the open_clip weights, ``loss_states`` the other loss plugins' state (arcface) under
+``"patentclip_losses"`` (the file format: :mod:`patentclip.launch.checkpoint_format`).
 """
 from __future__ import annotations
 
+import logging
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -70,7 +72,8 @@ class PatentTrainModule(nn.Module):
         self.criterion = criterion
 
     def compute_features(self, images: torch.Tensor, texts: torch.Tensor, batch: Dict) -> Dict:
-        features = self.clip(images, texts)
+        # losses that use no text embeddings (arcface) skip the text tower: text_features is then None
+        features = self.clip(images, texts if self.criterion.needs_text else None)
         if IMAGE2 in batch:
             features["image2_features"] = self.clip.encode_image(batch[IMAGE2], normalize=True)
         return features
@@ -85,7 +88,7 @@ class PatentTrainModule(nn.Module):
             j, cached = accum["index"], accum["features"]
             loss_features = {k: v for k, v in features.items() if k in FEATURE_SCALARS}
             for key, val in features.items():
-                if key not in FEATURE_SCALARS:
+                if key not in FEATURE_SCALARS and val is not None:
                     loss_features[key] = torch.cat([c[key] for c in cached[:j]] + [val]
                                                    + [c[key] for c in cached[j + 1:]], dim=0)
             loss_batch = accum["batch"]
@@ -139,6 +142,32 @@ def load_head_state(module: nn.Module, state: Optional[Dict]) -> bool:
         raise ValueError(f"the checkpoint's classification head differs from this run's (checkpoint, run): {diff}")
     head.load_state_dict({k: v.to(dtype=head.state_dict()[k].dtype) for k, v in state["state_dict"].items()})
     return True
+
+
+def loss_states(module: nn.Module) -> Optional[Dict]:
+    """``{loss name: state}`` of the loss plugins that define ``checkpoint_state()`` (e.g. arcface's centres and
+    label table), stored in ``epoch_N.pt`` under ``"patentclip_losses"`` (the DeepSpeed checkpoint holds them in
+    the module state). None when no loss has any."""
+    module = getattr(module, "module", module)
+    out = {name: loss.checkpoint_state() for name, loss in module.criterion.losses.items()
+           if hasattr(loss, "checkpoint_state")}
+    return out or None
+
+
+def load_loss_states(module: nn.Module, states: Optional[Dict]) -> List[str]:
+    """For ``--resume epoch_N.pt``: give the loss plugins their ``"patentclip_losses"`` state back (before the
+    engine is built). Returns the names loaded; a plugin of this run without saved state starts fresh (logged)."""
+    module = getattr(module, "module", module)
+    loaded = []
+    for name, loss in module.criterion.losses.items():
+        if not hasattr(loss, "load_checkpoint_state"):
+            continue
+        if states and name in states:
+            loss.load_checkpoint_state(states[name])
+            loaded.append(name)
+        else:
+            logging.info("loss %s: no saved state in the checkpoint; it starts fresh", name)
+    return loaded
 
 
 def lock_towers(model, args) -> None:

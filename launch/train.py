@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
-from open_clip import create_model_and_transforms, get_input_dtype, get_tokenizer
+from open_clip import get_input_dtype, get_tokenizer
 from open_clip_train.distributed import broadcast_object, init_distributed_device, is_master
 from open_clip_train.logger import setup_logging
 from open_clip_train.main import random_seed
@@ -32,7 +32,8 @@ from patentclip.launch.args import parse_train_args
 from patentclip.evaluation.during_training import evaluate_during_training
 from patentclip.evaluation.extra_metrics import check_metric_names, metric_names
 from patentclip.launch.diskspace import DiskFullError, quiet_failing_log_files, write_atomic
-from patentclip.launch.model import (PatentTrainModule, head_state, load_head_state, lock_towers,
+from patentclip.launch.model import (PatentTrainModule, head_state, load_head_state, load_loss_states, loss_states,
+                                     lock_towers,
                                      make_logit_scale_nonscalar, optimizer_param_groups)
 from patentclip.launch.distributed import deepspeed_config, init_deepspeed, relaunch_with_torchrun
 from patentclip.launch.progress import StepLogger
@@ -50,6 +51,7 @@ from patentclip.plugins.data.tars import UnreadableShards
 from patentclip.plugins.image_transport import transport_of
 from patentclip.plugins.losses import LossSet, losses_need_logit_bias
 from patentclip.plugins.models import register_model_configs
+from patentclip.plugins.pretrained import check_start, create_model_for_run, fetch_start
 from patentclip.plugins.registry import DATASETS, import_plugin_modules
 from patentclip.plugins.remote_io import is_remote
 
@@ -173,8 +175,9 @@ class Run:
     locks: Optional[RunLocks] = None
 
 
-def make_model(args, device):
-    """open_clip's model factory with the run's flags, and the patent augmentations on the train transform."""
+def make_model(args, device, start=None):
+    """open_clip's model factory with the run's flags and starting weights (``start``: plugins/pretrained.py), and
+    the patent augmentations on the train transform."""
     if isinstance(args.force_image_size, (tuple, list)) and len(args.force_image_size) == 1:
         args.force_image_size = args.force_image_size[0]
     rrc_aug_cfg(args)
@@ -182,14 +185,7 @@ def make_model(args, device):
     model_kwargs = {}
     if args.siglip:  # open_clip_train.main's SigLIP initial values (and a learned logit bias)
         model_kwargs = {"init_logit_scale": math.log(10), "init_logit_bias": -10}
-    model, preprocess_train, preprocess_val = create_model_and_transforms(
-        args.model, args.pretrained, precision="fp32", device=device,
-        force_quick_gelu=args.force_quick_gelu, force_custom_text=args.force_custom_text,
-        force_patch_dropout=args.force_patch_dropout, force_image_size=args.force_image_size,
-        force_context_length=args.force_context_length, image_mean=args.image_mean, image_std=args.image_std,
-        image_interpolation=args.image_interpolation, image_resize_mode=args.image_resize_mode,
-        aug_cfg=args.aug_cfg, pretrained_image=args.pretrained_image, output_dict=True, cache_dir=args.cache_dir,
-        **model_kwargs)
+    model, preprocess_train, preprocess_val = create_model_for_run(args, device, start, **model_kwargs)
     make_logit_scale_nonscalar(model)
     return model, with_patent_augmentations(preprocess_train, args), preprocess_val
 
@@ -267,12 +263,14 @@ def build_run(args) -> Run:
     check_metric_names(metric_names(args.eval_metrics))  # before any folder is made
     if not args.siglip and losses_need_logit_bias(args.loss):
         args.siglip = True  # the model gets a learned logit bias and open_clip's SigLIP initial values
+    start = check_start(args)  # starting weights on disk or in the hub cache; offline and missing: stop here
     device, locks = setup_run(args)
+    start = fetch_start(start, args)
     deepspeed = init_deepspeed(args, device)
     class_table = load_class_table(args.train_data, args.classes_json)
     logging.info("%d classes from %s", len(class_table), class_table.source)
 
-    model, preprocess_train, preprocess_val = make_model(args, device)
+    model, preprocess_train, preprocess_val = make_model(args, device, start)
     store = ckpt.CheckpointStore(args, fence=locks.verify if locks is not None else None)
     resume_target = ckpt.resolve_resume(args, store)
     args.zero_stage = ckpt.resolve_zero_stage(args, resume_target)
@@ -289,6 +287,7 @@ def build_run(args) -> Run:
     module = PatentTrainModule(model, criterion).to(device)
     if oc is not None:  # the classification head travels in epoch_N.pt
         load_head_state(module, oc.get("patentclip_head"))
+        load_loss_states(module, oc.get("patentclip_losses"))
     check_checkpoint_space(args, store, module)
 
     ds_config = deepspeed_config(args)
@@ -338,7 +337,7 @@ def save(run: Run, epoch: int, step: int, tag: Optional[str] = None) -> None:
     """A checkpoint of the engine, the data-loader positions of every rank and the classification head."""
     run.store.save(run.engine, epoch=epoch, step=step, class_table=run.class_table,
                    loader_states=gather_loader_states(run.data["train"].dataloader, run.args), tag=tag,
-                   head_state=head_state(run.engine.module))
+                   head_state=head_state(run.engine.module), loss_states=loss_states(run.engine.module))
 
 
 def run_epoch(run: Run, epoch: int) -> Tuple[int, int, bool]:

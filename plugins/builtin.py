@@ -6,11 +6,11 @@ entry points make.
 """
 from __future__ import annotations
 
-from patentclip.plugins import losses, samplers
+from patentclip.plugins import arcface, losses, samplers
 from patentclip.plugins.data import builder as data_builder
 
 #: the modules whose import registered the built-in plugins
-BUILTIN_MODULES = (losses, data_builder, samplers)
+BUILTIN_MODULES = (losses, arcface, data_builder, samplers)
 
 
 def load_builtin_plugins() -> tuple:

@@ -503,6 +503,12 @@ class LossSet(nn.Module):
             if hasattr(loss, "set_step"):
                 loss.set_step(step)
 
+    @property
+    def needs_text(self) -> bool:
+        """False when no selected loss uses the text embeddings (``needs_text = False`` on the plugin, e.g.
+        ``arcface``): the training step then does not run the text tower."""
+        return any(getattr(loss, "needs_text", True) for loss in self.losses.values())
+
     def forward(self, features: Dict, batch: Dict) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         parts: Dict[str, torch.Tensor] = {}
         total = None

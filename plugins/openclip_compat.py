@@ -20,7 +20,13 @@ PATCH_POINTS = {"open_clip_train.data": ["group_by_keys_nothrow"]}
 # open_clip / open_clip_train names that patentclip imports and reuses as they are
 REUSED_NAMES = {
     "open_clip": ["create_model_and_transforms", "get_tokenizer", "build_zero_shot_classifier", "ClipLoss",
-                  "get_input_dtype", "add_model_config", "list_models"],
+                  "get_input_dtype", "add_model_config", "list_models", "get_model_config", "get_pretrained_cfg",
+                  "list_pretrained_tags_by_model", "OPENAI_DATASET_MEAN", "OPENAI_DATASET_STD"],
+    # the starting-weights machinery (plugins/pretrained.py) and the timm towers
+    "open_clip.factory": ["load_state_dict"],
+    "open_clip.constants": ["HF_WEIGHTS_NAME", "HF_SAFE_WEIGHTS_NAME", "HF_CONFIG_NAME"],
+    "open_clip.pretrained": ["_get_safe_alternatives"],
+    "open_clip.timm_model": ["TimmModel"],
     "open_clip.loss": ["gather_features", "SigLipLoss"],
     "open_clip_train.params": ["parse_args"],
     "open_clip_train.distributed": ["init_distributed_device", "is_master", "broadcast_object",

@@ -5,9 +5,11 @@ frozen towers and the augmentations of a paper, plus the loss-weighting and head
     patentclip-train --recipe designclip --loss-beta 1.0 ...      # ... but beta 1.0: a flag given wins
 
 A recipe sets an argument only if its flag is not on the command line, so individual flags override it.
-Every value and its source in the papers is in docs/losses.md. The recipes do not choose the model, the
-batch size, the learning rate or the schedule (they depend on the hardware and the backbone); the papers'
-own choices for those are listed in docs/losses.md too.
+Every value and its source in the papers is in docs/losses.md. The recipes do not choose the batch size, the
+learning rate or the schedule (they depend on the hardware and the backbone); the papers' own choices for those
+are listed in docs/losses.md too. They do not choose the model either, except the two ArcFace baselines of the
+LLM-informed paper's Table 1, which are defined by their backbone (``effnetb0-arcface``, ``swinv2b-arcface``:
+the timm backbone with timm's ImageNet weights, ``--model`` / ``--pretrained-image``).
 
 ``launch/args.py`` calls :func:`add_recipe_args` on the plugin parser and :func:`apply_recipe` on the parsed
 arguments.
@@ -61,7 +63,30 @@ RECIPES: Dict[str, Dict[str, object]] = {
         "aug_random_erasing": 0.5,
         "aug_gridmask": 0.5,
     },
+    # ArcFace (Deng et al. 2019) on the image tower, one centre per patent (DeepPatent's re-identification
+    # setting; LLM-informed paper, Table 1 baselines [6, 7]; DesignCLIP's "+ ArcFace on DeepPatent" stage when
+    # started from a CLIP checkpoint with --pretrained). The text tower is not used: frozen and skipped.
+    # Augmentations: the LLM-informed paper's (it re-ran these baselines on its data); s and m: ArcFace's own.
+    "arcface": {
+        "loss": "arcface",
+        "loss_weighting": "fixed",
+        "arcface_labels": "patent",
+        "arcface_scale": 64.0,
+        "arcface_margin": 0.5,
+        "sampler": "natural",
+        "lock_text": True,
+        "lock_text_unlocked_layers": 0,
+        "lock_text_freeze_layer_norm": True,
+        "aug_hflip": 0.5,
+        "aug_rrc_scale": 0.5,
+        "aug_random_erasing": 0.5,
+        "aug_gridmask": 0.5,
+    },
 }
+# the LLM-informed paper's Table 1 baselines: EfficientNet-B0 + ArcFace [7], SwinV2-B + ArcFace [6], from timm's
+# ImageNet weights
+RECIPES["effnetb0-arcface"] = {**RECIPES["arcface"], "model": "patentclip-efficientnet-b0", "pretrained_image": True}
+RECIPES["swinv2b-arcface"] = {**RECIPES["arcface"], "model": "patentclip-swinv2-b", "pretrained_image": True}
 
 
 def add_recipe_args(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +95,10 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="Set losses, weighting, sampler, frozen towers and augmentations as a paper does: "
                         "clip (baseline), designclip (DesignCLIP), llm-informed (LLM-informed patent image "
-                        "retrieval). Flags given on the command line override the recipe's values.")
+                        "retrieval), arcface (ArcFace on the image tower, one centre per patent; with --pretrained "
+                        "a CLIP checkpoint: DesignCLIP's second stage), effnetb0-arcface / swinv2b-arcface (the "
+                        "LLM-informed paper's baselines: arcface on EfficientNet-B0 / SwinV2-B from timm's "
+                        "ImageNet weights). Flags given on the command line override the recipe's values.")
     g.add_argument("--loss-weighting", choices=["fixed", "uncertainty"], default="fixed",
                    help="fixed: total = sum of --loss weights x terms; uncertainty: learned homoscedastic-"
                         "uncertainty weights, total = sum(w L exp(-s) + s), s logged as s_<loss> "

@@ -16,6 +16,11 @@
 #   PATENTCLIP_EXTRA_ARGS    more patentclip-train flags, appended last (they override the defaults)
 #   AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION   object-store access
 #   MASTER_PORT              rendezvous port (default: derived from the job id)
+#   HF_HOME / HF_HUB_CACHE   model-hub cache with the starting weights, on a shared filesystem (default: ~/.cache/huggingface)
+#   HF_HUB_OFFLINE           default 1: compute nodes read starting weights (--pretrained, --pretrained-image,
+#                            --pretrained-text) from the cache only. Fetch them beforehand on a login node, e.g.
+#                              python -c "import open_clip; open_clip.create_model_and_transforms('ViT-L-14', pretrained='openai')"
+#                            A run whose weights are not cached stops at once and prints the exact command.
 #
 # The ranks stop at the next step boundary on the warning signal (#SBATCH --signal=USR1@...), on SIGTERM
 # (preemption) or scancel --signal=USR1, write a checkpoint, leave the marker file <logs>/<name>/requeue and
@@ -35,6 +40,7 @@ PATENTCLIP_CHECKPOINT_DIR="${PATENTCLIP_CHECKPOINT_DIR:-$PATENTCLIP_BUCKET/check
 export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
 export MASTER_PORT="${MASTER_PORT:-$((20000 + ${SLURM_JOB_ID:-0} % 20000))}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"  # starting weights from the cache only (fetched on a login node)
 
 VAL_ARGS=()
 if [ -n "${PATENTCLIP_VAL_DATA:-}" ]; then VAL_ARGS=(--val-data "$PATENTCLIP_VAL_DATA"); fi

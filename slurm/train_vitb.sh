@@ -1,7 +1,9 @@
 #!/bin/bash
 # ViT-B-32 from open_clip's openai weights, DesignCLIP recipe, DeepSpeed ZeRO-1 bf16, one task per GPU,
 # shards and checkpoints in S3:   sbatch -p gpu -A myproject -N 2 slurm/train_vitb.sh
-# Configuration: environment variables documented in slurm/launch.sh.
+# Configuration: environment variables documented in slurm/launch.sh. Fetch the weights first on a login node
+# (compute nodes are offline, HF_HUB_OFFLINE=1), with the jobs' HF_HOME:
+#   python -c "import open_clip; open_clip.create_model_and_transforms('ViT-B-32', pretrained='openai')"
 #SBATCH --job-name=patentclip-vitb
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=4

@@ -6,6 +6,14 @@
 #
 # Configuration: environment variables documented in slurm/launch.sh; PATENTCLIP_EXTRA_ARGS overrides any
 # training flag (e.g. "--epochs 20 --batch-size 48").
+#
+# Compute nodes read the openai weights from the model-hub cache only (HF_HUB_OFFLINE=1). Fetch them once on a
+# login node, with the same HF_HOME (a shared filesystem) as the jobs:
+#
+#   python -c "import open_clip; open_clip.create_model_and_transforms('ViT-L-14', pretrained='openai')"
+#   (or: hf download timm/vit_large_patch14_clip_224.openai open_clip_model.safetensors)
+#
+# The openai weights were trained with QuickGELU: the run takes it over (--force-quick-gelu, in params.txt).
 #SBATCH --job-name=patentclip-vitl
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=4
