@@ -67,7 +67,7 @@ class IndexProblem:
     """A drawing or shard the index leaves out, and why."""
 
     shard: str
-    kind: str                 # "unreadable_shard", "corrupt_tar", "bad_sample"
+    kind: str                 # "corrupt_tar", "truncated_shard", "bad_sample"
     reason: str
     key: Optional[str] = None
 
@@ -144,10 +144,12 @@ class ShardBatches(IterableDataset):
     its class ids, captions, grey one-channel path and image transport, the skip rules), in evaluation mode, so a
     drawing gets exactly the pixels ``patentclip-eval`` feeds the model."""
 
-    def __init__(self, urls: Sequence[str], stream: PatentStream, batch_size: int):
+    def __init__(self, urls: Sequence[str], stream: PatentStream, batch_size: int,
+                 sizes: Optional[Dict[str, Optional[int]]] = None):
         self.urls = list(urls)
         self.stream = stream
         self.batch_size = int(batch_size)
+        self.sizes = sizes or {}
 
     def __iter__(self):
         info = get_worker_info()
@@ -161,6 +163,11 @@ class ShardBatches(IterableDataset):
         except (remote_io.ShardReadError, OSError) as exc:
             yield {"shard": url, "error": f"{type(exc).__name__}: {exc}", "last": True}
             return
+        expected = self.sizes.get(url)
+        if expected is not None and len(samples) < expected and not problems:
+            # a tar cut at a member boundary reads as a shorter, intact tar: only sizes.json tells
+            problems.append(IndexProblem(url, "truncated_shard", f"{url}: {len(samples)} samples read, its sizes.json "
+                                         f"lists {expected}: the shard was cut short; the samples read are indexed"))
         examples = self.stream.group_examples(0, [url], samples, 0)
         items = made(((0, j + 1, ex) for j, ex in enumerate(examples)), lambda ex: self.stream.make(ex, 0),
                      _ProblemRecorder(url, problems))
@@ -247,10 +254,10 @@ def check_same_classes(codes_a: Sequence[str], codes_b: Sequence[str], where_a: 
                          f"shards with one classes.json (patentclip-shards build --classes ...)")
 
 
-def shard_sizes(urls: Sequence[str]) -> Optional[int]:
-    """Drawings in ``urls`` from the sizes.json beside them; None when a source has none."""
+def shard_sizes(urls: Sequence[str]) -> Dict[str, Optional[int]]:
+    """Samples of each shard as the sizes.json beside it lists them (None where there is none)."""
     cache: Dict[str, Optional[Dict]] = {}
-    total = 0
+    out: Dict[str, Optional[int]] = {}
     for u in urls:
         d = posixpath.dirname(u)
         if d not in cache:
@@ -258,10 +265,9 @@ def shard_sizes(urls: Sequence[str]) -> Optional[int]:
                 cache[d] = json.loads(remote_io.read_text(posixpath.join(d, "sizes.json")))
             except (OSError, ValueError):
                 cache[d] = None
-        if cache[d] is None or posixpath.basename(u) not in cache[d]:
-            return None
-        total += int(cache[d][posixpath.basename(u)])
-    return total
+        n = (cache[d] or {}).get(posixpath.basename(u))
+        out[u] = int(n) if n is not None else None
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -278,9 +284,10 @@ def embed_shards(loaded, urls: Sequence[str], folder: str, *, model_info: Dict, 
     stream = PatentStream([], is_train=False, batch_size=batch_size, seed=0, rank=0, world_size=1,
                           shared_epoch=SharedEpoch(0), class_table=class_table, preprocess=loaded.preprocess,
                           tokenizer=loaded.tokenizer, image_transport=transport)
-    data = ShardBatches(urls, stream, batch_size)
+    sizes = shard_sizes(urls)
+    data = ShardBatches(urls, stream, batch_size, sizes)
     loader = DataLoader(data, batch_size=None, num_workers=workers, persistent_workers=False)
-    total = shard_sizes(urls)
+    total = sum(sizes.values()) if None not in sizes.values() else None
     bar = tqdm(total=total, desc="embedding", unit="drawing", disable=not progress, dynamic_ncols=True)
     acc: Dict[str, Dict[str, List]] = {}
     failed: Dict[str, str] = {}

@@ -268,29 +268,37 @@ def test_two_ranks_build_the_same_index(full, synthetic_shards, tiny_model, tmp_
 
 
 def test_bad_shards_lose_nothing(full, synthetic_shards, tiny_model, tmp_path):
-    src = shards(synthetic_shards, "train")[:3]
+    src = shards(synthetic_shards, "train")[:4]
     d = tmp_path / "shards"
     d.mkdir()
     shutil.copy(os.path.join(os.path.dirname(src[0]), "classes.json"), d)
+    sizes = json.loads((synthetic_shards["train_dir"] / "sizes.json").read_text())
+    (d / "sizes.json").write_text(json.dumps({f"a-{i:06d}.tar": sizes[os.path.basename(s)]
+                                              for i, s in enumerate(src)}))
     shutil.copy(src[0], d / "a-000000.tar")
-    raw = open(src[1], "rb").read()
-    (d / "a-000001.tar").write_bytes(raw[: len(raw) // 2])  # truncated mid-shard
+    with tarfile.open(src[1]) as tar:  # cut in the middle of an image's bytes
+        png = [m for m in tar.getmembers() if m.name.endswith(".png")][10]
+    (d / "a-000001.tar").write_bytes(open(src[1], "rb").read()[:png.offset_data + png.size // 2])
+    with tarfile.open(src[3]) as tar:  # cut exactly where a member starts: reads as an intact, shorter tar
+        cut = [m.offset for m in tar.getmembers()][len(tar.getmembers()) // 2]
+    (d / "a-000003.tar").write_bytes(open(src[3], "rb").read()[:cut])
     out = tmp_path / "idx"
-    data = str(d / "a-{000000..000002}.tar")  # a-000002.tar does not exist (yet)
+    data = str(d / "a-{000000..000003}.tar")  # a-000002.tar does not exist (yet)
     assert build(["--data", data, "--checkpoint", tiny_model, "--out", out]) == 1
     m = X.read_manifest(out)
-    assert m["pending_shards"] == [str(d / "a-000002.tar")] and len(m["parts"]) == 2
-    rec = X.read_part_record(str(out), X.part_name(str(d / "a-000001.tar")))
-    assert [p["kind"] for p in rec["problems"]] == ["corrupt_tar"] and 0 < rec["rows"] < 40
-    ref = X.read_part_record(full, X.part_name(src[1]))
-    # the complete samples before the damage are indexed, identical to those of the intact shard
-    np.testing.assert_array_equal(part_vectors(out, str(d / "a-000001.tar")), part_vectors(full, src[1])[:rec["rows"]])
-    assert ref["rows"] == 40
+    assert m["pending_shards"] == [str(d / "a-000002.tar")] and len(m["parts"]) == 3
+    for name, kind in (("a-000001.tar", "corrupt_tar"), ("a-000003.tar", "truncated_shard")):
+        rec = X.read_part_record(str(out), X.part_name(str(d / name)))
+        assert [p["kind"] for p in rec["problems"]] == [kind] and 0 < rec["rows"] < 40, name
+        # the complete samples before the damage are indexed, identical to those of the intact shard
+        intact = src[1] if name == "a-000001.tar" else src[3]
+        np.testing.assert_array_equal(part_vectors(out, str(d / name)), part_vectors(full, intact)[:rec["rows"]])
+    assert not X.read_part_record(str(out), X.part_name(str(d / "a-000000.tar")))["problems"]
     # the missing shard appears: the next run embeds only it
     shutil.copy(src[2], d / "a-000002.tar")
     assert build(["--data", data, "--checkpoint", tiny_model, "--out", out]) == 0
     m = X.read_manifest(out)
-    assert m["pending_shards"] == [] and len(m["parts"]) == 3
+    assert m["pending_shards"] == [] and len(m["parts"]) == 4
     np.testing.assert_array_equal(part_vectors(out, str(d / "a-000002.tar")), part_vectors(full, src[2]))
 
 
