@@ -584,23 +584,29 @@ def create_model_for_run(args, device, plan: Optional[StartPlan] = None, **model
         if w is not None:
             apply_preprocess(args, w)
     model_cfg = open_clip.get_model_config(args.model)
-    model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-        args.model, plan.model.file if plan.model else None, precision="fp32", device=device,
-        force_quick_gelu=args.force_quick_gelu, force_custom_text=args.force_custom_text,
-        force_patch_dropout=args.force_patch_dropout, force_image_size=args.force_image_size,
-        force_context_length=args.force_context_length, image_mean=args.image_mean, image_std=args.image_std,
-        image_interpolation=args.image_interpolation, image_resize_mode=args.image_resize_mode,
-        aug_cfg=args.aug_cfg, pretrained_image=False, output_dict=True, cache_dir=args.cache_dir, **model_kwargs)
+    trust = args.trust_checkpoint
+    # open_clip's reader of the whole-model file, weights-only like every patentclip load: a refusal names the file
+    with safe_load.weights_only_loads(plan.model.file if plan.model else args.model, trust=trust):
+        model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+            args.model, plan.model.file if plan.model else None, precision="fp32", device=device,
+            force_quick_gelu=args.force_quick_gelu, force_custom_text=args.force_custom_text,
+            force_patch_dropout=args.force_patch_dropout, force_image_size=args.force_image_size,
+            force_context_length=args.force_context_length, image_mean=args.image_mean, image_std=args.image_std,
+            image_interpolation=args.image_interpolation, image_resize_mode=args.image_resize_mode,
+            aug_cfg=args.aug_cfg, pretrained_image=False, output_dict=True, cache_dir=args.cache_dir,
+            weights_only=not trust, **model_kwargs)
     if plan.model:
         logging.info("Model %s starts from %s (%s)", args.model, plan.model.spec, plan.model.file)
     if plan.image:
-        load_timm_tower(model, timm_tower_name(model_cfg), plan.image.file, model_cfg["vision_cfg"].get("timm_pool"))
+        with safe_load.weights_only_loads(plan.image.file, trust=trust, trust_helps=False):  # timm: weights-only
+            load_timm_tower(model, timm_tower_name(model_cfg), plan.image.file,
+                            model_cfg["vision_cfg"].get("timm_pool"))
         logging.info("Image tower %s starts from timm weights %s (%s)", timm_tower_name(model_cfg), plan.image.spec,
                      plan.image.file)
     if plan.text:
         # open_clip's reader (safetensors, 'state_dict', 'module.'), weights-only like every patentclip load
-        with safe_load.weights_only_loads(plan.text.file, trust=args.trust_checkpoint):
-            sd = open_clip.factory.load_state_dict(plan.text.file, device="cpu", weights_only=True)
+        with safe_load.weights_only_loads(plan.text.file, trust=trust):
+            sd = open_clip.factory.load_state_dict(plan.text.file, device="cpu", weights_only=not trust)
         n = load_text_tower(model, sd, plan.text.spec)
         logging.info("Text tower (%d tensors) starts from %s (%s)", len(n), plan.text.spec, plan.text.file)
     return model, preprocess_train, preprocess_val

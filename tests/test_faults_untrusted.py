@@ -96,3 +96,36 @@ def test_eval_and_export_refuse_planted_files(synthetic_shards, tmp_path):
     r = run_cli("patentclip.evaluation.export", "--checkpoint", tag, "--out", tmp_path / "out", timeout=300)
     assert r.returncode == 2 and f"{tag}: refused: it asks for posix.system" in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("flag", ["--pretrained", "--pretrained-text", "--pretrained-image-source"])
+def test_planted_starting_weights_are_refused_and_named(flag, tmp_path):
+    """patentclip-train's starting weights are read by open_clip (--pretrained, --pretrained-text) and timm
+    (--pretrained-image-source): a planted file is refused naming it, like a checkpoint (it used to end in torch's
+    raw UnpicklingError, naming no file and suggesting weights_only=False); --trust-checkpoint loads it in full
+    where the reader allows it (open_clip's), and timm's reader never does, which the refusal says."""
+    from patentclip.launch.args import parse_train_args
+    from patentclip.plugins import pretrained as P
+    from patentclip.plugins.models import register_model_configs
+
+    register_model_configs()
+    evil = plant(tmp_path / "evil.pt", tmp_path / "ran")
+    model = "patentclip-tiny-efficientnet" if flag == "--pretrained-image-source" else "patentclip-tiny"
+
+    def build(*extra):
+        args = parse_train_args(["--train-data", "x.tar", "--model", model, flag, str(evil), *extra])
+        return P.create_model_for_run(args, "cpu", P.plan_start(args))
+
+    with pytest.raises(safe_load.UntrustedCheckpoint, match=r"evil.pt: refused: it asks for posix.system") as exc:
+        build()
+    assert not (tmp_path / "ran").exists()
+    if flag == "--pretrained-image-source":
+        assert "--trust-checkpoint does not apply" in str(exc.value)
+        with pytest.raises(safe_load.UntrustedCheckpoint, match="does not apply"):
+            build("--trust-checkpoint")
+        assert not (tmp_path / "ran").exists()
+    else:
+        assert "pass --trust-checkpoint to load it anyway" in str(exc.value)
+        with pytest.raises(Exception):  # trusted: the file is unpickled in full (its code runs), then not a model
+            build("--trust-checkpoint")
+        assert (tmp_path / "ran").exists()
