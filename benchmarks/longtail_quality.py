@@ -182,7 +182,9 @@ def trunk_file(checkpoint: str, dest: Path) -> str:
     """The timm trunk of a CLIP checkpoint with a timm image tower, as a timm state dict file."""
     import torch
 
-    sd = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    from patentclip.launch import safe_load
+
+    sd = safe_load.load(checkpoint, checkpoint, map_location="cpu")["state_dict"]  # weights-only, as everywhere
     trunk = {k[len("visual.trunk."):]: v for k, v in sd.items() if k.startswith("visual.trunk.")}
     if not trunk:
         raise RuntimeError(f"{checkpoint} has no visual.trunk.* weights")
