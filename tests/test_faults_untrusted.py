@@ -129,3 +129,17 @@ def test_planted_starting_weights_are_refused_and_named(flag, tmp_path):
         with pytest.raises(Exception):  # trusted: the file is unpickled in full (its code runs), then not a model
             build("--trust-checkpoint")
         assert (tmp_path / "ran").exists()
+
+
+def test_a_planted_pretrained_file_for_evaluation_is_refused_and_named(tmp_path):
+    """patentclip-eval --model M --pretrained FILE (open_clip's reader): refused naming the file, not torch's raw
+    error; trusted, it is unpickled in full."""
+    from patentclip.evaluation.loading import load_for_eval
+
+    evil = plant(tmp_path / "evil.pt", tmp_path / "ran")
+    with pytest.raises(safe_load.UntrustedCheckpoint, match=r"evil.pt: refused: it asks for posix.system"):
+        load_for_eval(None, "patentclip-tiny", str(evil), "cpu")
+    assert not (tmp_path / "ran").exists()
+    with pytest.raises(Exception):
+        load_for_eval(None, "patentclip-tiny", str(evil), "cpu", trust=True)
+    assert (tmp_path / "ran").exists()
