@@ -143,3 +143,74 @@ def test_a_planted_pretrained_file_for_evaluation_is_refused_and_named(tmp_path)
     with pytest.raises(Exception):
         load_for_eval(None, "patentclip-tiny", str(evil), "cpu", trust=True)
     assert (tmp_path / "ran").exists()
+
+
+DS_SAVE = r'''
+import os, sys
+import torch
+import deepspeed
+from patentclip.launch import safe_load
+from patentclip.launch.args import default_args
+from patentclip.launch.checkpoint import rng_state
+from patentclip.launch.train import deepspeed_config, make_optimizer
+
+deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+out = sys.argv[1]
+for stage in (0, 1, 2):
+    for precision in ("fp32", "bf16"):
+        args = default_args(precision=precision, zero_stage=stage, batch_size=4, lr=1e-3, wd=0.1)
+        torch.manual_seed(0)
+        module = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
+        engine, _, _, _ = deepspeed.initialize(model=module, optimizer=make_optimizer(module, args),
+                                               config=deepspeed_config(args))
+        x = torch.randn(4, 8, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
+        engine.backward(engine(x).float().pow(2).mean())
+        engine.step()
+        tag = f"zero{stage}_{precision}"
+        engine.save_checkpoint(out, tag=tag, client_state={"rng": [rng_state()], "epoch": 1, "step": 1})
+        with safe_load.weights_only_loads(os.path.join(out, tag)):  # as restore_engine reads it on --resume
+            path, client = engine.load_checkpoint(out, tag=tag)
+        assert path is not None and client["step"] == 1, (tag, path)
+'''
+
+
+def test_deepspeed_files_need_exactly_the_allowed_types(tmp_path):
+    """DeepSpeed's own state files, as patentclip-train writes them (its optimizer and DeepSpeed config, its RNG
+    client state) in ZeRO stages 0, 1 and 2, fp32 and bf16, in a real process: each loads back weights-only
+    (DeepSpeed's own load_checkpoint under weights_only_loads, and safe_load.load of every file), and the globals
+    they need beyond PyTorch's weights-only defaults are exactly safe_load.safe_globals(): with any one of them
+    left out some file is refused (so none is admitted that no file needs), and every GLOBAL the files name is
+    allowed. (The allowlist's second name of numpy's _reconstruct is for files written under numpy 1.)"""
+    import pickle
+    import subprocess
+    import sys
+
+    from s3_server import free_port
+
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
+           "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", DS_SAVE, str(tmp_path)], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    files = sorted(tmp_path.glob("zero*/*.pt"))
+    assert {f.parent.name for f in files} == {f"zero{s}_{p}" for s in (0, 1, 2) for p in ("fp32", "bf16")}
+    assert any("optim_states" in f.name for f in files)
+    named = set()
+    for f in files:
+        named |= set(torch.serialization.get_unsafe_globals_in_checkpoint(str(f)))
+        safe_load.load(f, str(f), map_location="cpu")
+    allowed = safe_load.safe_globals()
+    names = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in allowed}
+    assert named <= names, sorted(named - names)
+    for g in allowed:
+        if isinstance(g, tuple):  # numpy 1's name of _reconstruct: no file here is written under numpy 1
+            continue
+        refused = []
+        for f in files:
+            try:
+                with torch.serialization.safe_globals([o for o in allowed if o is not g]):
+                    torch.load(f, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError:
+                refused.append(f.name)
+        assert refused, f"no DeepSpeed or patentclip file needs {g}: it should not be allowed"
