@@ -108,3 +108,27 @@ def test_the_evaluation_counts_identical_captions_once_whatever_the_shard_order(
         assert image_text_from_features(shuffled, EvalSettings()) == ref
         per_drawing.add(M.image_text_recall(img[p], txt_bank[caption][p], ks=(1,))["image_to_text_R@1"])
     assert len(per_drawing) > 1
+
+
+def test_against_a_brute_force_reading_of_the_rule():
+    """The rule of docs/evaluation.md written out plainly (python loops over distinct captions) on random
+    features with shared captions, K = 1, 3, 5."""
+    g = torch.Generator().manual_seed(11)
+    caption = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 4, 5, 6, 6, 6, 6, 7, 8, 9, 9])
+    bank = F.normalize(torch.randn(10, 6, generator=g), dim=-1)
+    img = F.normalize(bank[caption] + 0.9 * torch.randn(len(caption), 6, generator=g), dim=-1)
+    ks = (1, 3, 5)
+    got = M.image_text_recall(img, bank[caption], ks=ks, text_ids=caption)
+    distinct = sorted(set(caption.tolist()))
+    sim = (img @ bank.T).tolist()  # image x distinct caption
+    for k in ks:
+        hits = 0
+        for i, c in enumerate(caption.tolist()):
+            order = sorted(distinct, key=lambda t: -sim[i][t])
+            hits += c in order[:k]
+        assert abs(got[f"image_to_text_R@{k}"] - hits / len(caption)) < 1e-12, k
+        hits = 0
+        for t in distinct:
+            order = sorted(range(len(caption)), key=lambda i: -sim[i][t])
+            hits += any(caption[i] == t for i in order[:k])
+        assert abs(got[f"text_to_image_R@{k}"] - hits / len(distinct)) < 1e-12, k
