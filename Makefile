@@ -45,6 +45,7 @@ test-latest:
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
 	$(LATEST)/bin/python -m pip install --quiet -e '.[dev]'
 	sh tests/install_chromium.sh
+	sh tests/install_tesseract.sh
 	$(LATEST)/bin/python -m pytest -q --durations=15
 
 # refresh the lock on purpose: only a set of versions that passed the whole suite becomes constraints.txt
