@@ -60,15 +60,20 @@ class UntrustedCheckpoint(RuntimeError):
 
 def _refusal(path: str, exc: BaseException, trust_helps: bool = True) -> UntrustedCheckpoint:
     m = re.search(r"GLOBAL ([\w.]+)", str(exc)) or re.search(r"but got <class '([\w.]+)'>", str(exc))
-    what = f"it asks for {m.group(1)}, " if m else ""
+    if m:
+        what = (f"it asks for {m.group(1)}, which a weights-only load does not run (a checkpoint file can execute "
+                f"code when loaded with full pickle)")
+    else:  # not a type: an opcode the weights-only unpickler lacks, or bytes that are no pickle (a damaged file)
+        reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", str(exc), re.S)
+        what = (f"the weights-only unpickler stopped at {reason.group(1).strip() if reason else str(exc)[:200]!r}: "
+                f"the file is damaged, is not a checkpoint, or holds a pickle that a weights-only load does not run")
     if trust_helps:
         then = f"If you trust this file, pass {TRUST_FLAG} to load it anyway."
     else:
         then = (f"timm reads backbone weight files weights-only whatever the flags ({TRUST_FLAG} does not apply): "
                 f"if you trust this file, save its backbone's state dict (tensors only) and pass that file.")
     return UntrustedCheckpoint(
-        f"{path}: refused: {what}which a weights-only load does not run (a checkpoint file can execute code when "
-        f"loaded with full pickle). patentclip's and DeepSpeed's own files need nothing beyond the allowed types. "
+        f"{path}: refused: {what}. patentclip's and DeepSpeed's own files need nothing beyond the allowed types. "
         + then)
 
 

@@ -214,3 +214,15 @@ def test_deepspeed_files_need_exactly_the_allowed_types(tmp_path):
             except pickle.UnpicklingError:
                 refused.append(f.name)
         assert refused, f"no DeepSpeed or patentclip file needs {g}: it should not be allowed"
+
+
+def test_a_file_that_is_no_pickle_is_named_as_damaged_not_as_a_type(tmp_path):
+    """Bytes that are no checkpoint at all (a damaged download) are refused with the unpickler's reason, not as a
+    type the file asked for."""
+    junk = tmp_path / "epoch_2.pt"
+    junk.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(safe_load.UntrustedCheckpoint) as exc:
+        safe_load.load(junk, str(junk))
+    msg = str(exc.value)
+    assert msg.startswith(f"{junk}: refused: the weights-only unpickler stopped at ") and "damaged" in msg
+    assert "asks for" not in msg
