@@ -7,6 +7,7 @@ import datetime
 import os
 import platform
 import subprocess
+from importlib import metadata
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -52,8 +53,6 @@ def gpu_names() -> str:
 
 
 def versions() -> Dict[str, Optional[str]]:
-    from importlib import metadata
-
     out = {}
     for label, dist in VERSIONED.items():
         try:

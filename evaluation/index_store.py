@@ -16,6 +16,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from patentclip.evaluation import faiss_compat
 from patentclip.evaluation.index_faiss import FaissSpec, default_nlist, measure_recall, new_faiss
@@ -155,8 +156,6 @@ def eval_features(folder: str, model=None, class_codes: Optional[Sequence[str]] 
     ``extract_features`` returns (``image_features`` float32 (N, dim) as stored, ``class_id``, ``grant_day``,
     ``patent_id``, ``view``, ``key``), read part by part from the Parquet files. With ``model`` the index must have
     been built by it (fingerprint), with ``class_codes`` its class table must be the same."""
-    import torch
-
     m = read_manifest(folder)
     if model is not None and model_fingerprint(model) != m["model"]["fingerprint"]:
         raise ValueError(f"{folder} was built with another model ({m['model']['source']}); its vectors cannot be "

@@ -54,6 +54,7 @@ from patentclip.plugins.pretrained_sources import (CLIP_CONFIG, CLIP_WEIGHTS, CO
                                                   MissingWeights, Weights, add_pretrained_args, download_weights,
                                                   hub_offline, resolve_clip_weights, resolve_timm_weights,
                                                   split_model_tag, timm_tower_name, timm_weights_problem)
+from patentclip.plugins.recipes import flags_given
 
 #: The starting weights' public names: the run's plan and its application (here) and the sources it resolves
 #: (:mod:`.pretrained_sources`): ``patentclip.plugins.pretrained`` is the one import for both.
@@ -78,8 +79,6 @@ class StartPlan:
 
 
 def flag_given(args, flag: str) -> bool:
-    from patentclip.plugins.recipes import flags_given
-
     return flag in flags_given(getattr(args, "argv", None) or [])
 
 
