@@ -1,5 +1,9 @@
 """Checkpoints of a patentclip run: local or in object storage, complete or not at all.
 
+One concern (a run's checkpoints: written, committed, found again and restored, under one commit protocol) in
+about 520 lines: the writer and the resume side share the protocol's rules (what "complete" means, which tag is
+latest, local and remote agreeing), and splitting them would write those rules twice.
+
 Layout (``--checkpoint-dir``, default ``<logs>/<name>/checkpoints``, open_clip's place; any fsspec URL such as
 ``s3://bucket/run`` works; a remote run stages its files in ``<logs>/<name>/checkpoints`` first; every file name
 and field is defined in :mod:`patentclip.launch.checkpoint_format`, which also reads checkpoints back):

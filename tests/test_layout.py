@@ -19,9 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("shards", "plugins", "launch", "evaluation", "benchmarks")
 MAX_LINES = 400
 MARKER = "One concern"
-#: Modules over MAX_LINES whose docstring is another branch's to write (launch/checkpoint*.py and train.py are being
-#: changed there). The test fails as soon as one of them no longer needs its place here: this list only shrinks.
-NOT_YET = {"launch/checkpoint.py", "launch/checkpoint_format.py", "launch/train.py"}
 
 
 def modules():
@@ -40,11 +37,9 @@ def test_every_module_opens_with_a_docstring():
 
 def test_long_modules_say_why_they_are_one_concern():
     long = {str(p.relative_to(ROOT)): p for p in modules() if len(p.read_text(encoding="utf-8").splitlines()) > MAX_LINES}
-    unexplained = sorted(rel for rel, p in long.items() if MARKER not in docstring(p) and rel not in NOT_YET)
+    unexplained = sorted(rel for rel, p in long.items() if MARKER not in docstring(p))
     assert not unexplained, (f"modules over {MAX_LINES} lines whose docstring does not say why they are one concern "
                              f"(a sentence with {MARKER!r}), or split them: {unexplained}")
-    settled = sorted(rel for rel in NOT_YET if rel not in long or MARKER in docstring(long[rel]))
-    assert not settled, f"remove from NOT_YET, they need no exemption now: {settled}"
 
 
 def layout_section() -> str:
