@@ -51,6 +51,7 @@ from patentclip.evaluation import index as X
 from patentclip.evaluation.features import extract_features
 from patentclip.evaluation.index_shards import ShardBatches, check_same_classes, shard_classes, shard_sizes
 from patentclip.evaluation.loading import load_for_eval
+from patentclip.launch.safe_load import TRUST_FLAG, TRUST_HELP
 from patentclip.plugins.classes import ClassTable, classes_json_beside
 from patentclip.plugins.data import batch as B
 from patentclip.plugins.data.stream import PatentStream
@@ -72,10 +73,12 @@ class _OneBatch:
 # ----------------------------------------------------------------------------------------------------------------
 # the model
 # ----------------------------------------------------------------------------------------------------------------
-def load_model(checkpoint: str, model_name: Optional[str], pretrained: Optional[str], device, seed: int, workdir: str):
-    """The model as patentclip-eval loads it ('untrained' weights seeded by ``seed``)."""
+def load_model(checkpoint: str, model_name: Optional[str], pretrained: Optional[str], device, seed: int, workdir: str,
+               trust: bool = False):
+    """The model as patentclip-eval loads it ('untrained' weights seeded by ``seed``; the checkpoint read
+    weights-only unless ``trust``, ``--trust-checkpoint``)."""
     torch.manual_seed(seed)
-    return load_for_eval(checkpoint, model_name, pretrained, device, workdir)
+    return load_for_eval(checkpoint, model_name, pretrained, device, workdir, trust=trust)
 
 
 def model_record(loaded, checkpoint: str, model_name: Optional[str], pretrained: Optional[str], seed: int,
@@ -230,7 +233,8 @@ def run_build(args, folder: str, manifest: Optional[Dict]) -> int:
     os.makedirs(os.path.join(folder, X.PARTS_DIR), exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="patentclip-index-") as work:
         if manifest is None:
-            loaded = load_model(args.checkpoint, args.model, args.pretrained, device, args.seed, work)
+            loaded = load_model(args.checkpoint, args.model, args.pretrained, device, args.seed, work,
+                                args.trust_checkpoint)
             model_info = model_record(loaded, args.checkpoint, args.model, args.pretrained, args.seed, device)
             spec = X.FaissSpec(kind=args.faiss, nlist=args.nlist, nprobe=args.nprobe, m=args.hnsw_m,
                                ef_construction=args.ef_construction, ef_search=args.ef_search)
@@ -250,7 +254,7 @@ def run_build(args, folder: str, manifest: Optional[Dict]) -> int:
             m = manifest["model"]
             ckpt = args.checkpoint or m["checkpoint"]
             loaded = load_model(ckpt, args.model or m.get("model_arg"), m.get("pretrained"), device,
-                                m.get("seed", 0), work)
+                                m.get("seed", 0), work, args.trust_checkpoint)
             fp = X.model_fingerprint(loaded.model)
             if fp != m["fingerprint"]:
                 raise ValueError(f"the model at {ckpt} is not the one {folder} was built with (fingerprint {fp[:12]}, "
@@ -351,6 +355,7 @@ def _add_run_args(p) -> None:
     g.add_argument("--classes-json", default=None, help="Default: the classes.json beside the shards.")
     g.add_argument("--seed", type=int, default=0, help="Seed of 'untrained' weights and of the recall sample.")
     g.add_argument("--quiet", action="store_true", help="No progress bar.")
+    g.add_argument(TRUST_FLAG, action="store_true", help=TRUST_HELP)
     g.add_argument("--stop-after-parts", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulate a crash
 
 

@@ -226,3 +226,23 @@ def test_a_file_that_is_no_pickle_is_named_as_damaged_not_as_a_type(tmp_path):
     msg = str(exc.value)
     assert msg.startswith(f"{junk}: refused: the weights-only unpickler stopped at ") and "damaged" in msg
     assert "asks for" not in msg
+
+
+def test_index_and_search_read_their_model_weights_only(synthetic_shards, tmp_path):
+    """patentclip-index (build) and patentclip-search (an index's model) refuse a planted checkpoint by name;
+    --trust-checkpoint is theirs too, for a file the user trusts."""
+    from patentclip.evaluation import index_build, search
+
+    evil = plant(tmp_path / "epoch_1.pt", tmp_path / "ran")
+    r = run_cli("patentclip.evaluation.index_build", "build", "--data", synthetic_shards["val"], "--out",
+                tmp_path / "index", "--checkpoint", evil, "--workers", "0", "--quiet", timeout=300)
+    assert r.returncode != 0 and "epoch_1.pt: refused: it asks for posix.system" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "ran").exists()
+    r = run_cli("patentclip.evaluation.index_build", "build", "--data", synthetic_shards["val"], "--out",
+                tmp_path / "index", "--checkpoint", evil, "--workers", "0", "--quiet", "--trust-checkpoint",
+                timeout=300)
+    assert (tmp_path / "ran").exists()  # trusted: loaded the old way (and this one's pickle ran)
+    index_args = index_build.build_parser().parse_args(["add", "i", "--data", "d", "--trust-checkpoint"])
+    assert index_args.trust_checkpoint
+    for parser in (search.build_parser(), search.serve_parser()):
+        assert "--trust-checkpoint" in parser.format_help()
