@@ -151,7 +151,7 @@ class PatentStream(IterableDataset):
                  tokenizer: Callable, image_transport: ImageTransport, sampler=None, multiview: bool = False,
                  random_caption: bool = True, group_shards: int = 4, num_worker_batches: Optional[int] = None,
                  resampled: bool = False, weights: Optional[Sequence[float]] = None,
-                 max_unreadable_shards: float = tars.DEFAULT_MAX_UNREADABLE):
+                 max_unreadable_shards: float = tars.DEFAULT_MAX_UNREADABLE, image_resize: str = "pil"):
         super().__init__()
         self.max_unreadable_shards = max_unreadable_shards
         self.is_train = is_train
@@ -169,7 +169,7 @@ class PatentStream(IterableDataset):
                               repeat=is_train and num_worker_batches is not None, resampled=resampled,
                               weights=list(weights) if weights is not None else None)
         # grey drawings on one channel, and (uint8 transport) finished on the device: the same tensors
-        self.preprocess = GreyAwarePreprocess(preprocess, image_transport)
+        self.preprocess = GreyAwarePreprocess(preprocess, image_transport, image_resize)
         self.make = ExampleMaker(preprocess=self.preprocess, tokenizer=tokenizer, class_table=class_table,
                                  seed=seed, augment=is_train, random_caption=random_caption and is_train,
                                  multiview=multiview)
