@@ -10,8 +10,9 @@ tensor path's pixels are from the PIL path's.
 Drawings: real USPTO design-patent drawings (TIFF, ``../shared/realdata``) normalised by the shard builder's own
 code (shards/images.py: grey PNG, longest side at most the size) -- realistic bytes and line art; synthetic ones
 when the real data is absent. One process, one thread (a loader worker's footing: no start-up, no inter-process
-transfer); each step timed over every drawing, ``--repeats`` times after an untimed pass, the median per drawing and the range over the
-repeats printed. The crop uses the same seeded draws in both paths (the same crop boxes); the pixel difference is
+transfer); each step timed over every drawing in ``--repeats`` rounds (after an untimed one) that time every step
+and size once in rotated order; the minimum over the rounds is the figure (the least disturbed by other processes
+of a shared machine), the median and maximum are printed beside it; ratios use the minimums. The crop uses the same seeded draws in both paths (the same crop boxes); the pixel difference is
 the uint8 tensors' (one channel) as the workers send them: mean and max absolute difference in grey levels and the
 share of pixels that differ by more than 1 level. Ratios printed: 512 / 256 px per step and for a whole drawing,
 and tensor / PIL for the crop + resize.
@@ -56,17 +57,23 @@ def drawings(n: int):
     return out, f"{n} synthetic line drawings (real data absent)"
 
 
-def timed(fn, items, repeats):
-    """(median ms per item over the repeats, min, max), after one untimed pass (warm caches, lazy imports)."""
-    for x in items:
-        fn(x)
-    per = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+def timed_rounds(cases, repeats):
+    """{name: (min, median, max) ms per item}: ``cases`` {name: (fn, items)} each run once untimed (warm caches,
+    lazy imports), then ``repeats`` rounds in which every case is timed once, in an order rotated round by round
+    (a slow spell of a shared machine falls on all cases alike). The minimum is the least disturbed estimate."""
+    names = list(cases)
+    for fn, items in cases.values():
         for x in items:
             fn(x)
-        per.append(1000 * (time.perf_counter() - t) / len(items))
-    return statistics.median(per), min(per), max(per)
+    per = {n: [] for n in names}
+    for r in range(repeats):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            fn, items = cases[n]
+            t = time.perf_counter()
+            for x in items:
+                fn(x)
+            per[n].append(1000 * (time.perf_counter() - t) / len(items))
+    return {n: (min(v), statistics.median(v), max(v)) for n, v in per.items()}
 
 
 def main(argv=None) -> int:
@@ -108,18 +115,23 @@ def main(argv=None) -> int:
 
     print(f"loader costs: {what}, preprocess of {a.model} ({rrc.size} px crop), 1 thread, {a.repeats} repeats, "
           f"{os.cpu_count()} CPUs")
-    res = {}
+    res, cases, prepared = {}, {}, {}
     for side in sizes:
-        pngs = [normalize_image(s, ImageOptions(max_side=side))[0] for s in sources]
+        pngs = [normalize_image(src, ImageOptions(max_side=side))[0] for src in sources]
         imgs = [Image.open(io.BytesIO(p)) for p in pngs]
         for im in imgs:
             im.load()
-        r = {"png_kb": statistics.mean(len(p) for p in pngs) / 1024,
-             "decode": timed(lambda p: Image.open(io.BytesIO(p)).load(), pngs, a.repeats),
-             "rrc_draw": timed(lambda im: rrc.get_params(im, rrc.scale, rrc.ratio), imgs, a.repeats),
-             "pil_path": timed(seeded(pil_path), imgs, a.repeats),
-             "tensor_path": timed(seeded(tensor_path), imgs, a.repeats),
-             "tokenize": timed(lambda c: tokenizer([c]), [caption] * len(imgs), a.repeats)}
+        prepared[side] = (pngs, imgs)
+        cases.update({(side, "decode"): (lambda p: Image.open(io.BytesIO(p)).load(), pngs),
+                      (side, "rrc_draw"): (lambda im: rrc.get_params(im, rrc.scale, rrc.ratio), imgs),
+                      (side, "pil_path"): (seeded(pil_path), imgs),
+                      (side, "tensor_path"): (seeded(tensor_path), imgs),
+                      (side, "tokenize"): (lambda c: tokenizer([c]), [caption] * len(imgs))})
+    times = timed_rounds(cases, a.repeats)
+    for side in sizes:
+        pngs, imgs = prepared[side]
+        r = {"png_kb": statistics.mean(len(p) for p in pngs) / 1024}
+        r.update({step: times[(side, step)] for (sd, step) in cases if sd == side})
         diffs, over1, maxd = [], [], 0
         for k, im in enumerate(imgs):
             torch.manual_seed(k)
@@ -133,11 +145,12 @@ def main(argv=None) -> int:
         r["diff_mean"], r["diff_over1"], r["diff_max"] = statistics.mean(diffs), statistics.mean(over1), maxd
         r["whole_pil"] = r["decode"][0] + r["pil_path"][0] + r["tokenize"][0]
         res[side] = r
-        print(f"\n{side} px (PNG {r['png_kb']:.1f} KB on average), ms per drawing, median (range over repeats):")
+        print(f"\n{side} px (PNG {r['png_kb']:.1f} KB on average), ms per drawing, min (median, max) over the rounds:")
         for k in ("decode", "rrc_draw", "pil_path", "tensor_path", "tokenize"):
-            m, lo, hi = r[k]
-            print(f"  {k:12s} {m:7.3f}  ({lo:.3f}-{hi:.3f})")
-        print(f"  tensor / PIL crop + resize: {r['tensor_path'][0] / r['pil_path'][0]:.2f}x; pixels: mean |diff| "
+            lo, med, hi = r[k]
+            print(f"  {k:12s} {lo:7.3f}  ({med:.3f}, {hi:.3f})")
+        print(f"  tensor / PIL crop + resize: {r['tensor_path'][0] / r['pil_path'][0]:.2f}x (minimums), "
+              f"{r['tensor_path'][1] / r['pil_path'][1]:.2f}x (medians); pixels: mean |diff| "
               f"{r['diff_mean']:.3f} grey levels, {100 * r['diff_over1']:.2f}% of pixels differ by more than 1, "
               f"max {r['diff_max']}")
     summary = []
