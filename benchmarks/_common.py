@@ -125,16 +125,18 @@ def proc_cpu(pid: int) -> float:
 
 def machine_cpu() -> dict:
     """The machine's CPU seconds so far from /proc/stat: ``busy`` (every state but idle and iowait, steal
-    included) and ``steal`` (time the hypervisor gave to other guests); zeros when unavailable."""
+    included), ``steal`` (time the hypervisor gave to other guests) and ``iowait`` (idle with disk I/O pending);
+    zeros when unavailable."""
     try:
         fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     except (OSError, ValueError):
-        return {"busy": 0.0, "steal": 0.0}
+        return {"busy": 0.0, "steal": 0.0, "iowait": 0.0}
     tick = os.sysconf("SC_CLK_TCK")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    iowait = fields[4] if len(fields) > 4 else 0
+    idle = fields[3] + iowait
     steal = fields[7] if len(fields) > 7 else 0
     busy = sum(fields[:8]) - idle   # guest time is already counted in user
-    return {"busy": busy / tick, "steal": steal / tick}
+    return {"busy": busy / tick, "steal": steal / tick, "iowait": iowait / tick}
 
 
 def descendants(pid: int) -> List[int]:

@@ -12,9 +12,10 @@ code (shards/images.py: grey PNG, longest side at most the size) -- realistic by
 when the real data is absent. One process, one thread (a loader worker's footing: no start-up, no inter-process
 transfer); each step timed over every drawing in ``--repeats`` rounds (after an untimed one) that time every step
 and size once in rotated order; the minimum over the rounds is the figure (the least disturbed by other processes
-of a shared machine), the median and maximum are printed beside it; ratios use the minimums. The crop uses the same seeded draws in both paths (the same crop boxes); the pixel difference is
-the uint8 tensors' (one channel) as the workers send them: mean and max absolute difference in grey levels and the
-share of pixels that differ by more than 1 level. Ratios printed: 512 / 256 px per step and for a whole drawing,
+of a shared machine), the median and maximum are printed beside it; ratios use the minimums. The crop uses the
+same seeded draws in both paths (the same crop boxes); the pixel difference is the uint8 tensors' (one channel) as
+the workers send them: mean and max absolute difference in grey levels and the share of pixels that differ by more
+than 1 level. Ratios printed: 512 / 256 px per step and for a whole drawing,
 and tensor / PIL for the crop + resize.
 """
 from __future__ import annotations

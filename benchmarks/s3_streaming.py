@@ -25,8 +25,9 @@ pass's S3/local ratio is printed as the product of the loader's CPU cost ratio (
 S3 itself costs the workers) and the ratio of the shares of the machine the loader got in the two passes
 (contention from other processes, which the loader does not control); a paired pass below 0.8x the median ratio
 is reported as slow with those figures, so an outlier can be told apart from a slower S3 path -- on this shared
-machine, issue 21's slow passes are passes where the loader got a smaller share (docs/benchmarks.md). ``--compare-read-ahead`` also times S3 without the next epoch's first group
-read ahead (plugins/data/read_ahead.py) and prints the ratio and the first-batch waits.
+machine, issue 21's slow passes are passes where the loader got a smaller share (docs/benchmarks.md).
+``--compare-read-ahead`` also times S3 without the next epoch's first group read ahead (plugins/data/read_ahead.py)
+and prints the ratio and the first-batch waits.
 Target: S3 >= 0.9x local disk at shards of 20 MB and more. ``--work-dir`` keeps the built shards (keyed by their
 settings) for a rerun (a rerun with the same ``--work-dir`` works: tested); the S3 server's data folder is made
 fresh each run. ``--json`` writes the figures and a
@@ -61,9 +62,10 @@ SLOW = 0.8   # a paired pass whose ratio is below this fraction of the median is
 
 def decomposed(paired, load):
     """Per paired pass, its S3/local ratio as the product of the loader's CPU cost ratio (local loader CPU-s over
-    S3 loader CPU-s: what S3 costs the workers, the client's per-byte work included) and its share ratio (the share
-    of the machine the loader got during the S3 pass over that during the local pass: contention from the other
-    processes of a shared machine, which the loader does not control): wall = loader CPU-s / share."""
+    S3 loader CPU-s: what S3 costs the workers, the client's per-byte work included) and its share ratio (the
+    loader's CPU-s per wall second during the S3 pass over that during the local pass): wall = loader CPU-s /
+    share. A share falls when other processes take the CPU (contention on a shared machine) or when the loader
+    waits instead of computing (network, disk: the per-pass iowait tells the latter)."""
     out = []
     for i, r in enumerate(paired):
         s3, loc = load["s3"][i], load["local"][i]
@@ -86,7 +88,8 @@ def outliers(paired, load):
             out.append((i, f"= loader CPU cost ratio {d['cpu_ratio']:.3f} x share ratio {d['share_ratio']:.3f}; "
                            f"other processes took {100 * s3['others_share']:.0f}% of the machine during its S3 pass "
                            f"and {100 * loc['others_share']:.0f}% during its local pass; steal {s3['steal_s']:.2f} / "
-                           f"{loc['steal_s']:.2f} s; loader CPU {s3['loader_cpu_s']:.2f} / {loc['loader_cpu_s']:.2f} s"))
+                           f"{loc['steal_s']:.2f} s; iowait {s3['iowait_s']:.2f} / {loc['iowait_s']:.2f} s; "
+                           f"loader CPU {s3['loader_cpu_s']:.2f} / {loc['loader_cpu_s']:.2f} s"))
     return out
 
 
@@ -268,13 +271,15 @@ def main(argv=None) -> int:
                     print(f"  {tag:8s} {name:18s} {n} samples in {dt:6.2f} s = {n / dt:8.1f} samples/s "
                           f"(first batch after {first:.2f} s); CPU-s: loader {own:.2f}, SeaweedFS {srv:.2f}, "
                           f"other processes {others:.2f} ({100 * others / (dt * CPUS):.0f}% of the machine), "
-                          f"steal {m1['steal'] - m0['steal']:.2f}", flush=True)
+                          f"steal {m1['steal'] - m0['steal']:.2f}, iowait {m1['iowait'] - m0['iowait']:.2f}",
+                          flush=True)
                     if p > 0:
                         times[name].append(dt)
                         firsts[name].append(first)
                         load[name].append({"loader_cpu_s": own, "seaweedfs_cpu_s": srv, "others_cpu_s": others,
                                            "others_share": others / (dt * CPUS),
-                                           "steal_s": m1["steal"] - m0["steal"]})
+                                           "steal_s": m1["steal"] - m0["steal"],
+                                           "iowait_s": m1["iowait"] - m0["iowait"]})
             for info in sources.values():
                 info.dataloader.close()
             if len(set(counts.values())) != 1:

@@ -86,9 +86,10 @@ def build_plugin_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-resize", choices=["pil", "tensor"], default="pil",
                    help="How the training drawings are cropped and resized in the data-loader workers: pil "
                         "(default) is open_clip's own path; tensor runs the same crop (same random boxes) with "
-                        "torch's antialiased bicubic on the uint8 pixels, faster at the storage size but not bit "
-                        "for bit open_clip's (docs/benchmarks.md). Needs --image-transport uint8 and a preprocess "
-                        "without colour augmentation; otherwise refused.")
+                        "torch's antialiased bicubic on the uint8 pixels: not bit for bit open_clip's, and only "
+                        "faster where torch's resize beats Pillow's (not on a 2-core Xeon: docs/benchmarks.md). "
+                        "Needs --image-transport uint8 and a preprocess without colour augmentation; otherwise "
+                        "refused.")
     g.add_argument("--aug-hflip", type=float, default=0.0, help="Horizontal flip probability (default 0).")
     g.add_argument("--aug-rrc-scale", type=float, default=None,
                    help="Random resized crop scale range (S, 1) for open_clip's train transform (open_clip's "

@@ -18,10 +18,10 @@ transport, a grey drawing is turned into its uint8 pixels *first* and the same g
 ``RandomResizedCrop`` / ``Resize`` / ``CenterCrop`` objects, flips) run on the (1, H, W) uint8 tensor, with
 torch's antialiased bicubic instead of PIL's. The random draws are the same calls on the same image size, so the
 crop boxes and flips are identical; the resampled pixels differ from PIL's by rounding (``benchmarks/
-loader_costs.py`` measures by how much: docs/benchmarks.md). Not exact against open_clip's PIL path, hence off by
-default. It needs the uint8 transport and a preprocess of geometric steps only before ``ToTensor``; otherwise it
-is refused (:class:`TensorResizeRefused`, naming why) when the loader is built. Colour (RGB) drawings keep the
-PIL path.
+loader_costs.py`` measures by how much, and how fast: docs/benchmarks.md; on this project's CPU it was no faster
+than PIL). Not exact against open_clip's PIL path, hence off by default. It needs the uint8 transport and a
+preprocess of geometric steps only before ``ToTensor``; otherwise it is refused (:class:`TensorResizeRefused`,
+naming why) when the loader is built. Colour (RGB) drawings keep the PIL path.
 """
 from __future__ import annotations
 

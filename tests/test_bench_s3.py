@@ -14,8 +14,8 @@ import s3_streaming  # noqa: E402
 
 
 def _load(loader_s3, loader_local, others_s3=0.5, others_local=0.5):
-    return {"s3": {"loader_cpu_s": loader_s3, "others_share": others_s3, "steal_s": 0.0},
-            "local": {"loader_cpu_s": loader_local, "others_share": others_local, "steal_s": 0.0}}
+    return {"s3": {"loader_cpu_s": loader_s3, "others_share": others_s3, "steal_s": 0.0, "iowait_s": 0.0},
+            "local": {"loader_cpu_s": loader_local, "others_share": others_local, "steal_s": 0.0, "iowait_s": 0.0}}
 
 
 def test_a_slow_pass_is_decomposed_into_cpu_cost_and_share():

@@ -31,7 +31,9 @@ groups before it, whatever was read ahead.
 Memory: at most two groups' raw bytes per worker at a time -- the group being consumed and the one read ahead
 (the next group, or the next epoch's first group); an idle persistent worker between epochs keeps one (its next
 epoch's first group). A read made useless by the batch quota is cancelled; one already running finishes and is
-dropped.
+dropped. A worker process that is stopped (end of training, new workers after a resume) while its held group is
+still being read exits when those reads finish (Python joins a pool's threads at exit), or when torch terminates
+it after its join timeout.
 """
 from __future__ import annotations
 
