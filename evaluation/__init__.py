@@ -20,7 +20,10 @@ per module:
 
 and prior-art search over an index of every drawing (docs/search.md):
 
-    index.py          the index format (Parquet parts, faiss), exact and approximate search with filters
+    index.py          exact and approximate search with filters (and the index's names in one import)
+    index_store.py    the index folder format: Parquet parts, index.json, the faiss file's commit
+    index_faiss.py    the faiss kinds (flat, ivf, hnsw), their search and measured recall
+    index_shards.py   a shard set read for the index: drawings with their tar offsets, problems, classes, sizes
     index_build.py    ``patentclip-index``: embed shard sets into an index over ranks, resumable, incremental
     search.py         ``patentclip-search``: image / text / patent queries, grouped by patent, JSON
     serve.py, static/ the search page (``patentclip-search serve``)

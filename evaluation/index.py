@@ -4,8 +4,9 @@ This is the query phase of "Large Language Model Informed Patent Image Retrieval
 drawing is turned into an embedding by the image tower and stored in a vector database; a query drawing retrieves
 the closest drawings by cosine similarity, among patents granted before it. ``patentclip-index`` builds the index
 (:mod:`patentclip.evaluation.index_build`), ``patentclip-search`` and its web page query it
-(:mod:`patentclip.evaluation.search`, :mod:`patentclip.evaluation.serve`). This module is the format and the
-search itself.
+(:mod:`patentclip.evaluation.search`, :mod:`patentclip.evaluation.serve`). This module is the search itself
+and the index's one import (``__all__``); the folder format below is :mod:`.index_store`, the faiss side
+:mod:`.index_faiss`.
 
 Folder layout (a local folder, or one on a shared filesystem; the shards it indexes may be anywhere)
 -----------------------------------------------------------------------------------------------------
@@ -54,422 +55,38 @@ where graph and inverted-file searches lose most, and few drawings are cheap to 
 """
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
-import json
 import math
 import os
-import re
-import tempfile
-from dataclasses import asdict, dataclass, field
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from patentclip.evaluation import faiss_compat
+from patentclip.evaluation.index_faiss import (KINDS, FaissSpec, default_nlist, exact_topk, faiss_search,
+                                               measure_recall, new_faiss, search_params)
+from patentclip.evaluation.index_store import (FORMAT, MANIFEST, META_COLUMNS, PARTS_DIR, VECTOR_DTYPES, VERSION,
+                                               commit_faiss, date_to_day, day_to_date, eval_features, iter_vectors,
+                                               model_fingerprint, new_manifest, part_name, part_paths,
+                                               read_manifest, read_part_meta, read_part_record, read_part_vectors,
+                                               write_json, write_part)
 
-FORMAT = "patentclip-index"
-VERSION = 1
-MANIFEST = "index.json"
-PARTS_DIR = "parts"
-KINDS = ("flat", "ivf", "hnsw")
-VECTOR_DTYPES = {"float16": np.float16, "float32": np.float32}
-META_COLUMNS = ("key", "patent_id", "view", "title", "class_id", "grant_day", "shard", "member", "offset", "size")
+#: The index's public names: the search (here), the faiss side (:mod:`.index_faiss`) and the folder format
+#: (:mod:`.index_store`), one import for the commands, the page and the benchmarks.
+__all__ = ["EXACT_SUBSET_MAX", "Filters", "Ranked", "PriorArtIndex",
+           "KINDS", "FaissSpec", "default_nlist", "exact_topk", "faiss_search", "measure_recall", "new_faiss",
+           "search_params",
+           "FORMAT", "MANIFEST", "META_COLUMNS", "PARTS_DIR", "VECTOR_DTYPES", "VERSION", "commit_faiss",
+           "date_to_day", "day_to_date", "eval_features", "iter_vectors", "model_fingerprint", "new_manifest",
+           "part_name", "part_paths", "read_manifest", "read_part_meta", "read_part_record", "read_part_vectors",
+           "write_json", "write_part"]
+
 #: an approximate index scores the allowed drawings exactly when the filters leave at most this many
 EXACT_SUBSET_MAX = 20_000
-_EPOCH0 = _dt.date(1970, 1, 1)
 
 
-def day_to_date(day: int) -> Optional[str]:
-    """Days since 1970-01-01 -> ISO date ('YYYY-MM-DD'); None for -1 (unknown)."""
-    return None if day is None or int(day) < 0 else (_EPOCH0 + _dt.timedelta(days=int(day))).isoformat()
-
-
-def date_to_day(date: str, what: str = "date") -> int:
-    """ISO date -> days since 1970-01-01, or a ValueError that names ``what``."""
-    try:
-        return (_dt.date.fromisoformat(str(date).strip()[:10]) - _EPOCH0).days
-    except ValueError:
-        raise ValueError(f"{what}: {date!r} is not a date (YYYY-MM-DD)") from None
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_json(path: str, obj) -> None:
-    """Write JSON atomically (a temporary file renamed over ``path``)."""
-    _atomic_write_bytes(path, (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
-
-
-def part_name(shard_url: str) -> str:
-    """The part of a shard: a readable stem plus a hash of the full URL (the same shard name in two folders or
-    buckets gives two parts)."""
-    base = re.sub(r"[^A-Za-z0-9._-]+", "_", shard_url.rstrip("/").rsplit("/", 1)[-1])
-    base = re.sub(r"\.(tar|tgz|tar\.gz)$", "", base)[:60]
-    return f"{base}-{hashlib.sha1(shard_url.encode()).hexdigest()[:12]}"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# parts
-# ----------------------------------------------------------------------------------------------------------------
-def part_paths(folder: str, name: str) -> Tuple[str, str]:
-    d = os.path.join(folder, PARTS_DIR)
-    return os.path.join(d, name + ".parquet"), os.path.join(d, name + ".json")
-
-
-def write_part(folder: str, name: str, meta: Dict[str, Sequence], vectors: np.ndarray, record: Dict,
-               vector_dtype: str = "float16") -> Dict:
-    """Commit one part: the Parquet file, then its record (the commit marker). Returns the record."""
-    if vector_dtype not in VECTOR_DTYPES:
-        raise ValueError(f"vector dtype must be one of {sorted(VECTOR_DTYPES)}, got {vector_dtype!r}")
-    n = len(meta["key"])
-    vectors = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32).astype(VECTOR_DTYPES[vector_dtype]))
-    if vectors.ndim != 2 or vectors.shape[0] != n:
-        raise ValueError(f"part {name}: {n} rows but vectors of shape {vectors.shape}")
-    dim = vectors.shape[1]
-    arrow_type = pa.float16() if vector_dtype == "float16" else pa.float32()
-    cols = {
-        "key": pa.array(list(meta["key"]), pa.string()),
-        "patent_id": pa.array(list(meta["patent_id"]), pa.string()),
-        "view": pa.array(list(meta["view"]), pa.string()),
-        "title": pa.array(list(meta["title"]), pa.string()),
-        "class_id": pa.array(np.asarray(meta["class_id"], dtype=np.int32)),
-        "grant_day": pa.array(np.asarray(meta["grant_day"], dtype=np.int32)),
-        "shard": pa.array(list(meta["shard"]), pa.string()).dictionary_encode(),
-        "member": pa.array(list(meta["member"]), pa.string()),
-        "offset": pa.array(np.asarray(meta["offset"], dtype=np.int64)),
-        "size": pa.array(np.asarray(meta["size"], dtype=np.int64)),
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), arrow_type), dim),
-    }
-    pq_path, json_path = part_paths(folder, name)
-    os.makedirs(os.path.dirname(pq_path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=os.path.dirname(pq_path))
-    os.close(fd)
-    try:
-        pq.write_table(pa.table(cols), tmp, compression="zstd")
-        os.replace(tmp, pq_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    record = {**record, "name": name, "rows": n, "dim": dim, "vector_dtype": vector_dtype}
-    write_json(json_path, record)
-    return record
-
-
-def read_part_record(folder: str, name: str) -> Optional[Dict]:
-    """The record of a complete part, or None when the part is missing or was never committed."""
-    pq_path, json_path = part_paths(folder, name)
-    if not (os.path.isfile(json_path) and os.path.isfile(pq_path)):
-        return None
-    with open(json_path) as f:
-        return json.load(f)
-
-
-def read_part_meta(folder: str, name: str, columns: Sequence[str] = META_COLUMNS) -> pa.Table:
-    return pq.read_table(part_paths(folder, name)[0], columns=list(columns))
-
-
-def read_part_vectors(folder: str, name: str) -> np.ndarray:
-    """(rows, dim) float32 vectors of a part (float16 stored values, exactly widened)."""
-    t = pq.read_table(part_paths(folder, name)[0], columns=["vector"])
-    col = t.column("vector").combine_chunks()
-    dim = col.type.list_size
-    if len(col) == 0:
-        return np.zeros((0, dim), dtype=np.float32)
-    return col.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# faiss
-# ----------------------------------------------------------------------------------------------------------------
-@dataclass
-class FaissSpec:
-    """Which faiss index holds the vectors (see the module docstring)."""
-
-    kind: str = "flat"
-    nlist: Optional[int] = None       # ivf: inverted lists (default about 4 sqrt(rows), at least 39 rows per list)
-    nprobe: int = 32                  # ivf: lists searched per query
-    m: int = 32                       # hnsw: graph degree
-    ef_construction: int = 200        # hnsw: candidates while building
-    ef_search: int = 128              # hnsw: candidates while searching (at least k)
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown faiss index kind {self.kind!r}; choose one of {', '.join(KINDS)}")
-        for name in ("nprobe", "m", "ef_construction", "ef_search"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.nlist is not None and int(self.nlist) < 1:
-            raise ValueError("nlist must be >= 1")
-
-    @property
-    def exact(self) -> bool:
-        return self.kind == "flat"
-
-    def describe(self) -> str:
-        if self.kind == "flat":
-            return "flat (IndexFlatIP, exact)"
-        if self.kind == "ivf":
-            return f"ivf (IndexIVFFlat, nlist={self.nlist}, nprobe={self.nprobe})"
-        return f"hnsw (IndexHNSWFlat, M={self.m}, efConstruction={self.ef_construction}, efSearch={self.ef_search})"
-
-
-def default_nlist(rows: int) -> int:
-    """About 4 sqrt(rows) lists, with at least 39 training rows per list (faiss's minimum for k-means)."""
-    return max(1, min(int(4 * math.sqrt(max(rows, 1))), rows // 39))
-
-
-def new_faiss(spec: FaissSpec, dim: int, vectors: np.ndarray, seed: int = 0):
-    """An empty-or-trained faiss index of ``spec``'s kind for ``dim``-d vectors (IVF: trained on ``vectors``,
-    at most 256 rows per list sampled with ``seed``). The vectors are not added."""
-    if spec.kind == "flat":
-        return faiss.IndexFlatIP(dim)
-    if spec.kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, int(spec.m), faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = int(spec.ef_construction)
-        return index
-    if spec.nlist is None:
-        spec.nlist = default_nlist(len(vectors))
-    if len(vectors) < spec.nlist:
-        raise ValueError(f"an ivf index with nlist={spec.nlist} needs at least {spec.nlist} drawings to train on, "
-                         f"got {len(vectors)}; use --nlist or the flat kind")
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, int(spec.nlist), faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed = int(seed)
-    rng = np.random.default_rng(seed)
-    n_train = min(len(vectors), 256 * int(spec.nlist))
-    sample = vectors if n_train == len(vectors) else vectors[np.sort(rng.choice(len(vectors), n_train, replace=False))]
-    index.train(np.ascontiguousarray(sample, dtype=np.float32))
-    return index  # faiss's Python constructor keeps a reference to the quantizer
-
-
-def search_params(spec: FaissSpec, k: int, selector=None):
-    """The faiss ``SearchParameters`` of ``spec`` for ``k`` results, with an optional ``IDSelector``."""
-    kw = {"sel": selector} if selector is not None else {}
-    if spec.kind == "ivf":
-        return faiss.SearchParametersIVF(nprobe=int(spec.nprobe), **kw)
-    if spec.kind == "hnsw":
-        return faiss.SearchParametersHNSW(efSearch=max(int(spec.ef_search), int(k)), **kw)
-    return faiss.SearchParameters(**kw) if kw else None
-
-
-def faiss_search(index, spec: FaissSpec, queries: np.ndarray, k: int, selector=None) -> Tuple[np.ndarray, np.ndarray]:
-    """faiss search, results re-sorted by the ranking rule (score descending, row ascending), -1 padding last."""
-    params = search_params(spec, k, selector)
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    d, i = index.search(q, int(k), params=params) if params is not None else index.search(q, int(k))
-    # faiss keeps the smallest ids among equal scores but lists them in reverse; rank by the documented rule
-    key_d = np.where(i < 0, -np.inf, d)
-    key_i = np.where(i < 0, np.iinfo(np.int64).max, i)
-    order = np.lexsort((key_i, -key_d), axis=1)
-    return np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
-
-
-def exact_topk(queries: np.ndarray, chunks: Iterable[Tuple[int, np.ndarray]], k: int,
-               exclude: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` rows by the ranking rule over vectors given as ``(first row, (n, dim) float32)`` chunks in
-    row order; ``exclude[i]`` = a row never returned for query i (-1: none). Returns ``(scores, rows)`` of shape
-    ``(queries, k)``, padded with -inf / -1. Memory: one chunk's scores and ``k`` results per query."""
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    nq = q.shape[0]
-    best_s = [np.zeros(0, np.float32) for _ in range(nq)]
-    best_r = [np.zeros(0, np.int64) for _ in range(nq)]
-    for start, v in chunks:
-        n = v.shape[0]
-        if n == 0:
-            continue
-        s = q @ v.T
-        if exclude is not None:
-            loc = np.asarray(exclude, dtype=np.int64) - start
-            hit = np.flatnonzero((loc >= 0) & (loc < n))
-            s[hit, loc[hit]] = -np.inf
-        # the k-th best score of each row: everything at or above it (ties included) is a candidate
-        thr = np.partition(s, n - k, axis=1)[:, n - k] if n > k else np.full(nq, -np.inf, np.float32)
-        for i in range(nq):
-            j = np.flatnonzero((s[i] >= thr[i]) & (s[i] > -np.inf))
-            cs = np.concatenate([best_s[i], s[i, j]])
-            cr = np.concatenate([best_r[i], start + j])
-            o = np.lexsort((cr, -cs))[:k]
-            best_s[i], best_r[i] = cs[o], cr[o]
-    out_s = np.full((nq, k), -np.inf, dtype=np.float32)
-    out_r = np.full((nq, k), -1, dtype=np.int64)
-    for i in range(nq):
-        out_s[i, :len(best_s[i])] = best_s[i]
-        out_r[i, :len(best_r[i])] = best_r[i]
-    return out_s, out_r
-
-
-def measure_recall(index, spec: FaissSpec, chunks_fn, rows: int, queries: int = 1000, ks: Sequence[int] = (1, 10, 100),
-                   seed: int = 0) -> Dict:
-    """Recall@K of an approximate index against exact search: ``queries`` indexed drawings (sampled with
-    ``seed``) as queries, each one's own row excluded; recall@K = |approximate top K & exact top K| / K, averaged.
-    ``chunks_fn()`` yields the vectors in row order, as :func:`exact_topk` takes them."""
-    ks = sorted({int(k) for k in ks if 1 <= int(k) < rows})
-    if not ks or rows < 2:
-        return {"queries": 0, "recall": {}}
-    nq = min(int(queries), rows)
-    qrows = np.sort(np.random.default_rng(seed).choice(rows, nq, replace=False))
-    qvec = np.concatenate([v[qrows[(qrows >= s) & (qrows < s + len(v))] - s] for s, v in chunks_fn()])
-    kmax = max(ks)
-    _, exact = exact_topk(qvec, chunks_fn(), kmax, exclude=qrows)
-    _, approx = faiss_search(index, spec, qvec, kmax + 1)
-    approx = np.array([[r for r in row if r != qr][:kmax] for row, qr in zip(approx, qrows)], dtype=np.int64)
-    out = {}
-    for k in ks:
-        hits = [len(set(a[:k][a[:k] >= 0]) & set(e[:k][e[:k] >= 0])) / k for a, e in zip(approx, exact)]
-        out[str(k)] = float(np.mean(hits))
-    return {"queries": int(nq), "recall": out, "seed": seed}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# the model and the evaluation
-# ----------------------------------------------------------------------------------------------------------------
-def model_fingerprint(model) -> str:
-    """sha256 of a model's weights (names, shapes and float32 values), whatever file format they came from: an
-    index only takes vectors of the model it was built with."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().to("cpu")
-        t = t.float() if t.is_floating_point() else t
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def eval_features(folder: str, model=None, class_codes: Optional[Sequence[str]] = None) -> Dict:
-    """The index as a retrieval database for ``patentclip-eval`` (``--retrieval-index``): the dict
-    ``extract_features`` returns (``image_features`` float32 (N, dim) as stored, ``class_id``, ``grant_day``,
-    ``patent_id``, ``view``, ``key``), read part by part from the Parquet files. With ``model`` the index must have
-    been built by it (fingerprint), with ``class_codes`` its class table must be the same."""
-    import torch
-
-    m = read_manifest(folder)
-    if model is not None and model_fingerprint(model) != m["model"]["fingerprint"]:
-        raise ValueError(f"{folder} was built with another model ({m['model']['source']}); its vectors cannot be "
-                         f"compared with this model's: build an index with this checkpoint")
-    if class_codes is not None and [c["code"] for c in m["classes"]] != list(class_codes):
-        raise ValueError(f"{folder} has another class table than the evaluation shards ({len(m['classes'])} vs "
-                         f"{len(class_codes)} classes, or other codes for the same ids)")
-    if m.get("pending_shards"):
-        raise ValueError(f"{folder}: {len(m['pending_shards'])} shards are not indexed yet; complete the index "
-                         f"(rerun patentclip-index build) before evaluating against it")
-    vecs = [v for _, v in iter_vectors(folder, m["parts"])]
-    meta = pa.concat_tables([read_part_meta(folder, p["name"], ["key", "patent_id", "view", "class_id", "grant_day"])
-                             for p in m["parts"]])
-    return {"image_features": torch.from_numpy(np.concatenate(vecs) if vecs else np.zeros((0, 1), np.float32)),
-            "class_id": torch.from_numpy(meta.column("class_id").to_numpy().astype(np.int64)),
-            "grant_day": torch.from_numpy(meta.column("grant_day").to_numpy().astype(np.int64)),
-            "patent_id": meta.column("patent_id").to_pylist(), "view": meta.column("view").to_pylist(),
-            "key": meta.column("key").to_pylist(), "text_features": None, "index": folder}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# the manifest
-# ----------------------------------------------------------------------------------------------------------------
-def read_manifest(folder: str) -> Dict:
-    path = os.path.join(folder, MANIFEST)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{folder}: not a patentclip index (no {MANIFEST}); build one with "
-                                f"`patentclip-index build`")
-    with open(path) as f:
-        m = json.load(f)
-    if m.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a patentclip index manifest (format {m.get('format')!r})")
-    if int(m.get("version", 0)) > VERSION:
-        raise ValueError(f"{path}: index format version {m.get('version')} is newer than this patentclip "
-                         f"understands ({VERSION}); upgrade patentclip")
-    return m
-
-
-def new_manifest(model: Dict, classes: List[Dict], spec: FaissSpec, vector_dtype: str) -> Dict:
-    return {"format": FORMAT, "version": VERSION, "model": model, "classes": classes, "vector_dtype": vector_dtype,
-            "faiss": {**asdict(spec), "file": None, "rows": 0, "faiss_version": faiss_compat.VERSION},
-            "parts": [], "rows": 0, "pending_shards": []}
-
-
-def iter_vectors(folder: str, parts: Sequence[Dict]) -> Iterator[Tuple[int, np.ndarray]]:
-    """(first row, float32 vectors) of each part, in row order."""
-    start = 0
-    for p in parts:
-        v = read_part_vectors(folder, p["name"])
-        yield start, v
-        start += v.shape[0]
-
-
-def commit_faiss(folder: str, manifest: Dict, new_parts: Sequence[Dict], *, rebuild: bool = False,
-                 recall_queries: int = 1000, seed: int = 0, log=print) -> Dict:
-    """Add ``new_parts`` (complete parts not yet in the manifest) to the faiss index and the manifest, and commit
-    both: the new faiss file first (under a new name), then index.json, then the old faiss file is removed. A
-    crash in between leaves index.json pointing at the previous, complete faiss file.
-
-    The existing faiss index is extended (vectors appended; an IVF index keeps its trained lists) unless there is
-    none or ``rebuild``. For an approximate kind the recall against exact search is measured and stored."""
-    spec = FaissSpec(**{k: v for k, v in manifest["faiss"].items() if k in FaissSpec.__dataclass_fields__})
-    parts = list(manifest["parts"]) + list(new_parts)
-    rows = sum(int(p["rows"]) for p in parts)
-    dim = int(manifest["model"]["embed_dim"])
-    old_file = manifest["faiss"].get("file")
-    index = None
-    if old_file and not rebuild and os.path.isfile(os.path.join(folder, old_file)):
-        index = faiss.read_index(os.path.join(folder, old_file))
-        if index.ntotal != int(manifest["faiss"]["rows"]):
-            raise ValueError(f"{folder}/{old_file}: holds {index.ntotal} vectors, index.json says "
-                             f"{manifest['faiss']['rows']}; rebuild it with `patentclip-index rebuild`")
-        to_add = list(new_parts)
-    else:
-        if spec.kind == "ivf":
-            spec.nlist = spec.nlist or default_nlist(rows)
-            train = np.concatenate([v for _, v in iter_vectors(folder, parts)] or [np.zeros((0, dim), np.float32)])
-            index = new_faiss(spec, dim, train, seed)
-            del train
-        else:
-            index = new_faiss(spec, dim, np.zeros((0, dim), np.float32), seed)
-        to_add = parts
-    for _, v in iter_vectors(folder, to_add):
-        if v.shape[0]:
-            index.add(np.ascontiguousarray(v))
-    if index.ntotal != rows:
-        raise RuntimeError(f"faiss index holds {index.ntotal} vectors after adding, expected {rows}")
-    recall = None
-    if not spec.exact and rows > 1:
-        recall = measure_recall(index, spec, lambda: iter_vectors(folder, parts), rows, recall_queries, seed=seed)
-        shown = ", ".join(f"recall@{k} = {v:.4f}" for k, v in recall["recall"].items())
-        log(f"{spec.describe()}: {shown} against exact search ({recall['queries']} indexed drawings as queries, "
-            f"each one's own drawing excluded)")
-    new_file = f"faiss-{rows:012d}-{spec.kind}.index"
-    tmp = os.path.join(folder, ".tmp-" + new_file)
-    faiss.write_index(index, tmp)
-    os.replace(tmp, os.path.join(folder, new_file))
-    manifest = {**manifest, "parts": [{k: p[k] for k in ("name", "shard", "rows", "max_side") if k in p} for p in parts],
-                "rows": rows,
-                "faiss": {**asdict(spec), "file": new_file, "rows": rows, "faiss_version": faiss_compat.VERSION,
-                          "recall": recall}}
-    write_json(os.path.join(folder, MANIFEST), manifest)
-    if old_file and old_file != new_file and os.path.exists(os.path.join(folder, old_file)):
-        os.remove(os.path.join(folder, old_file))
-    return manifest
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# searching
-# ----------------------------------------------------------------------------------------------------------------
 @dataclass
 class Filters:
     """Which drawings a search may return (see the module docstring)."""

@@ -13,6 +13,7 @@ from typing import Dict, List, Optional
 import open_clip
 import torch
 
+from patentclip.launch import safe_load
 from patentclip.launch.checkpoint_format import Checkpoint, build_head_module, load_open_clip_state_dict, read_checkpoint
 from patentclip.plugins.models import register_model_configs
 
@@ -85,8 +86,10 @@ def load_for_eval(checkpoint: Optional[str], model_name: Optional[str], pretrain
         return LoadedModel(model, preprocess, tokenizer, name, head, ck.classes, ck.source)
     if not model_name:
         raise ValueError("--model is required without a checkpoint")
-    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained, precision="fp32",
-                                                                 device=device, output_dict=True)
+    with safe_load.weights_only_loads(pretrained or model_name, trust=trust):  # a local --pretrained file too
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained, precision="fp32",
+                                                                     device=device, output_dict=True,
+                                                                     weights_only=not trust)
     label = f"{model_name}/{pretrained}" if pretrained else f"{model_name} (untrained)"
     return LoadedModel(model.eval(), preprocess, open_clip.get_tokenizer(model_name), model_name, source=label)
 

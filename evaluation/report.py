@@ -17,7 +17,7 @@ figure, so the numbers survive whatever a figure meets; a figure that cannot be 
 page in its place. Text from the data (class codes and names, model labels) is drawn literally: matplotlib would
 read a ``$...$`` in a class name as math and fail on it (:func:`literal`).
 
-One module of a little over 400 lines because it is one product: every figure is drawn for its place on the
+One concern (the report) in a little over 400 lines because it is one product: every figure is drawn for its place on the
 page (sizes, colours and labels shared with the tables), and nothing else uses them.
 """
 from __future__ import annotations

@@ -35,6 +35,7 @@ from PIL import Image
 
 from patentclip.evaluation import index as X
 from patentclip.evaluation.index_build import load_model
+from patentclip.launch.safe_load import TRUST_FLAG, TRUST_HELP
 from patentclip.plugins.data import batch as B
 from patentclip.plugins.data.batch import collate_patent_batch
 from patentclip.plugins.grey_preprocess import GreyAwarePreprocess
@@ -59,16 +60,16 @@ class Searcher:
 
     @classmethod
     def open(cls, folder: str, checkpoint: Optional[str] = None, device: Optional[str] = None,
-             max_side: Optional[int] = None, workdir: Optional[str] = None) -> "Searcher":
+             max_side: Optional[int] = None, workdir: Optional[str] = None, trust: bool = False) -> "Searcher":
         """Open ``folder`` and load the model it was built with (``checkpoint``: where that model is now; its
-        weights must have the index's fingerprint)."""
+        weights must have the index's fingerprint; read weights-only unless ``trust``, ``--trust-checkpoint``)."""
         index = X.PriorArtIndex.open(folder)
         m = index.manifest["model"]
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         ckpt = checkpoint or m["checkpoint"]
         with tempfile.TemporaryDirectory(prefix="patentclip-search-") as work:
             loaded = load_model(ckpt, m.get("model_arg"), m.get("pretrained"), dev, int(m.get("seed", 0)),
-                                workdir or work)
+                                workdir or work, trust)
         fp = X.model_fingerprint(loaded.model)
         if fp != m["fingerprint"]:
             raise ValueError(f"the model at {ckpt} is not the one {folder} was built with (fingerprint {fp[:12]}, "
@@ -212,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="Print one JSON object.")
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", default=None, help="Where the index's model is now, when it moved.")
+    g.add_argument(TRUST_FLAG, action="store_true", help=TRUST_HELP)
     g.add_argument("--device", default=None, help="Default: cuda when there is a GPU, else cpu.")
     g.add_argument("--max-side", type=int, default=None,
                    help="Longest side query drawings are shrunk to, as the shard builder's --max-side (default: the "
@@ -230,6 +232,7 @@ def serve_parser() -> argparse.ArgumentParser:
                         "authentication: see docs/search.md before listening on another address.")
     p.add_argument("--port", type=int, default=8765, help="Port (0: any free port). Default: %(default)s.")
     p.add_argument("--checkpoint", default=None, help="Where the index's model is now, when it moved.")
+    p.add_argument(TRUST_FLAG, action="store_true", help=TRUST_HELP)
     p.add_argument("--device", default=None)
     p.add_argument("--max-side", type=int, default=None, help="As for a query (default: the indexed drawings').")
     p.add_argument("--max-upload-mb", type=int, default=20, help="Largest request body. Default: %(default)s.")
@@ -244,7 +247,8 @@ def main(argv=None) -> int:
 
         args = serve_parser().parse_args(argv[1:])
         try:
-            searcher = Searcher.open(args.index, args.checkpoint, args.device, args.max_side)
+            searcher = Searcher.open(args.index, args.checkpoint, args.device, args.max_side,
+                                 trust=args.trust_checkpoint)
         except (FileNotFoundError, ValueError) as exc:
             print(f"patentclip-search serve: {exc}", file=sys.stderr)
             return 2
@@ -258,7 +262,8 @@ def main(argv=None) -> int:
                     images.append(f.read())
             except OSError as exc:
                 raise QueryError(f"--image {path}: {exc.strerror or exc}") from None
-        searcher = Searcher.open(args.index, args.checkpoint, args.device, args.max_side)
+        searcher = Searcher.open(args.index, args.checkpoint, args.device, args.max_side,
+                                 trust=args.trust_checkpoint)
         doc = searcher.query(images=images, image_names=args.image, text=args.text, patent=args.patent, key=args.key,
                              before=args.before, after=args.after, classes=args.classes, views=args.views,
                              prior_art=not args.no_prior_art, top=args.top, combine=args.combine,

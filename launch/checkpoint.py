@@ -1,5 +1,9 @@
 """Checkpoints of a patentclip run: local or in object storage, complete or not at all.
 
+One concern (a run's checkpoints: written, committed, found again and restored, under one commit protocol) in
+about 520 lines: the writer and the resume side share the protocol's rules (what "complete" means, which tag is
+latest, local and remote agreeing), and splitting them would write those rules twice.
+
 Layout (``--checkpoint-dir``, default ``<logs>/<name>/checkpoints``, open_clip's place; any fsspec URL such as
 ``s3://bucket/run`` works; a remote run stages its files in ``<logs>/<name>/checkpoints`` first; every file name
 and field is defined in :mod:`patentclip.launch.checkpoint_format`, which also reads checkpoints back):
@@ -49,9 +53,7 @@ import posixpath
 import random
 import re
 import shutil
-import socket
 import time
-import uuid
 from typing import Callable, Dict, List, Optional, Tuple
 
 import fsspec
@@ -63,7 +65,7 @@ from patentclip.launch.checkpoint_format import (DS_SUBDIR, HEAD_KEY, LOSSES_KEY
                                                latest_tag, load_open_clip_state_dict, model_args,
                                                open_clip_checkpoint, read_meta, tag_complete)
 from patentclip.launch import safe_load
-from patentclip.launch.diskspace import free_bytes, human, is_disk_full, write_atomic
+from patentclip.launch.diskspace import free_bytes, human, is_disk_full, temp_name, write_atomic
 from patentclip.plugins.remote_io import is_remote, retry
 
 LATEST_PT = "epoch_latest.pt"  # --save-most-recent
@@ -78,11 +80,6 @@ UPLOAD_DELAY_ENV = "PATENTCLIP_FAULT_UPLOAD_DELAY"
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written completely; ``latest`` still names the previous complete one."""
-
-
-def _unique(path: str) -> str:
-    """A temporary name beside ``path`` that no other process uses."""
-    return f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def estimate_checkpoint_bytes(module: torch.nn.Module, zero_stage: int, with_open_clip_file: bool = True) -> int:
@@ -262,12 +259,12 @@ class CheckpointStore:
                                           model_args=client_state[MODEL_ARGS_KEY])
                 if loss_states:
                     oc[LOSSES_KEY] = loss_states
-                tmp = _unique(pt_file)
+                tmp = temp_name(pt_file)
                 try:
                     torch.save(oc, tmp)
                     os.replace(tmp, pt_file)
                     if args.save_most_recent:  # open_clip's --save-most-recent: the newest epoch as epoch_latest.pt
-                        tmp = _unique(os.path.join(self.local, LATEST_PT))
+                        tmp = temp_name(os.path.join(self.local, LATEST_PT))
                         shutil.copyfile(pt_file, tmp)
                         os.replace(tmp, os.path.join(self.local, LATEST_PT))
                 except Exception as exc:

@@ -1,5 +1,8 @@
 """The checkpoint format: what a patentclip checkpoint is on disk, and reading any of them back.
 
+One concern (the format, for its writer and its readers) in about 480 lines: the one place that knows the format
+reads its four layouts (open_clip file, DeepSpeed folder, exported folder, a remote copy of any of them).
+
 Training writes checkpoints (:mod:`patentclip.launch.checkpoint`, the commit protocol), ``patentclip-export``
 and ``patentclip-eval`` read them (:mod:`patentclip.evaluation`); this module is the one place that knows the
 format, for all three. It imports nothing of training or evaluation.

@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import shutil
+import socket
 import sys
 import uuid
 from typing import Optional
@@ -68,11 +69,17 @@ class DiskFullError(OSError):
                                        f"about {human(needed)} needed)")
 
 
+def temp_name(path: str) -> str:
+    """A temporary name beside ``path`` that no other process uses, on this host or another sharing the folder
+    (host, pid and a random part: a fixed name such as ``latest.tmp`` made one of two racing writers crash)."""
+    return f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def write_atomic(path: str, data: bytes | str) -> None:
-    """Write ``path`` as a whole or not at all: a temporary of this process's own, fsync, rename over ``path``.
-    On a full disk raises :class:`DiskFullError` and leaves the old file as it was."""
+    """Write ``path`` as a whole or not at all: a temporary of this process's own (:func:`temp_name`), fsync,
+    rename over ``path``. On a full disk raises :class:`DiskFullError` and leaves the old file as it was."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = temp_name(path)
     try:
         with open(tmp, "wb") as f:
             f.write(raw)

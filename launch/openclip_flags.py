@@ -180,7 +180,8 @@ FLAGS: List[Flag] = [
     _r("coca_contrastive_loss_weight", "CoCa contrastive loss weight", COCA + "; choose losses with --loss"),
     # precision, devices, processes
     _h("precision", "fp32 or bf16 (fp16/amp on GPU): DeepSpeed mixed precision with fp32 master weights", DS_CFG),
-    _h("device", "device (CPU runs use gloo)", "tests/test_end_to_end.py::test_vanilla_open_clip_trains_on_the_shards"),
+    _h("device", "device (`cuda` picks the local rank's GPU; without a GPU the run is on the CPU, over gloo)",
+       FLAGS_TEST + "test_device_flag_picks_the_trainers_device"),
     _h("dist_url", "process-group init method (open_clip's `init_distributed_device`)",
        FLAGS_TEST + "test_dist_flags_reach_the_process_group"),
     _h("dist_backend", "process-group backend (open_clip's `init_distributed_device`)",

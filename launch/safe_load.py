@@ -17,6 +17,9 @@ DeepSpeed itself calls ``torch.load(weights_only=False)``; :func:`weights_only_l
 (``engine.load_checkpoint``, ``zero_to_fp32``) so those calls are weights-only too (PyTorch's
 ``TORCH_FORCE_WEIGHTS_ONLY_LOAD``). A file that needs anything else is refused with :class:`UntrustedCheckpoint`,
 naming the file and what it asked for; ``--trust-checkpoint`` loads it the old way, for a file the user trusts.
+The starting weights of ``patentclip-train`` (``--pretrained``, ``--pretrained-text``, read by open_clip;
+``--pretrained-image-source``, read by timm) go through the same rule; timm reads its weight files weights-only
+whatever it is asked, so for a timm backbone file the refusal says that ``--trust-checkpoint`` does not apply.
 """
 from __future__ import annotations
 
@@ -55,13 +58,34 @@ class UntrustedCheckpoint(RuntimeError):
     """A checkpoint file that a weights-only load refuses (it would need code or types not on the allowlist)."""
 
 
-def _refusal(path: str, exc: BaseException) -> UntrustedCheckpoint:
+def _refusal(path: str, exc: BaseException, trust_helps: bool = True) -> UntrustedCheckpoint:
     m = re.search(r"GLOBAL ([\w.]+)", str(exc)) or re.search(r"but got <class '([\w.]+)'>", str(exc))
-    what = f"it asks for {m.group(1)}, " if m else ""
+    if m:
+        what = (f"it asks for {m.group(1)}, which a weights-only load does not run (a checkpoint file can execute "
+                f"code when loaded with full pickle)")
+    else:  # not a type: an opcode the weights-only unpickler lacks, or bytes that are no pickle (a damaged file)
+        reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", str(exc), re.S)
+        what = (f"the weights-only unpickler stopped at {reason.group(1).strip() if reason else str(exc)[:200]!r}: "
+                f"the file is damaged, is not a checkpoint, or holds a pickle that a weights-only load does not run")
+    if trust_helps:
+        then = f"If you trust this file, pass {TRUST_FLAG} to load it anyway."
+    else:
+        then = (f"timm reads backbone weight files weights-only whatever the flags ({TRUST_FLAG} does not apply): "
+                f"if you trust this file, save its backbone's state dict (tensors only) and pass that file.")
     return UntrustedCheckpoint(
-        f"{path}: refused: {what}which a weights-only load does not run (a checkpoint file can execute code when "
-        f"loaded with full pickle). patentclip's and DeepSpeed's own files need nothing beyond the allowed types. "
-        f"If you trust this file, pass {TRUST_FLAG} to load it anyway.")
+        f"{path}: refused: {what}. patentclip's and DeepSpeed's own files need nothing beyond the allowed types. "
+        + then)
+
+
+def _unpickling_error(exc: BaseException):
+    """The weights-only refusal behind ``exc``: itself, or the cause a reader wrapped it in (timm raises a
+    RuntimeError from it); None for any other error."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, pickle.UnpicklingError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 def load(f, where: str, trust: bool = False, **kw):
@@ -76,10 +100,12 @@ def load(f, where: str, trust: bool = False, **kw):
 
 
 @contextlib.contextmanager
-def weights_only_loads(where: str, trust: bool = False) -> Iterator[None]:
-    """Make every ``torch.load`` inside (DeepSpeed's included) weights-only with :func:`safe_globals`; a refusal
-    becomes :class:`UntrustedCheckpoint` naming ``where``. With ``trust`` nothing changes."""
-    if trust:
+def weights_only_loads(where: str, trust: bool = False, trust_helps: bool = True) -> Iterator[None]:
+    """Make every ``torch.load`` inside (DeepSpeed's, open_clip's and timm's included) weights-only with
+    :func:`safe_globals`; a refusal becomes :class:`UntrustedCheckpoint` naming ``where``. With ``trust`` nothing
+    changes, unless ``trust_helps`` is False: the reader inside loads weights-only whatever patentclip asks (timm's
+    pretrained-weights loader), so the refusal says that the trust flag does not apply."""
+    if trust and trust_helps:
         yield
         return
     before = os.environ.get(FORCE_ENV)
@@ -87,8 +113,11 @@ def weights_only_loads(where: str, trust: bool = False) -> Iterator[None]:
     try:
         with torch.serialization.safe_globals(safe_globals()):
             yield
-    except pickle.UnpicklingError as exc:
-        raise _refusal(where, exc) from None
+    except Exception as exc:
+        refused = _unpickling_error(exc)
+        if refused is None:
+            raise
+        raise _refusal(where, refused, trust_helps) from None
     finally:
         if before is None:
             os.environ.pop(FORCE_ENV, None)

@@ -1,5 +1,8 @@
 """``patentclip-train``: open_clip's training loop under a DeepSpeed engine.
 
+One concern (the run's phases: build, run an epoch, end an epoch, stop and requeue, finish) in about 470 lines;
+the step, the model, the arguments, the checkpoints and the signals live in their own modules.
+
 It follows ``open_clip_train.main.main`` step by step (experiment name, log folder, logging, model factory,
 seeding, tokenizer, data, cosine schedule, per-epoch train / evaluate / checkpoint) and reuses its pieces.
 Only two things are replaced, where open_clip cannot be hooked: ``main`` (DeepSpeed needs the engine

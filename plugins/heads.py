@@ -28,7 +28,7 @@ The head lives in the loss plugin ``class_aware_classification`` (so it is train
 DeepSpeed checkpoints); ``epoch_N.pt`` carries it under ``"patentclip_head": {"config", "state_dict"}``:
 
     from patentclip.plugins.heads import load_head
-    ckpt = torch.load("epoch_5.pt", map_location="cpu")
+    ckpt = torch.load("epoch_5.pt", map_location="cpu", weights_only=True)   # or patentclip.launch.safe_load.load
     head = load_head(ckpt["patentclip_head"]).eval()
     logits = head.classify_image(model.encode_image(images, normalize=True))     # (B, num_classes)
 """

@@ -24,6 +24,10 @@ against the gathered columns. Class ids (and ``has_view2``) are gathered alongsi
 positives and class weights see the global batch. Per-sample losses (the classification) use the same rows
 as the contrastive ones (the gathered batch, or the local rows with ``--local-loss``), so every term has the
 same gradient scaling in every mode.
+
+One concern (the loss terms and their combination) in about 540 lines: the terms of a :class:`LossSet` share one
+step's gathered ids, logits and log-softmax (``_ContrastiveBase``'s per-step cache), which split modules would share
+through an import loop.
 """
 from __future__ import annotations
 

@@ -7,8 +7,9 @@ import os
 import sys
 
 from patentclip.plugins.registry import import_plugin_modules
-from patentclip.shards.build import build_shards, shard_pattern, storage_options_from, summary
+from patentclip.shards.build import build_shards, shard_pattern, summary
 from patentclip.shards.importers import ImportOptions, formats
+from patentclip.shards.output import storage_options_from
 from patentclip.shards.images import DEFAULT_TRAIN_IMAGE_SIZE, storage_side
 from patentclip.shards.inspect import format_findings, inspect_shards
 from patentclip.shards.synth import generate_synthetic_patents

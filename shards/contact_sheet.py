@@ -70,7 +70,7 @@ def contact_sheet(samples: Sequence[Tuple[Image.Image, dict]], cell: int = 256, 
 def write_contact_sheet(out, splits: Sequence[str], shard_names: dict, n: int = 48,
                         name: str = "build_report_contact_sheet.png") -> Optional[str]:
     """Write the contact sheet of the first ``n`` drawings of a build into its output folder (an
-    :class:`~.build.Output`); returns its path, None when no drawing was written."""
+    :class:`~.output.Output`); returns its path, None when no drawing was written."""
     for split in splits:
         names = sorted(shard_names.get(split) or [])
         if not names:

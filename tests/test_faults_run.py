@@ -196,3 +196,31 @@ def test_every_flag_is_checked_at_start_and_named(flag, capsys):
     err = capsys.readouterr().err
     assert "invalid flags (nothing was started)" in err and flag[0] in err
     assert parse_train_args(["--train-data", "x.tar"]).batch_size == 64  # the defaults pass
+
+
+RACE = r'''
+import sys
+from patentclip.launch.diskspace import write_atomic
+path, me = sys.argv[1], sys.argv[2]
+for i in range(300):
+    write_atomic(path, f"{me}-{i}")
+'''
+
+
+def test_two_processes_committing_latest_at_once_do_not_collide(tmp_path):
+    """Two processes moving the same 'latest' at once (what two runs of one name did before the run lock, and what
+    a rank racing its successor still may): each writes a temporary of its own, so neither crashes and 'latest'
+    always holds one whole tag (a fixed 'latest.tmp' made one of them fail: the other had renamed it away)."""
+    latest = tmp_path / "latest"
+    latest.write_text("epoch_0")
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, str(latest), name], stderr=subprocess.PIPE, text=True)
+             for name in ("a", "b")]
+    seen = set()
+    while any(p.poll() is None for p in procs):
+        seen.add(latest.read_text())
+    for p in procs:
+        assert p.wait() == 0, p.stderr.read()[-2000:]
+    seen.add(latest.read_text())
+    assert all(s == "epoch_0" or (s[:2] in ("a-", "b-") and s[2:].isdigit()) for s in seen), sorted(seen)[:5]
+    assert latest.read_text() in ("a-299", "b-299")
+    assert [p.name for p in tmp_path.iterdir()] == ["latest"]  # no temporary left behind

@@ -84,3 +84,51 @@ def test_evaluation_gives_identical_token_sequences_one_id(synthetic_shards):
     for i in range(len(ids)):
         for j in range(len(ids)):
             assert (ids[i] == ids[j]) == bool(torch.equal(tokens[i], tokens[j]))
+
+
+def test_the_evaluation_counts_identical_captions_once_whatever_the_shard_order():
+    """What patentclip-eval computes (evaluation/image_text.py on extract_features' output) does not change when
+    the drawings come in another order (another shard order): 40 drawings, 8 captions shared by 5 drawings each,
+    each drawing close to its caption. Counted per drawing (no text ids) the same features give figures that do
+    change with the order: the check is sensitive to the rule being dropped."""
+    from patentclip.evaluation.image_text import image_text_from_features
+    from patentclip.evaluation.settings import EvalSettings
+
+    g = torch.Generator().manual_seed(3)
+    caption = torch.arange(8).repeat_interleave(5)
+    txt_bank = F.normalize(torch.randn(8, 16, generator=g), dim=-1)
+    img = F.normalize(txt_bank[caption] + 0.6 * torch.randn(40, 16, generator=g), dim=-1)
+    feats = {"image_features": img, "text_features": txt_bank[caption], "text_id": caption}
+    ref = image_text_from_features(feats, EvalSettings())
+    assert 0 < ref["image_to_text_R@1"] < 1
+    per_drawing = set()
+    for seed in range(6):
+        p = torch.randperm(40, generator=torch.Generator().manual_seed(seed))
+        shuffled = {k: v[p] for k, v in feats.items()}
+        assert image_text_from_features(shuffled, EvalSettings()) == ref
+        per_drawing.add(M.image_text_recall(img[p], txt_bank[caption][p], ks=(1,))["image_to_text_R@1"])
+    assert len(per_drawing) > 1
+
+
+def test_against_a_brute_force_reading_of_the_rule():
+    """The rule of docs/evaluation.md written out plainly (python loops over distinct captions) on random
+    features with shared captions, K = 1, 3, 5."""
+    g = torch.Generator().manual_seed(11)
+    caption = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 4, 5, 6, 6, 6, 6, 7, 8, 9, 9])
+    bank = F.normalize(torch.randn(10, 6, generator=g), dim=-1)
+    img = F.normalize(bank[caption] + 0.9 * torch.randn(len(caption), 6, generator=g), dim=-1)
+    ks = (1, 3, 5)
+    got = M.image_text_recall(img, bank[caption], ks=ks, text_ids=caption)
+    distinct = sorted(set(caption.tolist()))
+    sim = (img @ bank.T).tolist()  # image x distinct caption
+    for k in ks:
+        hits = 0
+        for i, c in enumerate(caption.tolist()):
+            order = sorted(distinct, key=lambda t: -sim[i][t])
+            hits += c in order[:k]
+        assert abs(got[f"image_to_text_R@{k}"] - hits / len(caption)) < 1e-12, k
+        hits = 0
+        for t in distinct:
+            order = sorted(range(len(caption)), key=lambda i: -sim[i][t])
+            hits += any(caption[i] == t for i in order[:k])
+        assert abs(got[f"text_to_image_R@{k}"] - hits / len(distinct)) < 1e-12, k

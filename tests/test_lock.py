@@ -52,8 +52,14 @@ def test_make_venv_demo_test_and_ci_install_the_lock():
     assert re.search(r"^LOCK := constraints\.txt$", make, re.M)
     assert re.search(r"^demo: \$\(STAMP\)", make, re.M) and re.search(r"^test: \$\(STAMP\)", make, re.M)
     assert "make test" in (REPO / ".ci" / "run").read_text()
-    # and a way to run the suite on the newest releases, which is also the only way the lock is refreshed
+    # and a way to run the suite on the newest releases, which is also the only way the lock is refreshed; it
+    # prepares the machine as make test does (the system packages the tests use)
     assert re.search(r"^test-latest:", make, re.M) and re.search(r"^lock: test-latest", make, re.M)
+    latest_rule = make[make.index("\ntest-latest:"):make.index("\nlock:")]
+    test_rule = make[make.index("\ntest: "):]
+    test_rule = test_rule[:test_rule.index("\n\n")]
+    for script in re.findall(r"sh (tests/\S+\.sh)", test_rule):
+        assert f"sh {script}" in latest_rule, f"make test-latest does not run {script} as make test does"
 
 
 def test_readme_names_the_locked_versions_of_its_figures():

@@ -279,6 +279,29 @@ def test_dist_flags_reach_the_process_group(tmp_path):
         assert f"BACKEND gloo True 2 {rank} True" in out
 
 
+def test_device_flag_picks_the_trainers_device(tmp_path):
+    """--device: patentclip-train's setup (open_clip's init_distributed_device) puts the run on it: --device cpu
+    gives a CPU run; the default cuda on a machine without a GPU falls back to the CPU (gloo), as it must for the
+    CPU tests and a login node. (On a GPU machine, --device cuda picks cuda:<local rank>; CUDA is not tested here.)"""
+    code = (
+        "import os, sys, torch\n"
+        "from patentclip.launch.args import parse_train_args\n"
+        "from patentclip.launch.train import setup_run\n"
+        "args = parse_train_args(sys.argv[1:])\n"
+        "device, locks = setup_run(args)\n"
+        "print('DEVICE', device, args.device, os.environ.get('DS_ACCELERATOR'), torch.cuda.is_available())\n")
+    for i, flags in enumerate((["--device", "cpu"], [])):
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "DS_ACCELERATOR")}
+        r = subprocess.run([sys.executable, "-c", code, "--train-data", "x.tar", "--logs", str(tmp_path), "--name",
+                            f"d{i}", *flags], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        line = next(x for x in r.stdout.splitlines() if x.startswith("DEVICE"))
+        if line.endswith("False"):  # no GPU here
+            assert line == "DEVICE cpu cpu cpu False", line
+        else:
+            assert line.split()[1].startswith("cpu" if flags else "cuda"), line
+
+
 def conftest_free_port():
     import socket
 

@@ -82,12 +82,13 @@ def test_users_share_the_rules():
     """No copy of either rule in the builder, inspect, checkpoints, the checkpoint reader or export."""
     from patentclip.evaluation import export
     from patentclip.launch import checkpoint, checkpoint_format
-    from patentclip.shards import build
+    from patentclip.shards import build, output
     from patentclip.shards import inspect as shard_inspect
 
-    for mod in (build, shard_inspect, checkpoint, checkpoint_format, export):
+    for mod in (build, output, shard_inspect, checkpoint, checkpoint_format, export):
         src = inspect.getsource(mod)
         assert '"://" in' not in src and "time.sleep(backoff" not in src and "2 ** attempt" not in src, mod.__name__
-    for mod in (build, shard_inspect, checkpoint, checkpoint_format):  # export reads remote files through the reader
+    for mod in (build, output, shard_inspect, checkpoint, checkpoint_format):  # export reads through the reader
         assert mod.is_remote is is_remote, mod.__name__
-    assert "PATENTCLIP_IO_RETRIES\", \"" not in inspect.getsource(build)
+    for mod in (build, output):
+        assert "PATENTCLIP_IO_RETRIES\", \"" not in inspect.getsource(mod)

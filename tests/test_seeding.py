@@ -5,7 +5,7 @@ from pathlib import Path
 
 from patentclip.plugins import samplers, seeding
 from patentclip.plugins.seeding import stable_index, stable_int, uniform01
-from patentclip.shards import build
+from patentclip.shards import build_plan
 
 
 def test_pinned_values():
@@ -34,4 +34,4 @@ def test_no_copy_of_the_rule_elsewhere():
     copies = [str(p.relative_to(root)) for folder in ("plugins", "shards", "launch")
               for p in (root / folder).rglob("*.py") if "blake2b(" in p.read_text() and p.name != "seeding.py"]
     assert copies == []
-    assert samplers.uniform01 is seeding.uniform01 and build.uniform01 is seeding.uniform01
+    assert samplers.uniform01 is seeding.uniform01 and build_plan.uniform01 is seeding.uniform01

@@ -49,6 +49,8 @@ bounded whatever the number of queries.  Work: one dot product per pair, then th
 and the ranks of the relevant items by counting, linear in ``N`` (no row is sorted whole; small
 databases excepted, where sorting is cheaper); ``method="sort"``, the former path, sorts every
 row.  ``benchmarks/eval_scaling.py`` measures all three in one run.
+
+One concern (the ranking metrics) in just over 400 lines, about 70 of them the definitions above.
 """
 from __future__ import annotations
 

@@ -21,6 +21,9 @@ workers cut the figures out of the sheets again from the stored boxes (:meth:`Us
 The segmentation is measured against the XML's ``number-of-figures``: the share of patents with exactly as many
 figures as the XML says is in the build report (``input.segmentation``), with the figure/view assignment of every
 patent that misses.
+
+One concern (the ``--format uspto`` importer) in about 450 lines: :func:`import_uspto` is one walk over the grants,
+with the segmentation's workers and cache, served by the other modules of :mod:`patentclip.shards.uspto`.
 """
 from __future__ import annotations
 

@@ -26,6 +26,9 @@ Conventions:
   figures get the free numbers between its neighbours' when there are exactly as many (``method =
   "inferred"``), else reading-order numbers. The XML's figure count is never used here: it is what the
   segmentation is measured against.
+
+One concern (a patent's sheets to its numbered figures) in about 490 lines: numbering repairs the segmentation with
+its own geometry (reading order, merging a figure into another), so the two stay together.
 """
 from __future__ import annotations
 
