@@ -121,3 +121,47 @@ def proc_cpu(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def machine_cpu() -> dict:
+    """The machine's CPU seconds so far from /proc/stat: ``busy`` (every state but idle and iowait, steal
+    included), ``steal`` (time the hypervisor gave to other guests) and ``iowait`` (idle with disk I/O pending);
+    zeros when unavailable."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return {"busy": 0.0, "steal": 0.0, "iowait": 0.0}
+    tick = os.sysconf("SC_CLK_TCK")
+    iowait = fields[4] if len(fields) > 4 else 0
+    idle = fields[3] + iowait
+    steal = fields[7] if len(fields) > 7 else 0
+    busy = sum(fields[:8]) - idle   # guest time is already counted in user
+    return {"busy": busy / tick, "steal": steal / tick, "iowait": iowait / tick}
+
+
+def descendants(pid: int) -> List[int]:
+    """Process ids of the children of ``pid``, their children and so on (from /proc; [] when unavailable)."""
+    out: List[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                kids = [int(x) for x in (t / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+            out.extend(kids)
+            todo.extend(kids)
+    return out
+
+
+def tree_cpu(pid: int, exclude: Iterable[int] = ()) -> float:
+    """CPU seconds of ``pid`` and its descendants, leaving out the trees rooted at ``exclude``."""
+    skip = set(exclude)
+    for e in list(skip):
+        skip.update(descendants(e))
+    return sum(proc_cpu(p) for p in [pid, *descendants(pid)] if p not in skip)

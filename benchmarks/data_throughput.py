@@ -161,7 +161,10 @@ def main(argv=None) -> int:
                 yield n
 
     def ceiling(transform=None, per=1):
-        dl = torch.utils.data.DataLoader(Raw(transform, per), batch_size=None, num_workers=a.workers)
+        # persistent workers, as the pipelines have (patentclip's loader, open_clip's get_wds_dataset): the ceiling
+        # is measured without worker start-up, on the same footing as what it is compared with
+        dl = torch.utils.data.DataLoader(Raw(transform, per), batch_size=None, num_workers=a.workers,
+                                         persistent_workers=a.workers > 0)
         return (lambda p: dl), (lambda x: x)
 
     pipelines = {"raw_read_decode": ceiling(per=a.batch_size), "raw_read_decode_per_drawing": ceiling(per=1),

@@ -83,6 +83,13 @@ def build_plugin_parser() -> argparse.ArgumentParser:
                         "device, the same tensors at a twelfth of the bytes; float runs all of open_clip's "
                         "preprocess in the workers. Random erasing is drawn in the workers and painted on the "
                         "device; a preprocess that erases with random values always uses float.")
+    g.add_argument("--image-resize", choices=["pil", "tensor"], default="pil",
+                   help="How the training drawings are cropped and resized in the data-loader workers: pil "
+                        "(default) is open_clip's own path; tensor runs the same crop (same random boxes) with "
+                        "torch's antialiased bicubic on the uint8 pixels: not bit for bit open_clip's, and only "
+                        "faster where torch's resize beats Pillow's (not on a 2-core Xeon: docs/benchmarks.md). "
+                        "Needs --image-transport uint8 and a preprocess without colour augmentation; otherwise "
+                        "refused.")
     g.add_argument("--aug-hflip", type=float, default=0.0, help="Horizontal flip probability (default 0).")
     g.add_argument("--aug-rrc-scale", type=float, default=None,
                    help="Random resized crop scale range (S, 1) for open_clip's train transform (open_clip's "
@@ -252,6 +259,9 @@ def validate_train_args(args: argparse.Namespace, argv: Sequence[str] = ()) -> L
     timm_problem = timm_weights_problem(args)  # timm image weights on a tower that is not timm's
     if timm_problem:
         problems.append(timm_problem)
+    if args.image_resize == "tensor" and args.image_transport != "uint8":
+        problems.append(f"--image-resize tensor: resizes the uint8 pixels, needs --image-transport uint8 (not "
+                        f"{args.image_transport})")
     if args.epochs_cooldown is not None and isinstance(args.epochs, int) and args.epochs_cooldown >= args.epochs:
         problems.append(f"--epochs-cooldown {args.epochs_cooldown}: must be less than --epochs {args.epochs}")
     if args.eval_zeroshot_templates is not None:

@@ -12,6 +12,16 @@ result is bit-identical to ``preprocess(img.convert("RGB"))`` (tested), includin
 The fast path is taken only for images of mode ``L``, ``LA`` or ``1`` (which convert to RGB by copying the grey
 value) and only when every step before ``ToTensor`` is a known geometric transform; a preprocess with colour
 augmentation (open_clip's ``color_jitter``, ``gray_scale``) or an unknown step runs unchanged on the RGB image.
+
+**Tensor crop/resize** (``resize="tensor"``, ``--image-resize tensor``; default ``pil``, off): with the uint8 image
+transport, a grey drawing is turned into its uint8 pixels *first* and the same geometric steps (open_clip's
+``RandomResizedCrop`` / ``Resize`` / ``CenterCrop`` objects, flips) run on the (1, H, W) uint8 tensor, with
+torch's antialiased bicubic instead of PIL's. The random draws are the same calls on the same image size, so the
+crop boxes and flips are identical; the resampled pixels differ from PIL's by rounding (``benchmarks/
+loader_costs.py`` measures by how much, and how fast: docs/benchmarks.md; on this project's CPU it was no faster
+than PIL). Not exact against open_clip's PIL path, hence off by default. It needs the uint8 transport and a
+preprocess of geometric steps only before ``ToTensor``; otherwise it is refused (:class:`TensorResizeRefused`,
+naming why) when the loader is built. Colour (RGB) drawings keep the PIL path.
 """
 from __future__ import annotations
 
@@ -23,6 +33,11 @@ import torchvision.transforms as T
 from patentclip.plugins.image_transport import DrawErasing, ImageTransport, PILToUint8, is_to_tensor
 
 GREY_MODES = ("L", "LA", "1")
+RESIZES = ("pil", "tensor")   # --image-resize
+
+
+class TensorResizeRefused(ValueError):
+    """``--image-resize tensor`` where it cannot apply (the message says why and what to change)."""
 
 
 def _geometric_types() -> tuple:
@@ -79,7 +94,10 @@ class GreyAwarePreprocess:
     random erasing is drawn here and its boxes of the last call are ``last_erase()``. Without one (or a float
     one) they make the float tensors of ``preprocess``."""
 
-    def __init__(self, preprocess: Callable, transport: Optional[ImageTransport] = None):
+    def __init__(self, preprocess: Callable, transport: Optional[ImageTransport] = None, resize: str = "pil"):
+        if resize not in RESIZES:
+            raise ValueError(f"unknown image resize {resize!r}; one of: {', '.join(RESIZES)}")
+        self.resize = resize
         self.preprocess = preprocess
         self.uint8 = transport is not None and transport.split is not None
         self.erase_boxes: List[Tuple[int, int, int, int]] = []
@@ -92,8 +110,18 @@ class GreyAwarePreprocess:
             self.preprocess = T.Compose(split.before + tail)
             self.erasing = len(drawers)
         steps = grey_steps(preprocess)
+        if resize == "tensor":
+            why = ("the uint8 image transport is not in use (--image-transport float, or a preprocess it cannot "
+                   "take: see the log)" if not self.uint8 else
+                   "the preprocess has a step other than crops, resizes and flips before ToTensor (e.g. colour "
+                   f"jitter or grey-scale augmentation): {preprocess!r}" if steps is None else "")
+            if why:
+                raise TensorResizeRefused(f"--image-resize tensor cannot apply: {why}. Use --image-resize pil "
+                                          f"(the default).")
         if steps is not None and self.uint8:  # geometric steps, then uint8 pixels on one channel
-            steps = steps[:next(i for i, s in enumerate(steps) if is_to_tensor(s))] + tail
+            geometric = steps[:next(i for i, s in enumerate(steps) if is_to_tensor(s))]
+            # tensor path: the pixels first, the same geometric steps on the uint8 tensor (tail[0] is PILToUint8)
+            steps = [tail[0]] + geometric + tail[1:] if resize == "tensor" else geometric + tail
         self.grey = T.Compose(steps) if steps is not None else None
 
     def __call__(self, img):
@@ -112,4 +140,4 @@ class GreyAwarePreprocess:
 
     def __repr__(self) -> str:
         return (f"GreyAwarePreprocess(one-channel path: {self.grey is not None}, transport: "
-                f"{'uint8' if self.uint8 else 'float'}, {self.preprocess!r})")
+                f"{'uint8' if self.uint8 else 'float'}, resize: {self.resize}, {self.preprocess!r})")

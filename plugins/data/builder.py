@@ -3,9 +3,9 @@
 open_clip's flags keep their meaning: ``--train-data`` (``::``-joined sources, brace patterns, local paths or
 any fsspec URL), ``--train-num-samples``, ``--dataset-resampled``, ``--train-data-upsampling-factors``,
 ``--workers``, ``--batch-size``, ``--seed``; patentclip adds ``--sampler``, ``--multiview``, ``--caption-choice``,
-``--shuffle-group-shards`` and ``--image-transport``. Training: every worker gets the same batch quota, so
-every rank takes the same number of steps (rounded up as open_clip does, down with ``floor``); evaluation reads
-every sample once. Rank 0 warns when the training shards store drawings much larger than the model needs
+``--shuffle-group-shards``, ``--image-transport`` and ``--image-resize`` (training only). Training: every worker
+gets the same batch quota, so every rank takes the same number of steps (rounded up as open_clip does, down with
+``floor``); evaluation reads every sample once. Rank 0 warns when the training shards store drawings much larger than the model needs
 (stored_size.py).
 """
 from __future__ import annotations
@@ -85,7 +85,8 @@ def build_patent_dataset(args, preprocess_img, is_train: bool, epoch: int = 0, t
         random_caption=getattr(args, "caption_choice", "random") == "random",
         group_shards=int(getattr(args, "shuffle_group_shards", 4) or 4), num_worker_batches=num_worker_batches,
         resampled=resampled, weights=url_weights,
-        max_unreadable_shards=float(getattr(args, "max_unreadable_shards", DEFAULT_MAX_UNREADABLE)))
+        max_unreadable_shards=float(getattr(args, "max_unreadable_shards", DEFAULT_MAX_UNREADABLE)),
+        image_resize=getattr(args, "image_resize", "pil") if is_train else "pil")
     loader = PatentLoader(dataset, workers, num_batches, num_samples)
     logging.debug("patent-wds %s: %d samples, %d batches", "train" if is_train else "val", num_samples, num_batches)
     return DataInfo(dataloader=loader, shared_epoch=shared_epoch)

@@ -20,7 +20,8 @@
   decoders. The workers read the epoch from the shared epoch value and the resume state from their copy of the
   dataset, which is made when they start; so the loader starts new workers exactly when the resume state the
   workers would apply to the coming epoch differs from the one the loader wants applied (after
-  ``load_state_dict`` for that epoch, or when a stale one would be misread), and keeps them otherwise.
+  ``load_state_dict`` for that epoch, or when a stale one would be misread), and keeps them otherwise. A kept
+  worker reads its next epoch's first shard group while it finishes the current epoch (plugins/data/read_ahead.py).
 """
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ class PatentLoader:
         self.num_batches = num_batches
         self.num_samples = num_samples
         self.persistent_workers = bool(persistent_workers) and num_workers > 0
+        # a persistent worker reads its next epoch's first shard group while it finishes the epoch (read_ahead.py)
+        dataset.read_ahead_next_epoch = self.persistent_workers
         self._dataloader: Optional[DataLoader] = None
         self._forked_resume: Optional[Dict] = None  # the dataset's resume state when the workers were started
         self._state = None

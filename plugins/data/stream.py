@@ -3,7 +3,8 @@
 :class:`PatentStream` is the ``IterableDataset`` each worker iterates. Its ``__iter__`` composes the stages:
 
     shard groups (shard_groups.py), those consumed before a resume left out unread
-      -> raw samples, the next group read ahead (tars.py)
+      -> raw samples (tars.py); the next group read ahead, and with persistent
+         workers the next epoch's first group once this epoch's last is taken (read_ahead.py)
       -> examples of each group from the resume offset on (patents.py)          :func:`positioned`
       -> batch fields of each example; a bad one skipped and counted (examples.py)  :func:`made`
       -> a whole pass of groups without one usable example ends the stream       :func:`progressing`
@@ -17,6 +18,7 @@ takes the position out of each batch and keeps it for ``state_dict()``.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -25,7 +27,7 @@ from open_clip_train.data import SharedEpoch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from patentclip.plugins.classes import ClassMismatch, ClassTable
-from patentclip.plugins.data import patents, tars
+from patentclip.plugins.data import patents, read_ahead, tars
 from patentclip.plugins.data.batch import collate_patent_batch
 from patentclip.plugins.data.examples import Example, ExampleMaker, class_id_of
 from patentclip.plugins.data.shard_groups import ShardPlan
@@ -149,7 +151,7 @@ class PatentStream(IterableDataset):
                  tokenizer: Callable, image_transport: ImageTransport, sampler=None, multiview: bool = False,
                  random_caption: bool = True, group_shards: int = 4, num_worker_batches: Optional[int] = None,
                  resampled: bool = False, weights: Optional[Sequence[float]] = None,
-                 max_unreadable_shards: float = tars.DEFAULT_MAX_UNREADABLE):
+                 max_unreadable_shards: float = tars.DEFAULT_MAX_UNREADABLE, image_resize: str = "pil"):
         super().__init__()
         self.max_unreadable_shards = max_unreadable_shards
         self.is_train = is_train
@@ -167,11 +169,15 @@ class PatentStream(IterableDataset):
                               repeat=is_train and num_worker_batches is not None, resampled=resampled,
                               weights=list(weights) if weights is not None else None)
         # grey drawings on one channel, and (uint8 transport) finished on the device: the same tensors
-        self.preprocess = GreyAwarePreprocess(preprocess, image_transport)
+        self.preprocess = GreyAwarePreprocess(preprocess, image_transport, image_resize)
         self.make = ExampleMaker(preprocess=self.preprocess, tokenizer=tokenizer, class_table=class_table,
                                  seed=seed, augment=is_train, random_caption=random_caption and is_train,
                                  multiview=multiview)
         self.resume: Optional[Dict] = None  # {"epoch", "exact", "workers": {wid: cursor}} or {..., "fraction"}
+        # the loader sets it when its workers persist across epochs (loader.py): then each worker reads its next
+        # epoch's first group while it finishes this one (read_ahead.py, overlap 3)
+        self.read_ahead_next_epoch = False
+        self.reader = read_ahead.GroupReader()
 
     def group_examples(self, gidx: int, group: List[str], samples: List[Dict], epoch: int,
                        skips: Optional[tars.SkipCounter] = None) -> List[Example]:
@@ -194,6 +200,11 @@ class PatentStream(IterableDataset):
         return Cursor(group=int(frac * n_groups) if n_groups is not None else 0,
                       batches=int(frac * (self.num_worker_batches or 0)))
 
+    def next_epoch_group(self, epoch: int, worker: int, num_workers: int) -> Optional[List[str]]:
+        """The shard group this worker starts the next epoch with (its resume position's, when it has one)."""
+        start = self.start(epoch + 1, worker, num_workers)
+        return next(itertools.islice(self.plan.groups(epoch + 1, worker, num_workers), start.group, None), None)
+
     def __iter__(self):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
@@ -202,9 +213,25 @@ class PatentStream(IterableDataset):
         shards = self.plan.worker_shards(epoch, worker, num_workers)
         skips = tars.SkipCounter(cursor.skipped, len(shards), self.max_unreadable_shards)
         groups = ((g, grp) for g, grp in enumerate(self.plan.groups(epoch, worker, num_workers)) if g >= cursor.group)
-        examples = positioned(tars.prefetched(groups, skips),
-                              lambda g, grp, raw: self.group_examples(g, grp, raw, epoch, skips),
-                              Cursor(**cursor.to_dict()))
+        start = Cursor(**cursor.to_dict())
+        memo: Dict[int, List[Example]] = {}
+
+        def examples_of(g: int, grp: List[str], raw: List[Dict]) -> List[Example]:
+            if g not in memo:  # computed once per group (also by `final`): json skips counted once
+                memo.clear()
+                memo[g] = self.group_examples(g, grp, raw, epoch, skips)
+            return memo[g]
+
+        def final(g: int, grp: List[str], raw: List[Dict]) -> bool:
+            """Does this group complete the worker's batch quota (counting every example usable)?"""
+            if self.num_worker_batches is None:
+                return False
+            left = len(examples_of(g, grp, raw)) - (start.offset if g == start.group else 0)
+            return left >= (self.num_worker_batches - cursor.batches) * self.batch_size
+
+        then = self.next_epoch_group(epoch, worker, num_workers) if self.read_ahead_next_epoch else None
+        raw = read_ahead.prefetched(groups, skips, self.reader, then, final)
+        examples = positioned(raw, examples_of, Cursor(**start.to_dict()))
         items = made(examples, lambda ex: self.make(ex, epoch), skips)
         if self.plan.repeat or self.plan.resampled:  # a stream that would never end: it must make progress
             items = progressing(items, max(1, math.ceil(len(shards) / self.plan.group_shards)),
@@ -216,5 +243,8 @@ class PatentStream(IterableDataset):
             cursor.skipped = skips.count
             batch[POSITION] = {"worker": worker, "epoch": epoch, **cursor.to_dict()}
             yield batch
+        raw.close()   # at the quota: this epoch's read-ahead is not needed
+        if then is not None:
+            self.reader.hold(then)
         cursor.skipped = skips.count
         yield {END: worker, POSITION: {"worker": worker, "epoch": epoch, **cursor.to_dict()}}

@@ -1,4 +1,4 @@
-"""Reading shards: tar members to samples, with what is skipped counted, and the next shard group read ahead.
+"""Reading shards: tar members to samples, with what is skipped counted (read ahead by read_ahead.py).
 
 A sample is webdataset's dict of raw member bytes by extension (shards/sample_format.py) plus ``__key__`` and
 ``__url__``. Damage is handled here, where the tar is read (webdataset's ``tar_file_iterator`` opens the tar and
@@ -25,8 +25,7 @@ import posixpath
 import re
 import tarfile
 import zlib
-from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from open_clip_train.data import expand_urls
 from webdataset.tariterators import base_plus_ext
@@ -194,51 +193,6 @@ def tar_samples(url: str, skips: GroupSkips) -> Iterator[Dict]:
             stream.close()
         except Exception:
             pass
-
-
-READ_THREADS = 4   # shards of a worker read at once (the current group's and the next group's)
-
-
-def prefetched(groups: Iterable[Tuple[int, List[str]]], skips: SkipCounter, threads: int = READ_THREADS
-               ) -> Iterator[Tuple[int, List[str], List[Dict]]]:
-    """(index, shards, raw samples) of each group, the samples in shard order.
-
-    Read-ahead: the shards of a group are read by ``threads`` background threads at once (a group arrives after
-    about its slowest shard rather than the sum of its shards: what a worker waits for before its first batch of
-    an epoch or after a resume), and the next group's shards are read while the current group is decoded, so a
-    worker does not stall at group boundaries (S3 latency). Memory: at most the current and the next group.
-    Order: each shard's samples are kept apart and joined in the group's shard order, so the examples and
-    therefore the resume positions are those of a sequential read. What a shard's read skips is counted into
-    ``skips`` when its group is yielded (:meth:`SkipCounter.take`, which also applies the unreadable-shard limit),
-    not when it is read ahead, so a resume position's skip count covers exactly the groups before it. (A worker cannot start on a group's first
-    shard before the others arrive: the group shuffle, plugins/data/patents.py, draws from the whole group.)
-    """
-    groups = iter(groups)
-    pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="patentclip-prefetch")
-
-    def read(url: str) -> Tuple[List[Dict], GroupSkips]:
-        mine = GroupSkips()
-        return list(tar_samples(url, mine)), mine
-
-    def submit(item):
-        return [pool.submit(read, url) for url in item[1]] if item else None
-
-    try:
-        nxt = next(groups, None)
-        pending = submit(nxt)
-        while nxt is not None:
-            gidx, group = nxt
-            raw: List[Dict] = []
-            for f in pending:
-                samples, skipped = f.result()
-                raw.extend(samples)
-                skips.take(skipped)
-            nxt = next(groups, None)
-            pending = submit(nxt)
-            yield gidx, group, raw
-    finally:
-        # at the batch quota the prefetched group is not needed: do not wait for it
-        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def dataset_size(shards: str) -> Tuple[Optional[int], int]:
