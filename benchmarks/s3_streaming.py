@@ -134,6 +134,7 @@ def main(argv=None) -> int:
     import torch
 
     from data_throughput import make_shards
+    from patentclip.launch.args import default_args
     from patentclip.plugins import openclip_compat
     from patentclip.plugins.classes import load_class_table
     from patentclip.plugins.data.batch import KEY
@@ -165,11 +166,8 @@ def main(argv=None) -> int:
         tokenizer = open_clip.get_tokenizer(a.model)
 
         def pipeline(pattern):
-            args = argparse.Namespace(
-                train_data=pattern, val_data=None, train_num_samples=None, val_num_samples=None, seed=0,
-                batch_size=a.batch_size, workers=a.workers, world_size=1, rank=0, dataset_resampled=False,
-                train_data_upsampling_factors=None, sampler="class_aware", sampler_beta=1.0, caption_choice="random",
-                multiview=False, shuffle_group_shards=a.group_shards)
+            args = default_args(train_data=pattern, batch_size=a.batch_size, workers=a.workers,
+                                sampler="class_aware", shuffle_group_shards=a.group_shards)
             return DATASETS.get("patent-wds")(args, preprocess, True, epoch=0, tokenizer=tokenizer,
                                               class_table=load_class_table(pattern))
 
