@@ -104,6 +104,7 @@ def main(argv=None) -> int:
     from open_clip_train.data import get_wds_dataset
     from PIL import Image
 
+    from patentclip.launch.args import default_args
     from patentclip.plugins import openclip_compat
     from patentclip.plugins.classes import load_class_table
     from patentclip.plugins.models import register_model_configs
@@ -122,12 +123,8 @@ def main(argv=None) -> int:
     n_total = sum(json.loads((work / "shards" / "train" / "sizes.json").read_text()).values())
 
     def oc_args(**kw):
-        d = dict(train_data=pattern, val_data=None, train_num_samples=None, val_num_samples=None, seed=0,
-                 batch_size=a.batch_size, workers=a.workers, world_size=1, rank=0, dataset_resampled=False,
-                 train_data_upsampling_factors=None, sampler="class_aware", sampler_beta=1.0,
-                 caption_choice="random", multiview=False, shuffle_group_shards=4, image_transport="uint8")
-        d.update(kw)
-        return argparse.Namespace(**d)
+        return default_args(**{"train_data": pattern, "batch_size": a.batch_size, "workers": a.workers,
+                               "sampler": "class_aware", **kw})
 
     results = {}
 

@@ -184,6 +184,7 @@ def main(argv=None) -> int:
     import torch
 
     from data_throughput import make_shards
+    from patentclip.launch.args import default_args
     from patentclip.plugins import openclip_compat
     from patentclip.plugins.classes import load_class_table
     from patentclip.plugins.data.batch import KEY
@@ -216,11 +217,8 @@ def main(argv=None) -> int:
         tokenizer = open_clip.get_tokenizer(a.model)
 
         def pipeline(pattern):
-            args = argparse.Namespace(
-                train_data=pattern, val_data=None, train_num_samples=None, val_num_samples=None, seed=0,
-                batch_size=a.batch_size, workers=a.workers, world_size=1, rank=0, dataset_resampled=False,
-                train_data_upsampling_factors=None, sampler="class_aware", sampler_beta=1.0, caption_choice="random",
-                multiview=False, shuffle_group_shards=a.group_shards)
+            args = default_args(train_data=pattern, batch_size=a.batch_size, workers=a.workers,
+                                sampler="class_aware", shuffle_group_shards=a.group_shards)
             return DATASETS.get("patent-wds")(args, preprocess, True, epoch=0, tokenizer=tokenizer,
                                               class_table=load_class_table(pattern))
 
@@ -300,7 +298,7 @@ def main(argv=None) -> int:
                       f"vs {statistics.median(firsts[NO_HOLD]):.2f} s")
             parts = decomposed(paired, load)
             cpu_ratio = statistics.median(d["cpu_ratio"] for d in parts)
-            print(f"  S3 / local = loader CPU cost ratio x share of the machine ratio, per pass: "
+            print("  S3 / local = loader CPU cost ratio x share of the machine ratio, per pass: "
                   + ", ".join(f"{d['ratio']:.2f} = {d['cpu_ratio']:.2f} x {d['share_ratio']:.2f}" for d in parts)
                   + f"; CPU cost ratio median {cpu_ratio:.3f}")
             slow = outliers(paired, load)

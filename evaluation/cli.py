@@ -38,6 +38,7 @@ from patentclip.evaluation.citations import load_citations
 from patentclip.evaluation.loading import LoadedModel, load_for_eval
 from patentclip.evaluation.run import format_table, run_evaluation
 from patentclip.evaluation.settings import DEFAULT_TEMPLATES, EvalSettings
+from patentclip.launch.args import default_args
 from patentclip.launch.safe_load import TRUST_FLAG, TRUST_HELP
 from patentclip.plugins.classes import ClassTable, load_class_table
 from patentclip.evaluation.extra_metrics import check_metric_names, metric_names
@@ -127,9 +128,8 @@ Examples:
 
 
 def _loader(shards, preprocess, tokenizer, class_table, args):
-    data_args = argparse.Namespace(val_data=shards, val_num_samples=args.val_num_samples, seed=args.seed,
-                                   batch_size=args.batch_size, workers=args.workers, world_size=1, rank=0,
-                                   train_data=None, dataset_resampled=False)
+    data_args = default_args(val_data=shards, val_num_samples=args.val_num_samples, seed=args.seed,
+                             batch_size=args.batch_size, workers=args.workers)
     return DATASETS.get("patent-wds")(data_args, preprocess, False, tokenizer=tokenizer,
                                       class_table=class_table).dataloader
 

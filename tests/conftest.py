@@ -18,15 +18,11 @@ def impact_sample() -> Path:
 
 
 def data_args(train=None, val=None, **kw):
-    """The data arguments patent-wds reads (patentclip-train's defaults, batch 8, no workers), with overrides."""
-    import argparse
+    """The arguments patent-wds reads: patentclip-train's defaults (launch.args.default_args), batch 8, no
+    workers, with overrides."""
+    from patentclip.launch.args import default_args
 
-    base = dict(train_data=train, val_data=val, train_num_samples=None, val_num_samples=None, seed=0, batch_size=8,
-                workers=0, world_size=1, rank=0, dataset_resampled=False, train_data_upsampling_factors=None,
-                sampler="natural", sampler_beta=1.0, caption_choice="random", multiview=False,
-                shuffle_group_shards=4)
-    base.update(kw)
-    return argparse.Namespace(**base)
+    return default_args(**{"train_data": train, "val_data": val, "batch_size": 8, "workers": 0, **kw})
 
 
 def shard_pattern(split_dir: Path) -> str:

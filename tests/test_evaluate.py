@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import conftest
 from conftest import read_jsonl, run_cli
 from patentclip.evaluation import classification as EC
 from patentclip.evaluation import cli as ECLI
@@ -386,8 +387,6 @@ def test_cli_matches_in_training_evaluation_and_deepspeed_folder(run_dir, synthe
 def test_protocol_on_real_features_against_brute_force(run_dir, synthetic_shards, monkeypatch):
     """i2i metrics of the trained model recomputed from its features with plain Python loops + scikit-learn AP,
     in both relevance settings, with and without the prior-art filter."""
-    import argparse
-
     from sklearn.metrics import average_precision_score
 
     from patentclip.plugins.classes import load_class_table
@@ -398,8 +397,7 @@ def test_protocol_on_real_features_against_brute_force(run_dir, synthetic_shards
     loaded = EL.load_for_eval(str(run_dir / "checkpoints" / "epoch_1.pt"), None, None, "cpu")
     assert loaded.name == "patentclip-tiny" and loaded.head is not None
     ct = load_class_table(synthetic_shards["val"])
-    data_args = argparse.Namespace(val_data=synthetic_shards["val"], val_num_samples=None, seed=0, batch_size=16,
-                                   workers=0, world_size=1, rank=0, train_data=None, dataset_resampled=False)
+    data_args = conftest.data_args(val=synthetic_shards["val"], batch_size=16)
     loader = DATASETS.get("patent-wds")(data_args, loaded.preprocess, False, tokenizer=loaded.tokenizer,
                                         class_table=ct).dataloader
     f = EF.extract_features(loaded.model, loader, "cpu")

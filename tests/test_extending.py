@@ -1,6 +1,5 @@
 """docs/extending.md's worked examples are complete and work: each code block is saved as a module of a
 temporary package, imported the way the doc says (``--plugins``), and used through the real entry points."""
-import argparse
 import json
 import re
 import sys
@@ -11,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import conftest
 from conftest import run_cli
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
@@ -137,8 +137,7 @@ def test_metric_example_through_patentclip_eval(doc_package, synthetic_shards, t
     torch.manual_seed(0)
     loaded = load_for_eval("untrained", "patentclip-tiny", None, "cpu")
     ct = load_class_table(synthetic_shards["val"])
-    data_args = argparse.Namespace(val_data=synthetic_shards["val"], val_num_samples=None, seed=0, batch_size=64,
-                                   workers=0, world_size=1, rank=0, train_data=None, dataset_resampled=False)
+    data_args = conftest.data_args(val=synthetic_shards["val"], batch_size=64)
     loader = DATASETS.get("patent-wds")(data_args, loaded.preprocess, False, tokenizer=loaded.tokenizer,
                                         class_table=ct).dataloader
     f = extract_features(loaded.model, loader, "cpu")

@@ -21,7 +21,7 @@ from patentclip.plugins.classes import ClassTable
 from patentclip.plugins.data.loader import PatentLoader
 from patentclip.plugins.data.stored_size import check_stored_size, model_image_size
 from patentclip.plugins.data.stream import PatentStream
-from patentclip.plugins.data.tars import DEFAULT_MAX_UNREADABLE, dataset_size
+from patentclip.plugins.data.tars import dataset_size
 from patentclip.plugins.image_transport import ImageTransport
 from patentclip.plugins.registry import DATASETS, SAMPLERS
 
@@ -31,22 +31,23 @@ def build_patent_dataset(args, preprocess_img, is_train: bool, epoch: int = 0, t
                          class_table: Optional[ClassTable] = None, floor: bool = False) -> DataInfo:
     """The patent pipeline for ``args.train_data`` (is_train) or ``args.val_data``; returns open_clip's DataInfo
     whose ``dataloader`` is a :class:`PatentLoader` (``num_batches``, ``num_samples``, ``state_dict()``,
-    ``image_transport``)."""
+    ``image_transport``). ``args`` holds every flag (a run's, or :func:`patentclip.launch.args.default_args` with
+    overrides outside a run): the parser owns the defaults."""
     remote_io.register_fsspec_gopen()
     input_shards = args.train_data if is_train else args.val_data
     if not input_shards:
         raise ValueError("no shards given (--train-data / --val-data)")
     if class_table is None:
         raise ValueError("the patent pipeline needs the class table (classes.json)")
-    resampled = bool(getattr(args, "dataset_resampled", False)) and is_train
-    weights = getattr(args, "train_data_upsampling_factors", None) if is_train else None
+    resampled = bool(args.dataset_resampled) and is_train
+    weights = args.train_data_upsampling_factors if is_train else None
     if weights is not None and not resampled:
         raise ValueError("--train-data-upsampling-factors needs --dataset-resampled (as in open_clip)")
     urls, url_weights = expand_urls(input_shards, weights)
     shared_epoch = SharedEpoch(epoch=epoch)
-    workers = int(getattr(args, "workers", 0) or 0)
-    world_size = int(getattr(args, "world_size", 1)) if is_train else 1
-    rank = int(getattr(args, "rank", 0)) if is_train else 0
+    workers = int(args.workers or 0)
+    world_size = int(args.world_size) if is_train else 1
+    rank = int(args.rank) if is_train else 0
 
     if is_train:
         if args.train_num_samples is not None:
@@ -67,26 +68,26 @@ def build_patent_dataset(args, preprocess_img, is_train: bool, epoch: int = 0, t
         num_batches = num_worker_batches * max(1, workers)
         num_samples = num_batches * global_batch_size
     else:
-        num_samples = getattr(args, "val_num_samples", None) or dataset_size(input_shards)[0] or 0
+        num_samples = args.val_num_samples or dataset_size(input_shards)[0] or 0
         num_batches = math.ceil(num_samples / args.batch_size) if num_samples else 0
         num_worker_batches = None
 
     if is_train and rank == 0:
         check_stored_size(urls[0], model_image_size(preprocess_img))  # warns when stored much larger than needed
-    sampler = SAMPLERS.build(getattr(args, "sampler", "natural"), args, class_table) if is_train else None
+    sampler = SAMPLERS.build(args.sampler, args, class_table) if is_train else None
     # the one decision "uint8 or float" for this loader's images: the workers run its first half, the consumer
     # (step, evaluation) the second, through loader.image_transport
-    transport = ImageTransport.choose(getattr(args, "image_transport", "uint8"), preprocess_img)
+    transport = ImageTransport.choose(args.image_transport, preprocess_img)
     dataset = PatentStream(
-        urls, is_train=is_train, batch_size=args.batch_size, seed=int(getattr(args, "seed", 0)), rank=rank,
+        urls, is_train=is_train, batch_size=args.batch_size, seed=int(args.seed), rank=rank,
         world_size=world_size, shared_epoch=shared_epoch, class_table=class_table, preprocess=preprocess_img,
         tokenizer=tokenizer, image_transport=transport, sampler=sampler,
-        multiview=bool(getattr(args, "multiview", False)) and is_train,
-        random_caption=getattr(args, "caption_choice", "random") == "random",
-        group_shards=int(getattr(args, "shuffle_group_shards", 4) or 4), num_worker_batches=num_worker_batches,
+        multiview=bool(args.multiview) and is_train,
+        random_caption=args.caption_choice == "random",
+        group_shards=int(args.shuffle_group_shards), num_worker_batches=num_worker_batches,
         resampled=resampled, weights=url_weights,
-        max_unreadable_shards=float(getattr(args, "max_unreadable_shards", DEFAULT_MAX_UNREADABLE)),
-        image_resize=getattr(args, "image_resize", "pil") if is_train else "pil")
+        max_unreadable_shards=float(args.max_unreadable_shards),
+        image_resize=args.image_resize if is_train else "pil")
     loader = PatentLoader(dataset, workers, num_batches, num_samples)
     logging.debug("patent-wds %s: %d samples, %d batches", "train" if is_train else "val", num_samples, num_batches)
     return DataInfo(dataloader=loader, shared_epoch=shared_epoch)
