@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     from open_clip import get_tokenizer
 
     from patentclip.evaluation.loading import load_model_for_eval
+    from patentclip.launch.args import default_args
     from patentclip.evaluation.run import evaluate_model, format_table
     from patentclip.plugins.classes import load_class_table
     from patentclip.plugins.models import register_model_configs
@@ -92,8 +93,7 @@ def main(argv=None) -> int:
     for label, ckpt in (("untrained", "untrained"), ("trained", str(ckpt_path))):
         torch.manual_seed(args.seed)
         model, preprocess = load_model_for_eval("patentclip-tiny", ckpt, None, device)
-        data_args = argparse.Namespace(val_data=val_data, val_num_samples=None, seed=args.seed, batch_size=64,
-                                       workers=0, world_size=1, rank=0, train_data=None, dataset_resampled=False)
+        data_args = default_args(val_data=val_data, seed=args.seed, batch_size=64, workers=0)
         loader = DATASETS.get("patent-wds")(data_args, preprocess, False, tokenizer=tokenizer,
                                             class_table=class_table).dataloader
         rows[label] = evaluate_model(model, loader, class_table, tokenizer, device)
