@@ -356,6 +356,19 @@ def default_args(**overrides) -> argparse.Namespace:
     return args
 
 
+def args_as_json(args: argparse.Namespace) -> dict:
+    """Every argument, by name, as JSON can hold it (``repr`` of the values it cannot): what a checkpoint's
+    metadata and the wandb run's config record."""
+    out = {}
+    for k, v in sorted(vars(args).items()):
+        try:
+            json.dumps(v)
+            out[k] = v
+        except TypeError:
+            out[k] = repr(v)
+    return out
+
+
 def strip_flag(argv: Sequence[str], flag: str) -> List[str]:
     """argv without ``flag VALUE`` / ``flag=VALUE``."""
     out, skip = [], False

@@ -65,6 +65,7 @@ from patentclip.launch.checkpoint_format import (DS_SUBDIR, HEAD_KEY, LOSSES_KEY
                                                latest_tag, load_open_clip_state_dict, model_args,
                                                open_clip_checkpoint, read_meta, tag_complete)
 from patentclip.launch import safe_load
+from patentclip.launch.args import args_as_json
 from patentclip.launch.diskspace import free_bytes, human, is_disk_full, temp_name, write_atomic
 from patentclip.plugins.remote_io import is_remote, retry
 
@@ -165,17 +166,6 @@ def _gather(obj, world_size: int) -> list:
     return [obj]
 
 
-def _json_args(args) -> Dict:
-    out = {}
-    for k, v in sorted(vars(args).items()):
-        try:
-            json.dumps(v)
-            out[k] = v
-        except TypeError:
-            out[k] = repr(v)
-    return out
-
-
 class CheckpointStore:
     """Where a run's checkpoints live (local staging + optional remote folder) and how they are committed.
 
@@ -235,7 +225,7 @@ class CheckpointStore:
         client_state = {"epoch": epoch, "step": step, "name": args.name, "model": args.model,
                         MODEL_ARGS_KEY: model_args(args),
                         "classes": [c.__dict__ for c in class_table.classes], "loader": loader_states,
-                        "rng": _gather(rng_state(), args.world_size), "args": _json_args(args)}
+                        "rng": _gather(rng_state(), args.world_size), "args": args_as_json(args)}
         if head_state:
             client_state[HEAD_KEY] = {"config": head_state["config"]}
         local_tag = os.path.join(self.local_ds, tag)

@@ -18,11 +18,12 @@ Only rank 0 logs scalars.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Dict, Optional, Tuple
 
 from torch.utils.tensorboard import SummaryWriter
+
+from patentclip.launch.args import args_as_json
 
 try:
     import wandb
@@ -53,17 +54,6 @@ def _x_axis(tag: str) -> str:
     return X_AXIS.get(tag.split("/", 1)[0], DEFAULT_X)
 
 
-def _config(args: argparse.Namespace) -> Dict:
-    out = {}
-    for k, v in sorted(vars(args).items()):
-        try:
-            json.dumps(v)
-            out[k] = v
-        except TypeError:
-            out[k] = repr(v)
-    return out
-
-
 class ScalarLog:
     """Fans ``add_scalar`` out to tensorboard and wandb (module docstring)."""
 
@@ -84,7 +74,7 @@ class ScalarLog:
         if "wandb" in backends:
             folder = os.path.join(args.logs, args.name)
             run = wandb.init(project=args.wandb_project_name, name=args.name, id=args.name, notes=args.wandb_notes,
-                             resume="allow" if args.resume else None, config=_config(args), dir=folder)
+                             resume="allow" if args.resume else None, config=args_as_json(args), dir=folder)
             for prefix, axis in {**X_AXIS, "train": DEFAULT_X, "data": DEFAULT_X}.items():
                 run.define_metric(axis, hidden=True)
                 run.define_metric(f"{prefix}/*", step_metric=axis)
