@@ -23,6 +23,18 @@ import io
 import re
 from typing import Dict, Iterable, Sequence, Set
 
+# the CLIP text tower kept frozen and the LLM-informed paper's augmentations (flip, random crop, random erasing,
+# GridMask): its own recipe and the ArcFace baselines it re-ran on its data
+FROZEN_TEXT_LLM_INFORMED_AUGMENTATION: Dict[str, object] = {
+        "lock_text": True,
+        "lock_text_unlocked_layers": 0,
+        "lock_text_freeze_layer_norm": True,
+        "aug_hflip": 0.5,
+        "aug_rrc_scale": 0.5,
+        "aug_random_erasing": 0.5,
+        "aug_gridmask": 0.5,
+}
+
 RECIPES: Dict[str, Dict[str, object]] = {
     # the baseline: open_clip's CLIP loss on the data's own class distribution
     "clip": {
@@ -55,13 +67,7 @@ RECIPES: Dict[str, Dict[str, object]] = {
         "loss": "clip,class_contrastive,category_contrastive",
         "loss_weighting": "uncertainty",
         "sampler": "natural",
-        "lock_text": True,
-        "lock_text_unlocked_layers": 0,
-        "lock_text_freeze_layer_norm": True,
-        "aug_hflip": 0.5,
-        "aug_rrc_scale": 0.5,
-        "aug_random_erasing": 0.5,
-        "aug_gridmask": 0.5,
+        **FROZEN_TEXT_LLM_INFORMED_AUGMENTATION,
     },
     # ArcFace (Deng et al. 2019) on the image tower, one centre per patent (DeepPatent's re-identification
     # setting; LLM-informed paper, Table 1 baselines [6, 7]; DesignCLIP's "+ ArcFace on DeepPatent" stage when
@@ -74,13 +80,7 @@ RECIPES: Dict[str, Dict[str, object]] = {
         "arcface_scale": 64.0,
         "arcface_margin": 0.5,
         "sampler": "natural",
-        "lock_text": True,
-        "lock_text_unlocked_layers": 0,
-        "lock_text_freeze_layer_norm": True,
-        "aug_hflip": 0.5,
-        "aug_rrc_scale": 0.5,
-        "aug_random_erasing": 0.5,
-        "aug_gridmask": 0.5,
+        **FROZEN_TEXT_LLM_INFORMED_AUGMENTATION,
     },
 }
 # the LLM-informed paper's Table 1 baselines: EfficientNet-B0 + ArcFace [7], SwinV2-B + ArcFace [6], from timm's
