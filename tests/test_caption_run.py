@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from realdata import realdata_dir
 from patentclip.shards.build import build_shards
 from patentclip.shards.captioning.cli import main
 from patentclip.shards.captioning.parsing import REASONS, clean_description
@@ -191,21 +192,11 @@ def test_slurm_array_of_workers(slurm_cluster, reference, caption_input, tiny_ca
     assert sorted(r["worker"] for r in runs) == ["0/2", "1/2"] and sum(r["drawings_generated"] for r in runs) == 24
 
 
-def realdata() -> Path:
-    """``../shared/realdata`` beside the repository (CI), or beside the main checkout of this git worktree."""
-    common = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--path-format=absolute", "--git-common-dir"],
-                            capture_output=True, text=True).stdout.strip()
-    for root in (REPO.parent, Path(common).parent.parent if common else None):
-        if root is not None and (root / "shared" / "realdata" / "impact_sample").is_dir():
-            return root / "shared" / "realdata"
-    pytest.fail("../shared/realdata/impact_sample not found beside the repository")
-
-
 def test_real_uspto_drawings_and_a_real_captioners_descriptions(tiny_caption_models, tmp_path, capsys):
     """IMPACT's sample (DesignCLIP's authors): real USPTO grant drawings (CCITT G4 TIFF sheets) imported from a CSV
     as users do, captioned and joined into shards; and its LLaVA descriptions, real captioner output, survive
     clean_description (the cleaning must not drop what a real captioner writes)."""
-    impact = realdata() / "impact_sample"
+    impact = realdata_dir() / "impact_sample"
     csv.field_size_limit(1 << 30)
     rows = list(csv.DictReader(open(impact / "sample_data.csv", encoding="utf-8")))
     kept = [clean_description(r["caption"], "stop") for r in rows]
