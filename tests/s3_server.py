@@ -25,6 +25,12 @@ from typing import Dict, Optional
 
 ACCESS_KEY = "patentclip-test"
 SECRET_KEY = "patentclip-test-secret"
+# Each bucket is a SeaweedFS collection and takes a volume of its own. Left alone, `weed mini` sizes its volume
+# count from the disk's free space (free / volume size: 23 volumes on 1.5 GiB free), so a session that makes more
+# buckets than that fails with "No writable volumes and no free volumes left" (PutObject InternalError) on a
+# fuller disk (CI, stop 22: the suite's later S3 tests all failed so). Volumes are not preallocated: a fixed,
+# generous count costs nothing (tests/test_s3_server.py makes more buckets than a small disk's count).
+VOLUME_FLAGS = ("-volume.max=1000", "-master.volumeSizeLimitMB=32")
 
 
 def free_port() -> int:
@@ -107,6 +113,7 @@ class S3Server:
             master, volume, filer, admin = free_ports(rng, 4, taken=[self.port])
             ports = {"master": master, "volume": volume, "filer": filer, "admin": admin}
             cmd = [weed_binary(), "mini", f"-dir={store}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                   *VOLUME_FLAGS,
                    "-master.telemetry=false", "-admin.ui=false", "-webdav=false", f"-s3.port={self.port}",
                    "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={identities}",
                    *(f"-{name}.port={port}" for name, port in ports.items())]
