@@ -26,13 +26,13 @@ from typing import Dict, Iterable, Sequence, Set
 # the CLIP text tower kept frozen and the LLM-informed paper's augmentations (flip, random crop, random erasing,
 # GridMask): its own recipe and the ArcFace baselines it re-ran on its data
 FROZEN_TEXT_LLM_INFORMED_AUGMENTATION: Dict[str, object] = {
-        "lock_text": True,
-        "lock_text_unlocked_layers": 0,
-        "lock_text_freeze_layer_norm": True,
-        "aug_hflip": 0.5,
-        "aug_rrc_scale": 0.5,
-        "aug_random_erasing": 0.5,
-        "aug_gridmask": 0.5,
+    "lock_text": True,
+    "lock_text_unlocked_layers": 0,
+    "lock_text_freeze_layer_norm": True,
+    "aug_hflip": 0.5,
+    "aug_rrc_scale": 0.5,
+    "aug_random_erasing": 0.5,
+    "aug_gridmask": 0.5,
 }
 
 RECIPES: Dict[str, Dict[str, object]] = {
