@@ -45,7 +45,7 @@ def build_patent_dataset(args, preprocess_img, is_train: bool, epoch: int = 0, t
         raise ValueError("--train-data-upsampling-factors needs --dataset-resampled (as in open_clip)")
     urls, url_weights = expand_urls(input_shards, weights)
     shared_epoch = SharedEpoch(epoch=epoch)
-    workers = int(args.workers or 0)
+    workers = int(args.workers)
     world_size = int(args.world_size) if is_train else 1
     rank = int(args.rank) if is_train else 0
 
