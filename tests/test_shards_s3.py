@@ -89,13 +89,13 @@ def test_cli_with_flags_and_kill_then_resume(s3_server, corpus, tmp_path):
     """Endpoint from --endpoint-url (not the environment); SIGKILL mid-build leaves only complete shards in the
     bucket, and the rerun finishes the job with the same bytes as a clean build.
 
-    One drawing per shard (about 200 shards, a build of several seconds): the kill must land between the third
-    shard and the last, and with 50 shards the whole build took under 2 s, which a poll on a loaded machine (the
-    full suite on 2 cores) could miss."""
+    300 one-drawing shards (a build of about 10 s to S3): the kill must land between the third shard and the last.
+    With 50 shards the whole build took under 2 s, and in the full suite on 2 cores (a loaded machine, a
+    long-running S3 server) the poll saw it only when it had finished."""
     s3_server.make_bucket("shards-c")
     env = {**os.environ, **s3_server.env()}
     env.pop("AWS_ENDPOINT_URL")
-    manifest = generate_synthetic_patents(tmp_path / "p", num_patents=50, num_classes=3, image_size=160, seed=2)
+    manifest = generate_synthetic_patents(tmp_path / "p", num_patents=300, num_classes=3, image_size=160, seed=2)
     cmd = [sys.executable, "-m", "patentclip.shards.cli", "build", "--manifest", str(manifest), "--out",
            "s3://shards-c/k", "--endpoint-url", s3_server.endpoint, "--region", "us-east-1", "--samples-per-shard",
            "1", "--workers", "1", "--no-progress", "--split", "train=1"]
