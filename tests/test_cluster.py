@@ -140,7 +140,7 @@ def test_kill_9_mid_run_and_mid_upload_resumes_from_last_complete_checkpoint(s3_
     logs = tmp_path / "logs"
     args = train_args(s3_train_shards, logs, "crash", ckpt, EPOCHS, "--save-every-n-steps", "6", "--resume", "latest")
     # 1) kill -9 a rank in the middle of uploading the second checkpoint (uploads slowed down by fault injection)
-    p = _launch(args, {**s3_server.env(), "PATENTCLIP_FAULT_UPLOAD_DELAY": "2"})
+    p = _launch(args, {**s3_server.env(), "PATENTCLIP_FAULT_UPLOAD_DELAY": "4"})
     deadline = time.time() + 300
     while time.time() < deadline:
         if fs.exists("cluster/ckpt/crash/deepspeed/step_12/mp_rank_00_model_states.pt"):
@@ -189,7 +189,7 @@ def test_s3_outage_during_upload_fails_loudly_without_moving_latest(s3_server, s
     ckpt = "s3://cluster/ckpt/outage"
     logs = tmp_path / "logs"
     args = train_args(s3_train_shards, logs, "outage", ckpt, EPOCHS, "--save-every-n-steps", "6")
-    env = {**s3_server.env(), "PATENTCLIP_FAULT_UPLOAD_DELAY": "1.5", "PATENTCLIP_UPLOAD_RETRIES": "2",
+    env = {**s3_server.env(), "PATENTCLIP_FAULT_UPLOAD_DELAY": "4", "PATENTCLIP_UPLOAD_RETRIES": "2",
            "PATENTCLIP_IO_RETRIES": "2"}
     p = _launch(args, env)
     deadline = time.time() + 300
