@@ -53,7 +53,6 @@ import posixpath
 import random
 import re
 import shutil
-import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 import fsspec
@@ -67,6 +66,7 @@ from patentclip.launch.checkpoint_format import (DS_SUBDIR, HEAD_KEY, LOSSES_KEY
 from patentclip.launch import safe_load
 from patentclip.launch.args import args_as_json
 from patentclip.launch.diskspace import free_bytes, human, is_disk_full, temp_name, write_atomic
+from patentclip.plugins import fault_points
 from patentclip.plugins.remote_io import is_remote, retry
 
 LATEST_PT = "epoch_latest.pt"  # --save-most-recent
@@ -75,8 +75,6 @@ LATEST_PT = "epoch_latest.pt"  # --save-most-recent
 # and 5 retries wait 15.5 s in all at the default backoff); the waits follow PATENTCLIP_IO_BACKOFF
 UPLOAD_RETRIES_ENV = "PATENTCLIP_UPLOAD_RETRIES"
 DEFAULT_UPLOAD_RETRIES = 5
-# fault injection for the crash and outage tests: seconds to wait after each uploaded file (default 0)
-UPLOAD_DELAY_ENV = "PATENTCLIP_FAULT_UPLOAD_DELAY"
 
 
 class CheckpointError(RuntimeError):
@@ -140,10 +138,7 @@ def _upload(local_file: str, url: str, retries: int) -> None:
             raise IOError(f"{url}: uploaded size {got} != local size {size}")
 
     _with_retries(put, f"upload of {url}", retries)
-    delay = float(os.environ.get(UPLOAD_DELAY_ENV, "0") or 0)
-    if delay:
-        logging.info("uploaded %s; waiting %.1f s (%s)", url, delay, UPLOAD_DELAY_ENV)
-        time.sleep(delay)
+    fault_points.hold("upload", url)  # the crash and outage tests act here (plugins/fault_points.py)
 
 
 def rng_state() -> Dict:
@@ -350,6 +345,7 @@ class CheckpointStore:
             write_atomic(os.path.join(self.local_ds, "latest"), tag)
         except OSError as exc:
             raise CheckpointError(f"{tag}: the local commit in {self.local_ds} failed: {exc}") from exc
+        fault_points.hold("commit", local_tag)  # the kill-after-a-checkpoint tests act here
 
     def _prune(self, newest: str, epoch: int) -> None:
         if self.args.delete_previous_checkpoint:

@@ -13,6 +13,8 @@ import time
 from collections import Counter
 from typing import Any, Dict, List
 
+from patentclip.plugins import fault_points
+
 from . import sample_format as SF
 from .build_plan import BuildSettings, ShardJob
 from .captions import (CaptionReader, clean_captions, clean_captions_traced, drawing_fields, join_captions,
@@ -179,10 +181,16 @@ def run_job(job: ShardJob, settings: BuildSettings) -> Dict[str, Any]:
              "seconds": {"encode": round(t_encoded - t_start, 3), "commit": round(t_committed - t_encoded, 3)},
              "pid": os.getpid()}
     if out.local:
-        out.write_json([BUILD_DIR, job.split, job.name + ".json"], stats)
+        _write_sidecar(out, stats)
     else:
         stats["_staged"] = tmp if count else None
     return stats
+
+
+def _write_sidecar(out: Output, stats: Dict[str, Any]) -> None:
+    """The shard's stats sidecar, written once the shard is committed: from here on the shard counts as done."""
+    out.write_json([BUILD_DIR, stats["split"], stats["name"] + ".json"], stats)
+    fault_points.hold("shard", f"{stats['split']}/{stats['name']}")  # the kill-mid-build test acts here
 
 
 def commit_staged(out: Output, stats: Dict[str, Any]) -> Dict[str, Any]:
@@ -200,7 +208,7 @@ def commit_staged(out: Output, stats: Dict[str, Any]) -> Dict[str, Any]:
             except OSError:
                 pass
     stats["seconds"]["commit"] = round(time.perf_counter() - t, 3)
-    out.write_json([BUILD_DIR, stats["split"], stats["name"] + ".json"], stats)
+    _write_sidecar(out, stats)
     return stats
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import read_jsonl, run_cli
+from patentclip.plugins import fault_points
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
@@ -127,6 +128,14 @@ def _rank_pids(launcher_pid):
     return kids
 
 
+def _wait_held(p, gate):
+    try:
+        fault_points.wait_reached(gate, 300, alive=lambda: p.poll() is None)
+    except (RuntimeError, TimeoutError) as exc:
+        p.kill()
+        pytest.fail(f"{exc}:\n" + p.communicate()[0][-3000:])
+
+
 def _launch(args, env):
     full = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
     return subprocess.Popen([sys.executable, "-m", "patentclip.launch.train", "--nproc-per-node", "2", *args],
@@ -139,17 +148,14 @@ def test_kill_9_mid_run_and_mid_upload_resumes_from_last_complete_checkpoint(s3_
     ckpt = "s3://cluster/ckpt/crash"
     logs = tmp_path / "logs"
     args = train_args(s3_train_shards, logs, "crash", ckpt, EPOCHS, "--save-every-n-steps", "6", "--resume", "latest")
-    # 1) kill -9 a rank in the middle of uploading the second checkpoint (uploads slowed down by fault injection)
-    p = _launch(args, {**s3_server.env(), "PATENTCLIP_FAULT_UPLOAD_DELAY": "4"})
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if fs.exists("cluster/ckpt/crash/deepspeed/step_12/mp_rank_00_model_states.pt"):
-            break
-        time.sleep(0.2)
-    else:
-        p.kill()
-        pytest.fail("no upload of step_12 seen:\n" + p.communicate()[0][-3000:])
+    # 1) kill -9 a rank in the middle of uploading the second checkpoint: rank 0 is held by a fault point right
+    # after uploading step_12's model states (plugins/fault_points.py), rank 1 is killed, then rank 0 goes on
+    gate = tmp_path / "hold"
+    p = _launch(args, {**s3_server.env(), **fault_points.arm(gate, "upload", "step_12/mp_rank_00_model_states.pt")})
+    _wait_held(p, gate)
+    assert fs.exists("cluster/ckpt/crash/deepspeed/step_12/mp_rank_00_model_states.pt")
     os.kill(_rank_pids(p.pid)[-1], signal.SIGKILL)
+    gate.unlink()
     out = p.communicate(timeout=120)[0]
     assert p.returncode != 0
     assert fs.cat("cluster/ckpt/crash/deepspeed/latest").decode() == "step_6"  # step_12 half-uploaded: not named
@@ -189,18 +195,13 @@ def test_s3_outage_during_upload_fails_loudly_without_moving_latest(s3_server, s
     ckpt = "s3://cluster/ckpt/outage"
     logs = tmp_path / "logs"
     args = train_args(s3_train_shards, logs, "outage", ckpt, EPOCHS, "--save-every-n-steps", "6")
-    env = {**s3_server.env(), "PATENTCLIP_FAULT_UPLOAD_DELAY": "4", "PATENTCLIP_UPLOAD_RETRIES": "2",
-           "PATENTCLIP_IO_RETRIES": "2"}
+    gate = tmp_path / "hold"  # the store goes down while rank 0 is held after step_12's first upload
+    env = {**s3_server.env(), **fault_points.arm(gate, "upload", "step_12/mp_rank_00_model_states.pt"),
+           "PATENTCLIP_UPLOAD_RETRIES": "2", "PATENTCLIP_IO_RETRIES": "2"}
     p = _launch(args, env)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if fs.exists("cluster/ckpt/outage/deepspeed/step_12/mp_rank_00_model_states.pt"):
-            break
-        time.sleep(0.2)
-    else:
-        p.kill()
-        pytest.fail("no upload of step_12 seen")
+    _wait_held(p, gate)
     s3_server.stop()
+    gate.unlink()
     try:
         out = p.communicate(timeout=180)[0]
     finally:

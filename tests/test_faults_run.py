@@ -12,6 +12,7 @@ import time
 import pytest
 
 from conftest import run_cli
+from patentclip.plugins import fault_points
 
 TRAIN = "patentclip.launch.train"
 
@@ -157,17 +158,18 @@ def test_object_store_down_during_the_commit_keeps_local_and_remote_latest_equal
     fs = s3_server.filesystem()
     args = argv(synthetic_shards, tmp_path, "s3run", "--checkpoint-dir", "s3://faults/ck", "--save-every-n-steps",
                 "1", samples=24)
-    # the store must be down within the delay after step_2's upload (one file: one rank, ZeRO 0): 3 s was missed
-    # once late in a fresh-clone CI run (the commit went through and step_3's upload failed instead)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **s3_server.env(), "PATENTCLIP_FAULT_UPLOAD_DELAY": "10",
-           "PATENTCLIP_UPLOAD_RETRIES": "1"}
+    # the run is held right after step_2's upload (one file: one rank, ZeRO 0) while the store goes down, so the
+    # commit meets a store that is down (a fixed delay instead was missed once late in a fresh-clone CI run)
+    gate = tmp_path / "hold"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **s3_server.env(),
+           **fault_points.arm(gate, "upload", "step_2/mp_rank_00_model_states.pt"), "PATENTCLIP_UPLOAD_RETRIES": "1"}
     p = subprocess.Popen([sys.executable, "-m", TRAIN, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, env=env)
     try:
-        wait_for(lambda: fs.exists("faults/ck/run.lease"), 300, "the run's lease in the object store", p)
-        wait_for(lambda: fs.exists("faults/ck/deepspeed/step_2/mp_rank_00_model_states.pt"), 300,
-                 "the upload of step_2", p)
-        s3_server.stop()  # uploaded, not yet committed: the commit meets a store that is down
+        wait_for(lambda: fault_points.reached(gate), 300, "the upload of step_2", p)
+        assert fs.exists("faults/ck/deepspeed/step_2/mp_rank_00_model_states.pt")
+        s3_server.stop()
+        gate.unlink()
         out = p.communicate(timeout=300)[0]
     finally:
         if p.poll() is None:

@@ -31,6 +31,7 @@ import pytest
 from conftest import read_jsonl, shard_pattern
 
 from patentclip.launch.args import parse_train_args
+from patentclip.plugins import fault_points
 from patentclip.plugins.builtin import load_builtin_plugins
 from patentclip.plugins.losses import parse_loss_spec
 from patentclip.plugins.recipes import RECIPES
@@ -97,8 +98,8 @@ def argv(train, logs, name, flags):
             "--save-every-n-steps", str(SAVE_EVERY), "--log-every-n-steps", "100", "--resume", "latest", *flags]
 
 
-def launch(args):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def launch(args, extra_env=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     return subprocess.Popen([sys.executable, "-m", "patentclip.launch.train", *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
@@ -143,7 +144,10 @@ def stopped_run(train, logs, name, flags, stop, steps_per_epoch):
     """One run of the chain, stopped by ``stop``; returns its output."""
     run_dir = logs / name
     before = len(steps_of(run_dir))
-    p = launch(argv(train, logs, name, flags))
+    tag = f"step_{2 * SAVE_EVERY}"  # kill9's checkpoint: the ranks are held right after committing it
+    gate = logs / f"{name}.hold"
+    hold = fault_points.arm(gate, "commit", f"deepspeed/{tag}") if stop == "kill9" else None
+    p = launch(argv(train, logs, name, flags), hold)
     new_steps = lambda: [s["step"] for s in steps_of(run_dir)[before:]]  # noqa: E731
     if stop == "usr1":  # both ranks, early in epoch 0
         wait_for(p, "step 1", lambda: 1 in new_steps())
@@ -152,9 +156,9 @@ def stopped_run(train, logs, name, flags, stop, steps_per_epoch):
         for pid in pids.values():
             os.kill(pid, signal.SIGUSR1)
     elif stop == "kill9":  # everything, once a periodic checkpoint of epoch 1 is committed
-        tag = f"step_{2 * SAVE_EVERY}"
         assert steps_per_epoch < 2 * SAVE_EVERY < 2 * steps_per_epoch
-        wait_for(p, f"checkpoint {tag}", lambda: latest_tag(run_dir) == tag)
+        wait_for(p, f"checkpoint {tag}", lambda: fault_points.reached(gate))
+        assert latest_tag(run_dir) == tag
         ranks = rank_pids(p)
         assert len(ranks) == 2, ranks
         for pid in ranks.values():  # torchrun starts every rank in a session of its own, with its loader workers

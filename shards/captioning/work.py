@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from patentclip.plugins import fault_points
+
 PLAN_FILE = "plan.json"
 PARTS_DIR = "parts"
 RUNS_DIR = "runs"
@@ -253,6 +255,7 @@ class PartStore:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        fault_points.hold("caption-batch", str(self.path(p, ".journal")))  # the kill-mid-part test acts here
 
     def commit(self, p: int, lines: List[Dict], stats: Dict[str, Any]) -> None:
         """Commit part ``p``: stats, then the captions lines, then drop the journal (module docstring)."""
