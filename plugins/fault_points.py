@@ -7,7 +7,7 @@ then acting within a fixed delay is a race on a loaded machine: three tests of t
 
 Protocol (one environment variable, :data:`HOLD_ENV` = ``PATENTCLIP_FAULT_HOLD``, naming a file the test owns):
 
-1. The test writes that file: one line ``<point> <suffix>``, e.g. ``upload deepspeed/step_12/mp_rank_00_model_states.pt``,
+1. The test writes that file, one line ``<point> <suffix>`` (e.g. ``upload step_12/mp_rank_00_model_states.pt``),
    and starts the process with the variable set. Suffixes match at the end of the name: arm ``deepspeed/step_8``,
    not ``step_8``, which ``step_18`` ends with too.
 2. A process that calls :func:`hold` ``(point, name)`` with that point and a name ending in the suffix logs the
