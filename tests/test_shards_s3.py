@@ -91,7 +91,8 @@ def test_cli_with_flags_and_kill_then_resume(s3_server, corpus, tmp_path):
     bucket, and the rerun finishes the job with the same bytes as a clean build.
 
     The kill lands while the builder is held by a fault point (plugins/fault_points.py) right after the third
-    shard's commit: polling the bucket instead was a race the fast build won in the full suite."""
+    shard's commit (shards 0 and 1, on the other upload thread, are waited for: the held build cannot finish
+    meanwhile): polling the bucket for a moment to kill in was a race the fast build won in the full suite."""
     s3_server.make_bucket("shards-c")
     env = {**os.environ, **s3_server.env()}
     env.pop("AWS_ENDPOINT_URL")
@@ -101,17 +102,25 @@ def test_cli_with_flags_and_kill_then_resume(s3_server, corpus, tmp_path):
            "s3://shards-c/k", "--endpoint-url", s3_server.endpoint, "--region", "us-east-1", "--samples-per-shard",
            "12", "--workers", "1", "--no-progress", "--split", "train=1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    fs = s3_server.filesystem()
+    first = [f"train/train-00000{i}.tar" for i in range(3)]
     try:
         fault_points.wait_reached(gate, 90, alive=lambda: proc.poll() is None)
+        deadline = time.time() + 60
+        while not all(fs.exists(f"shards-c/k/.build/{name}.json") for name in first):
+            fs.invalidate_cache()
+            assert time.time() < deadline, "shards 0 and 1 were not committed while shard 2 was held"
+            time.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    fs = s3_server.filesystem()
+    gate.unlink()  # the rerun below runs free
     clean = build_shards(corpus["manifest"], tmp_path / "clean", samples_per_shard=12, splits=(("train", 1.0),),
                          progress=False)
     tars = [k for k in fs.find("shards-c/k/train") if k.endswith(".tar")]
-    # shard 2 and what the second upload thread finished (at most the two shards after it, then the builder waits)
-    assert "shards-c/k/train/train-000002.tar" in tars and len(tars) <= 5 < len(clean["shards"]["train"])
+    # shards 0-2 and what the other upload thread finished (at most the two shards after them: then the builder
+    # waits for the held shard 2)
+    assert {f"shards-c/k/{name}" for name in first} <= set(tars) and len(tars) <= 5 < len(clean["shards"]["train"])
     for k in tars:  # every object that exists is a complete shard
         with tarfile.open(fileobj=io.BytesIO(fs.cat_file(k))) as t:
             assert len(t.getmembers()) % 4 == 0 and t.getmembers()
@@ -119,7 +128,7 @@ def test_cli_with_flags_and_kill_then_resume(s3_server, corpus, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "train: s3://shards-c/k/train/train-{000000.." in done.stdout
     rep = json.loads(fs.cat_file("shards-c/k/build_report.json"))
-    assert 1 <= rep["shards_reused"] <= len(tars)
+    assert 3 <= rep["shards_reused"] <= len(tars)
     assert rep["shards_reused"] + rep["shards_written"] == len(rep["shards"]["train"])
     assert s3_digests(fs, "shards-c/k") == local_digests(tmp_path / "clean")
     r = subprocess.run([sys.executable, "-m", "patentclip.shards.cli", "inspect", "s3://shards-c/k", "--endpoint-url",
